@@ -1,0 +1,95 @@
+//! The admin listener: `/livez`, `/readyz`, `/metrics` and `POST /publish/{subject}`.
+//! It keeps serving while the edge drains, so probes see the 503 and scrapes go on.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use tokio::sync::watch;
+
+use crate::broker::Broker;
+use crate::metrics::Metrics;
+
+/// What `/readyz` reports: ready only when every condition holds.
+pub struct Readiness {
+    /// The edge listener is bound and accepting.
+    pub edge_listening: AtomicBool,
+    /// Shutdown has begun.
+    pub draining: AtomicBool,
+    /// The broker's connection state.
+    pub broker: watch::Receiver<bool>,
+}
+
+impl Readiness {
+    /// Why the instance is not ready; empty when it is.
+    pub fn reasons(&self) -> Vec<&'static str> {
+        let mut r = Vec::new();
+        if self.draining.load(Ordering::Acquire) {
+            r.push("draining");
+        }
+        if !self.edge_listening.load(Ordering::Acquire) {
+            r.push("edge_not_listening");
+        }
+        if !*self.broker.borrow() {
+            r.push("nats_disconnected");
+        }
+        r
+    }
+}
+
+/// The admin HTTP app.
+pub struct Admin {
+    pub(crate) metrics: Metrics,
+    pub(crate) readiness: Arc<Readiness>,
+    pub(crate) broker: Broker,
+}
+
+pub(crate) fn json_response(status: StatusCode, body: String) -> Response<Vec<u8>> {
+    let body = body.into_bytes();
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("content-length", body.len())
+        .header("cache-control", "no-store")
+        .body(body)
+        .expect("static response parts are valid")
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/livez") => json_response(StatusCode::OK, r#"{"live":true}"#.to_string()),
+            ("GET", "/readyz") => {
+                let reasons = self.readiness.reasons();
+                if reasons.is_empty() {
+                    json_response(StatusCode::OK, r#"{"ready":true}"#.to_string())
+                } else {
+                    let body = serde_json::json!({ "ready": false, "reasons": reasons });
+                    json_response(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
+                }
+            }
+            ("GET", "/metrics") => {
+                let body = self.metrics.render();
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "text/plain; version=0.0.4")
+                    .header("content-length", body.len())
+                    .body(body)
+                    .expect("static response parts are valid")
+            }
+            (_, p) if p.starts_with("/publish/") => {
+                crate::publish::handle(self, session, &method).await
+            }
+            _ => json_response(
+                StatusCode::NOT_FOUND,
+                r#"{"error":"not_found"}"#.to_string(),
+            ),
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The message broker behind the hub: NATS (async-nats) when `nats.url` is configured,
+//! otherwise the embedded in-process broker (one instance only).
+//!
+//! Both expose the same three calls: [`Broker::subscribe`], [`Broker::publish`] and
+//! [`Broker::connected`] (a watch that readiness and `fanfare_nats_connected` follow).
+
+mod memory;
+mod nats;
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+pub use memory::MemoryBroker;
+pub use nats::NatsBroker;
+
+use crate::config::NatsConfig;
+use crate::metrics::Metrics;
+
+/// The NATS header naming the event (SSE `event:`, WS `"event"`).
+pub const EVENT_HEADER: &str = "Fanfare-Event";
+/// The NATS header carrying a message id.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+/// A message from or to the broker.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// The concrete subject it was published to.
+    pub subject: String,
+    /// The payload, unchanged.
+    pub payload: Bytes,
+    /// The `Fanfare-Event` header, if any.
+    pub event: Option<String>,
+    /// The `Nats-Msg-Id` header, if any.
+    pub msg_id: Option<String>,
+    /// When fanfare received it (for `fanfare_delivery_lag_seconds`).
+    pub received: Instant,
+}
+
+impl Message {
+    /// A message to publish.
+    pub fn new(subject: impl Into<String>, payload: impl Into<Bytes>) -> Message {
+        Message {
+            subject: subject.into(),
+            payload: payload.into(),
+            event: None,
+            msg_id: None,
+            received: Instant::now(),
+        }
+    }
+}
+
+/// Broker failures.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker is not connected right now.
+    #[error("the broker is not connected")]
+    Disconnected,
+    /// NATS refused or failed the operation.
+    #[error("nats: {0}")]
+    Nats(String),
+}
+
+/// The broker in use.
+#[derive(Clone)]
+pub enum Broker {
+    /// A NATS server.
+    Nats(NatsBroker),
+    /// The embedded single-instance broker.
+    Memory(MemoryBroker),
+}
+
+/// A subscription to one subject (or pattern).
+pub enum Subscription {
+    /// A NATS subscription; dropping it unsubscribes.
+    Nats(async_nats::Subscriber),
+    /// An embedded-broker subscription; dropping it unsubscribes.
+    Memory(memory::MemorySubscription),
+}
+
+impl Subscription {
+    /// The next message; `None` when the subscription has ended.
+    pub async fn next(&mut self) -> Option<Message> {
+        match self {
+            Subscription::Nats(s) => {
+                use futures::StreamExt;
+                s.next().await.map(nats::convert)
+            }
+            Subscription::Memory(s) => s.next().await,
+        }
+    }
+}
+
+impl Broker {
+    /// Starts the configured broker. NATS connects in the background with retry and
+    /// backoff; this returns at once.
+    pub async fn start(
+        config: Option<&NatsConfig>,
+        metrics: &Metrics,
+    ) -> Result<Broker, BrokerError> {
+        match config {
+            Some(c) => NatsBroker::connect(c, metrics).await.map(Broker::Nats),
+            None => {
+                tracing::warn!(
+                    "no nats configured: using the embedded broker, which serves this single instance only (development and demos)"
+                );
+                metrics.nats_connected.set(1);
+                Ok(Broker::Memory(MemoryBroker::new()))
+            }
+        }
+    }
+
+    /// Follows the connection state.
+    pub fn connected(&self) -> watch::Receiver<bool> {
+        match self {
+            Broker::Nats(n) => n.connected(),
+            Broker::Memory(m) => m.connected(),
+        }
+    }
+
+    /// Subscribes to `subject` (NATS wildcards allowed).
+    pub async fn subscribe(&self, subject: &str) -> Result<Subscription, BrokerError> {
+        match self {
+            Broker::Nats(n) => n.subscribe(subject).await.map(Subscription::Nats),
+            Broker::Memory(m) => Ok(Subscription::Memory(m.subscribe(subject))),
+        }
+    }
+
+    /// Publishes `msg`. Fails with [`BrokerError::Disconnected`] while NATS is down.
+    pub async fn publish(&self, msg: Message) -> Result<(), BrokerError> {
+        match self {
+            Broker::Nats(n) => n.publish(msg).await,
+            Broker::Memory(m) => {
+                m.publish(msg);
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The NATS broker (async-nats). Connection runs in the background with retry and
+//! backoff; async-nats restores subscriptions itself after a reconnect.
+
+use std::time::{Duration, Instant};
+
+use async_nats::{ConnectOptions, Event, HeaderMap};
+use tokio::sync::watch;
+
+use super::{BrokerError, EVENT_HEADER, MSG_ID_HEADER, Message};
+use crate::config::NatsConfig;
+use crate::metrics::Metrics;
+
+/// A NATS connection. Cloning shares it.
+#[derive(Clone)]
+pub struct NatsBroker {
+    client: async_nats::Client,
+    connected: watch::Receiver<bool>,
+}
+
+/// `nats://user:pass@host:4222` → `nats://host:4222`, for logs.
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}***@{}", &u[..s + 3], &u[at + 1..]),
+            _ => u.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl NatsBroker {
+    pub(super) async fn connect(
+        config: &NatsConfig,
+        metrics: &Metrics,
+    ) -> Result<NatsBroker, BrokerError> {
+        let (tx, rx) = watch::channel(false);
+        let gauge = metrics.nats_connected.clone();
+        gauge.set(0);
+        let url = redact_url(&config.url);
+        let mut options = ConnectOptions::new()
+            .name(&config.name)
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(move |event| {
+                let tx = tx.clone();
+                let gauge = gauge.clone();
+                let url = url.clone();
+                async move {
+                    match event {
+                        Event::Connected => {
+                            tracing::info!(url = %url, "nats connected");
+                            gauge.set(1);
+                            tx.send_replace(true);
+                        }
+                        Event::Disconnected => {
+                            tracing::warn!(url = %url, "nats disconnected; reconnecting");
+                            gauge.set(0);
+                            tx.send_replace(false);
+                        }
+                        other => tracing::debug!(event = %other, "nats event"),
+                    }
+                }
+            });
+        if let Some(token) = &config.token {
+            options = options.token(token.clone());
+        }
+        let servers: Vec<&str> = config.url.split(',').map(str::trim).collect();
+        let client = options
+            .connect(servers)
+            .await
+            .map_err(|e| BrokerError::Nats(e.to_string()))?;
+        Ok(NatsBroker {
+            client,
+            connected: rx,
+        })
+    }
+
+    pub(super) fn connected(&self) -> watch::Receiver<bool> {
+        self.connected.clone()
+    }
+
+    pub(super) async fn subscribe(
+        &self,
+        subject: &str,
+    ) -> Result<async_nats::Subscriber, BrokerError> {
+        self.client
+            .subscribe(subject.to_string())
+            .await
+            .map_err(|e| BrokerError::Nats(e.to_string()))
+    }
+
+    pub(super) async fn publish(&self, msg: Message) -> Result<(), BrokerError> {
+        if !*self.connected.borrow() {
+            return Err(BrokerError::Disconnected);
+        }
+        let mut headers = HeaderMap::new();
+        if let Some(e) = &msg.event {
+            headers.insert(EVENT_HEADER, e.as_str());
+        }
+        if let Some(id) = &msg.msg_id {
+            headers.insert(MSG_ID_HEADER, id.as_str());
+        }
+        self.client
+            .publish_with_headers(msg.subject, headers, msg.payload)
+            .await
+            .map_err(|e| BrokerError::Nats(e.to_string()))?;
+        self.client
+            .flush()
+            .await
+            .map_err(|e| BrokerError::Nats(e.to_string()))
+    }
+}
+
+/// async-nats message → [`Message`].
+pub(super) fn convert(m: async_nats::Message) -> Message {
+    let header = |name: &str| {
+        m.headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_string())
+    };
+    Message {
+        event: header(EVENT_HEADER),
+        msg_id: header(MSG_ID_HEADER),
+        subject: m.subject.to_string(),
+        payload: m.payload,
+        received: Instant::now(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn credentials_are_redacted() {
+        assert_eq!(redact_url("nats://u:p@h:4222"), "nats://***@h:4222");
+        assert_eq!(
+            redact_url("nats://h:4222,nats://t@g:1"),
+            "nats://h:4222,nats://***@g:1"
+        );
+        assert_eq!(redact_url("nats://h:4222"), "nats://h:4222");
+    }
+}

@@ -1,0 +1,13 @@
+//! The public edge: a pingora HTTP proxy whose `request_filter` serves realtime routes
+//! and passes every other request through to the app.
+//!
+//! fanfare runs pingora's proxy app inside its own accept loop ([`listener`]) rather
+//! than pingora's `Server`: that gives tests a bound address for port 0, turns a busy
+//! port into a clean start-up error instead of a panic in a service thread, and lets the
+//! process exit as soon as in-flight requests are done instead of sleeping the whole
+//! grace period.
+
+pub mod listener;
+mod proxy;
+
+pub use proxy::{Edge, InFlight};

@@ -1,0 +1,247 @@
+//! The pingora `ProxyHttp` implementation: pass-through to the app.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::{HttpPeer, ProxyHttp, Session};
+use pingora::proxy::FailToProxy;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use tokio::sync::Notify;
+
+use crate::config::{ProxyConfig, Upstream};
+use crate::metrics::Metrics;
+use crate::realtime::Realtime;
+
+/// Counts proxied requests in flight so shutdown can wait for them.
+#[derive(Default)]
+pub struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl InFlight {
+    fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        InFlightGuard(self.clone())
+    }
+
+    /// Requests in flight now.
+    pub fn current(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Resolves when no request is in flight.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.current() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    start: Instant,
+    proxied: Option<InFlightGuard>,
+}
+
+/// The edge's proxy logic.
+pub struct Edge {
+    upstream: Upstream,
+    /// Set when the upstream host is an IP literal: no lookup per request.
+    upstream_addr: Option<SocketAddr>,
+    proxy: ProxyConfig,
+    metrics: Metrics,
+    inflight: Arc<InFlight>,
+    realtime: Arc<Realtime>,
+}
+
+impl Edge {
+    /// Builds the edge.
+    pub fn new(
+        upstream: Upstream,
+        proxy: ProxyConfig,
+        metrics: Metrics,
+        inflight: Arc<InFlight>,
+        realtime: Arc<Realtime>,
+    ) -> Edge {
+        let upstream_addr = upstream
+            .host
+            .parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, upstream.port));
+        Edge {
+            upstream,
+            upstream_addr,
+            proxy,
+            metrics,
+            inflight,
+            realtime,
+        }
+    }
+
+    async fn resolve(&self) -> Result<SocketAddr> {
+        if let Some(a) = self.upstream_addr {
+            return Ok(a);
+        }
+        let mut addrs = tokio::net::lookup_host((self.upstream.host.as_str(), self.upstream.port))
+            .await
+            .map_err(|e| {
+                Error::because(ErrorType::ConnectNoRoute, "resolving the upstream host", e)
+                    .into_up()
+            })?;
+        addrs.next().ok_or_else(|| {
+            Error::explain(ErrorType::ConnectNoRoute, "upstream host has no address").into_up()
+        })
+    }
+}
+
+/// Writes a small JSON error response, unless a response has already started.
+pub(crate) async fn respond_json(session: &mut Session, status: u16, body: &str) -> Result<()> {
+    if session.response_written().is_some() {
+        return Ok(());
+    }
+    let body = Bytes::from(body.to_string());
+    let mut h = ResponseHeader::build(status, Some(3))?;
+    h.insert_header("content-type", "application/json")?;
+    h.insert_header("content-length", body.len().to_string())?;
+    h.insert_header("cache-control", "no-store")?;
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+#[async_trait]
+impl ProxyHttp for Edge {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            start: Instant::now(),
+            proxied: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if self.realtime.handle(session).await? {
+            return Ok(true);
+        }
+        ctx.proxied = Some(self.inflight.enter());
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let addr = self.resolve().await?;
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(self.proxy.connect_timeout.0);
+        peer.options.read_timeout = Some(self.proxy.read_timeout.0);
+        peer.options.write_timeout = Some(self.proxy.write_timeout.0);
+        peer.options.idle_timeout = Some(self.proxy.idle_timeout.0);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
+            let ip = client.ip().to_string();
+            let xff = match req
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+                _ => ip,
+            };
+            req.insert_header("x-forwarded-for", xff)?;
+        }
+        req.insert_header("x-forwarded-proto", "http")?;
+        let host = session
+            .req_header()
+            .headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| session.req_header().uri.authority().map(|a| a.to_string()));
+        if let Some(host) = host {
+            req.insert_header("x-forwarded-host", host)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let (code, body) = match (e.esource(), e.etype()) {
+            (_, ErrorType::HTTPStatus(code)) => (*code, r#"{"error":"bad_request"}"#),
+            (ErrorSource::Upstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => {
+                (504, r#"{"error":"upstream_timeout"}"#)
+            }
+            (ErrorSource::Upstream, _) => (502, r#"{"error":"upstream_unavailable"}"#),
+            (
+                ErrorSource::Downstream,
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+            ) => (0, ""),
+            (ErrorSource::Downstream, _) => (400, r#"{"error":"bad_request"}"#),
+            _ => (500, r#"{"error":"internal"}"#),
+        };
+        if code > 0
+            && let Err(err) = respond_json(session, code, body).await
+        {
+            tracing::debug!(error = %err, "could not send the error response");
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.proxied.take().is_none() {
+            return;
+        }
+        let class = match session.response_written() {
+            Some(r) => Metrics::class(r.status.as_u16()),
+            None => "error",
+        };
+        self.metrics
+            .upstream_requests
+            .with_label_values(&[class])
+            .inc();
+        self.metrics
+            .upstream_duration
+            .observe(ctx.start.elapsed().as_secs_f64());
+        if let Some(e) = e
+            && class == "5xx"
+        {
+            tracing::warn!(error = %e, path = %session.req_header().uri.path(), "pass-through failed");
+        }
+    }
+}

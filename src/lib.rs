@@ -1,0 +1,218 @@
+//! fanfare: a realtime edge sidecar. It passes ordinary HTTP requests through to the
+//! app, holds WebSocket / Server-Sent Events / long-poll connections itself, and fans
+//! out the messages the app publishes on NATS to every client allowed to see them.
+//!
+//! # Layout
+//! - `main.rs`: the thin binary: CLI → config → [`run`] → wait for a signal → drain.
+//! - [`config`]: the YAML schema, defaults, `${VAR}` interpolation, validation.
+//! - [`edge`]: the pingora proxy (pass-through) and the accept loop.
+//! - [`realtime`]: realtime routes at the edge (matching, handshakes, hand-off).
+//! - [`route`], [`subject`]: path patterns and subject templates (injection-proof).
+//! - [`broker`]: NATS (async-nats) or the embedded single-instance broker.
+//! - [`admin`], [`publish`]: `/livez`, `/readyz`, `/metrics`, `POST /publish/{subject}`.
+//! - [`metrics`]: every Prometheus family, in an injected registry.
+//! - `tests/support/`: the test harness (real nats-server on a free port, stub app).
+
+pub mod admin;
+pub mod broker;
+pub mod config;
+pub mod edge;
+pub mod metrics;
+pub mod publish;
+pub mod realtime;
+pub mod route;
+pub mod subject;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use pingora::apps::HttpServerOptions;
+use pingora::apps::http_app::HttpServer;
+use pingora::server::configuration::ServerConf;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::{Admin, Readiness};
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::edge::{Edge, InFlight};
+use crate::metrics::Metrics;
+use crate::realtime::Realtime;
+use crate::route::Routes;
+
+/// Why fanfare could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The broker could not be set up.
+    #[error("broker: {0}")]
+    Broker(#[from] broker::BrokerError),
+    /// Metrics registration failed (a bug).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// A route could not be built.
+    #[error("routes: {0}")]
+    Routes(String),
+}
+
+/// A running fanfare instance.
+pub struct Handle {
+    /// The bound public address.
+    pub edge_addr: SocketAddr,
+    /// The bound admin address.
+    pub admin_addr: SocketAddr,
+    /// This instance's metrics.
+    pub metrics: Metrics,
+    /// The broker in use.
+    pub broker: Broker,
+    readiness: Arc<Readiness>,
+    inflight: Arc<InFlight>,
+    stop_edge: watch::Sender<bool>,
+    stop_admin: watch::Sender<bool>,
+    grace: Duration,
+}
+
+/// How a shutdown ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Drained {
+    /// Every in-flight request finished.
+    Clean,
+    /// The grace period ran out with this many requests still in flight.
+    GraceExpired(usize),
+}
+
+impl Handle {
+    /// Drains and stops: `/readyz` turns 503 at once, the edge stops accepting,
+    /// keep-alive connections close after their current request, and this returns
+    /// when in-flight proxied requests are done or `shutdown.grace` has passed.
+    pub async fn shutdown(self) -> Drained {
+        self.readiness.draining.store(true, Ordering::Release);
+        self.stop_edge.send_replace(true);
+        let inflight = self.inflight.current();
+        tracing::info!(inflight, grace = ?self.grace, "draining");
+        let outcome = match tokio::time::timeout(self.grace, self.inflight.wait_idle()).await {
+            Ok(()) => Drained::Clean,
+            Err(_) => Drained::GraceExpired(self.inflight.current()),
+        };
+        self.stop_admin.send_replace(true);
+        tracing::info!(?outcome, "stopped");
+        outcome
+    }
+
+    /// Whether `/readyz` would answer 200 now.
+    pub fn is_ready(&self) -> bool {
+        self.readiness.reasons().is_empty()
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    };
+    let bound = socket.and_then(|s| {
+        s.set_reuseaddr(true)?;
+        s.bind(addr)?;
+        s.listen(4096)
+    });
+    bound.map_err(|source| StartError::Bind { what, addr, source })
+}
+
+/// Starts fanfare with `config` (already validated) and returns once both listeners
+/// are bound. The broker connects in the background.
+pub async fn run(config: Config) -> Result<Handle, StartError> {
+    let metrics = Metrics::new(prometheus::Registry::new())?;
+    let broker = Broker::start(config.nats.as_ref(), &metrics).await?;
+    let routes = Routes::new(&config.routes).map_err(StartError::Routes)?;
+
+    let edge_listener = bind("edge", config.listen.0).await?;
+    let admin_listener = bind("admin", config.admin.listen.0).await?;
+    let edge_addr = edge_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            what: "edge",
+            addr: config.listen.0,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            what: "admin",
+            addr: config.admin.listen.0,
+            source,
+        })?;
+
+    let readiness = Arc::new(Readiness {
+        edge_listening: false.into(),
+        draining: false.into(),
+        broker: broker.connected(),
+    });
+    let inflight = Arc::new(InFlight::default());
+
+    let server_conf = Arc::new(ServerConf {
+        upstream_keepalive_pool_size: config.proxy.keepalive_pool,
+        grace_period_seconds: Some(config.shutdown.grace.0.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(config.shutdown.grace.0.as_secs()),
+        ..ServerConf::default()
+    });
+    let realtime = Arc::new(Realtime::new(routes));
+    let edge = Edge::new(
+        config.upstream.clone(),
+        config.proxy.clone(),
+        metrics.clone(),
+        inflight.clone(),
+        realtime,
+    );
+    let mut proxy = pingora::proxy::http_proxy(&server_conf, edge);
+    let mut options = HttpServerOptions::default();
+    options.h2c = config.proxy.h2c;
+    proxy.server_options = Some(options);
+    let proxy = Arc::new(proxy);
+
+    let admin = Arc::new(HttpServer::new_app(Admin {
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
+        broker: broker.clone(),
+    }));
+
+    let (stop_edge, stop_edge_rx) = watch::channel(false);
+    let (stop_admin, stop_admin_rx) = watch::channel(false);
+    tokio::spawn(edge::listener::serve(
+        edge_listener,
+        proxy,
+        stop_edge_rx.clone(),
+        stop_edge_rx,
+    ));
+    tokio::spawn(edge::listener::serve(
+        admin_listener,
+        admin,
+        stop_admin_rx.clone(),
+        stop_admin_rx,
+    ));
+    readiness.edge_listening.store(true, Ordering::Release);
+    tracing::info!(edge = %edge_addr, admin = %admin_addr, upstream = %config.upstream, "fanfare listening");
+
+    Ok(Handle {
+        edge_addr,
+        admin_addr,
+        metrics,
+        broker,
+        readiness,
+        inflight,
+        stop_edge,
+        stop_admin,
+        grace: config.shutdown.grace.0,
+    })
+}

@@ -1,0 +1,170 @@
+//! Prometheus metrics, registered into an injected [`Registry`] (never the global
+//! default), so tests and embedders read exactly this instance's values.
+//!
+//! Label values come from fixed sets (transport, outcome, class, reason): never a
+//! subject, a path or a client id.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric family of one fanfare instance.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry the families live in.
+    pub registry: Registry,
+    /// Requests passed through to the app, by status class (`2xx`… or `error`).
+    pub upstream_requests: IntCounterVec,
+    /// Time from request start to the end of the proxied response.
+    pub upstream_duration: Histogram,
+    /// 1 while the broker is connected.
+    pub nats_connected: IntGauge,
+    /// Held realtime connections, by transport.
+    pub connections: IntGaugeVec,
+    /// Realtime connections ended, by transport and outcome.
+    pub connections_total: IntCounterVec,
+    /// Messages received from the broker for at least one subscriber.
+    pub messages_received: IntCounter,
+    /// Messages written to clients, by transport.
+    pub deliveries: IntCounterVec,
+    /// Messages not delivered, by reason.
+    pub dropped: IntCounterVec,
+    /// Distinct subjects subscribed at the broker.
+    pub subscriptions: IntGauge,
+    /// From arrival at fanfare to the socket write.
+    pub delivery_lag: Histogram,
+    /// Messages published through the admin endpoint, by result.
+    pub publish_total: IntCounterVec,
+}
+
+impl Metrics {
+    /// Registers every family into `registry`.
+    pub fn new(registry: Registry) -> prometheus::Result<Metrics> {
+        let build_info = IntGaugeVec::new(
+            Opts::new("fanfare_build_info", "Build information; always 1."),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry.register(Box::new(build_info))?;
+
+        let m = Metrics {
+            upstream_requests: IntCounterVec::new(
+                Opts::new(
+                    "fanfare_upstream_requests_total",
+                    "Requests passed through to the app, by response class.",
+                ),
+                &["class"],
+            )?,
+            upstream_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "fanfare_upstream_duration_seconds",
+                    "Duration of passed-through requests, from request to end of response.",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0, 60.0,
+                ]),
+            )?,
+            nats_connected: IntGauge::new(
+                "fanfare_nats_connected",
+                "1 while the broker (NATS or embedded) is connected.",
+            )?,
+            connections: IntGaugeVec::new(
+                Opts::new("fanfare_connections", "Held realtime connections."),
+                &["transport"],
+            )?,
+            connections_total: IntCounterVec::new(
+                Opts::new(
+                    "fanfare_connections_total",
+                    "Realtime connections ended, by transport and outcome.",
+                ),
+                &["transport", "outcome"],
+            )?,
+            messages_received: IntCounter::new(
+                "fanfare_messages_received_total",
+                "Messages received from the broker.",
+            )?,
+            deliveries: IntCounterVec::new(
+                Opts::new(
+                    "fanfare_deliveries_total",
+                    "Messages written to clients, by transport.",
+                ),
+                &["transport"],
+            )?,
+            dropped: IntCounterVec::new(
+                Opts::new(
+                    "fanfare_dropped_total",
+                    "Messages not delivered to a client, by reason.",
+                ),
+                &["reason"],
+            )?,
+            subscriptions: IntGauge::new(
+                "fanfare_subscriptions",
+                "Distinct subjects subscribed at the broker.",
+            )?,
+            delivery_lag: Histogram::with_opts(
+                HistogramOpts::new(
+                    "fanfare_delivery_lag_seconds",
+                    "Time from a message's arrival at fanfare to its write to a client socket.",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5,
+                ]),
+            )?,
+            publish_total: IntCounterVec::new(
+                Opts::new(
+                    "fanfare_publish_total",
+                    "Messages published through the admin endpoint, by result.",
+                ),
+                &["result"],
+            )?,
+            registry,
+        };
+        m.registry.register(Box::new(m.upstream_requests.clone()))?;
+        m.registry.register(Box::new(m.upstream_duration.clone()))?;
+        m.registry.register(Box::new(m.nats_connected.clone()))?;
+        m.registry.register(Box::new(m.connections.clone()))?;
+        m.registry.register(Box::new(m.connections_total.clone()))?;
+        m.registry.register(Box::new(m.messages_received.clone()))?;
+        m.registry.register(Box::new(m.deliveries.clone()))?;
+        m.registry.register(Box::new(m.dropped.clone()))?;
+        m.registry.register(Box::new(m.subscriptions.clone()))?;
+        m.registry.register(Box::new(m.delivery_lag.clone()))?;
+        m.registry.register(Box::new(m.publish_total.clone()))?;
+        // Fixed label sets are created up front so every series shows from the start.
+        for class in ["1xx", "2xx", "3xx", "4xx", "5xx", "error"] {
+            m.upstream_requests.with_label_values(&[class]);
+        }
+        #[cfg(target_os = "linux")]
+        m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(m)
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail on I/O; a family error would be a bug here.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(%e, "metrics encoding failed");
+        }
+        buf
+    }
+
+    /// The response class label for an HTTP status.
+    pub fn class(status: u16) -> &'static str {
+        match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            500..=599 => "5xx",
+            _ => "error",
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! NATS subjects: templates filled from path parameters, validation, and matching.
+//!
+//! Invariant: a subject built from a template can only ever name what the template
+//! allows. Every value put into a template is checked as one NATS token: it may not
+//! be empty, and may not contain `.`, `*`, `>`, whitespace or control characters, so a
+//! path parameter such as `a.b`, `*` or `>` can never widen a subscription (subject
+//! injection).
+
+use std::collections::HashMap;
+use std::fmt;
+
+/// The longest value a template parameter may take, in bytes.
+pub const MAX_PARAM_LEN: usize = 256;
+
+/// Why a template value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubjectError {
+    /// The value is empty.
+    #[error("parameter {0} is empty")]
+    Empty(String),
+    /// The value holds a character that would change the subject's shape.
+    #[error("parameter {name} contains {what}, which is not allowed in a subject token")]
+    Forbidden {
+        /// The parameter's name.
+        name: String,
+        /// A description of the character.
+        what: &'static str,
+    },
+    /// The value is longer than [`MAX_PARAM_LEN`].
+    #[error("parameter {0} is longer than {MAX_PARAM_LEN} bytes")]
+    TooLong(String),
+    /// The template names a parameter that has no value.
+    #[error("parameter {0} has no value")]
+    Missing(String),
+}
+
+impl SubjectError {
+    /// A stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        "invalid_subject_parameter"
+    }
+}
+
+/// Checks one template value against the token rules.
+pub fn check_token_value(name: &str, value: &str) -> Result<(), SubjectError> {
+    if value.is_empty() {
+        return Err(SubjectError::Empty(name.to_string()));
+    }
+    if value.len() > MAX_PARAM_LEN {
+        return Err(SubjectError::TooLong(name.to_string()));
+    }
+    for c in value.chars() {
+        let what = match c {
+            '.' => "'.'",
+            '*' => "'*'",
+            '>' => "'>'",
+            c if c.is_whitespace() => "whitespace",
+            c if c.is_control() => "a control character",
+            _ => continue,
+        };
+        return Err(SubjectError::Forbidden {
+            name: name.to_string(),
+            what,
+        });
+    }
+    Ok(())
+}
+
+/// One piece of a template token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Param(String),
+}
+
+/// A subject template such as `orders.{order_id}`, parsed once at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    tokens: Vec<Vec<Part>>,
+}
+
+impl Template {
+    /// Parses `text`, whose `{name}` placeholders must be among `params`.
+    ///
+    /// Literal tokens follow NATS rules: non-empty, no whitespace; `*` and `>` only as
+    /// whole tokens, `>` only last. A token holding a placeholder holds no wildcard.
+    pub fn parse(text: &str, params: &[String]) -> Result<Template, String> {
+        if text.is_empty() {
+            return Err("empty subject".to_string());
+        }
+        let raw: Vec<&str> = text.split('.').collect();
+        let mut tokens = Vec::with_capacity(raw.len());
+        for (i, tok) in raw.iter().enumerate() {
+            if tok.is_empty() {
+                return Err("empty token (two dots, or a dot at an end)".to_string());
+            }
+            if tok.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err("whitespace or control character in subject".to_string());
+            }
+            if *tok == ">" && i + 1 != raw.len() {
+                return Err("'>' may only be the last token".to_string());
+            }
+            if (tok.contains('*') || tok.contains('>')) && *tok != "*" && *tok != ">" {
+                return Err(format!("wildcard inside token {tok:?}"));
+            }
+            tokens.push(parse_token(tok, params)?);
+        }
+        Ok(Template { tokens })
+    }
+
+    /// Fills the template. Every value is checked with [`check_token_value`].
+    pub fn render(&self, values: &HashMap<String, String>) -> Result<String, SubjectError> {
+        let mut out = String::new();
+        for (i, token) in self.tokens.iter().enumerate() {
+            if i > 0 {
+                out.push('.');
+            }
+            for part in token {
+                match part {
+                    Part::Literal(l) => out.push_str(l),
+                    Part::Param(name) => {
+                        let v = values
+                            .get(name)
+                            .ok_or_else(|| SubjectError::Missing(name.clone()))?;
+                        check_token_value(name, v)?;
+                        out.push_str(v);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn parse_token(tok: &str, params: &[String]) -> Result<Vec<Part>, String> {
+    let mut parts = Vec::new();
+    let mut rest = tok;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            parts.push(Part::Literal(rest[..open].to_string()));
+        }
+        let close = rest[open..]
+            .find('}')
+            .ok_or_else(|| format!("unclosed {{ in {tok:?}"))?
+            + open;
+        let name = &rest[open + 1..close];
+        if !params.iter().any(|p| p == name) {
+            return Err(format!(
+                "unknown parameter {{{name}}} (the path defines: {})",
+                params.join(", ")
+            ));
+        }
+        parts.push(Part::Param(name.to_string()));
+        rest = &rest[close + 1..];
+    }
+    if rest.contains('}') {
+        return Err(format!("stray }} in {tok:?}"));
+    }
+    if !rest.is_empty() {
+        parts.push(Part::Literal(rest.to_string()));
+    }
+    Ok(parts)
+}
+
+impl fmt::Display for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, token) in self.tokens.iter().enumerate() {
+            if i > 0 {
+                f.write_str(".")?;
+            }
+            for part in token {
+                match part {
+                    Part::Literal(l) => f.write_str(l)?,
+                    Part::Param(p) => write!(f, "{{{p}}}")?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `subject` (no wildcards) matches `pattern` (NATS wildcards `*` and `>`).
+pub fn matches(pattern: &str, subject: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (p.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Whether `subject` is a valid NATS subject to publish to (no wildcards).
+pub fn is_valid_publish_subject(subject: &str) -> bool {
+    !subject.is_empty()
+        && subject.len() <= 1024
+        && subject.split('.').all(|t| {
+            !t.is_empty()
+                && !t
+                    .chars()
+                    .any(|c| c == '*' || c == '>' || c.is_whitespace() || c.is_control())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn params(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn values(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn renders_params() {
+        let t = Template::parse("orders.{id}.user-{u}", &params(&["id", "u"])).unwrap();
+        let s = t.render(&values(&[("id", "42"), ("u", "ann")])).unwrap();
+        assert_eq!(s, "orders.42.user-ann");
+        assert_eq!(t.to_string(), "orders.{id}.user-{u}");
+    }
+
+    #[test]
+    fn refuses_injection() {
+        let t = Template::parse("orders.{id}", &params(&["id"])).unwrap();
+        for bad in ["a.b", "*", ">", "a b", "", "a\tb", "a\u{0}b", "x\n"] {
+            let r = t.render(&values(&[("id", bad)]));
+            assert!(r.is_err(), "{bad:?} was accepted as {r:?}");
+        }
+        let long = "x".repeat(MAX_PARAM_LEN + 1);
+        assert!(matches!(
+            t.render(&values(&[("id", &long)])),
+            Err(SubjectError::TooLong(_))
+        ));
+    }
+
+    #[test]
+    fn bad_templates() {
+        let p = params(&["id"]);
+        for bad in [
+            "", "a..b", ".a", "a.", "a.{nope}", "a.>.b", "a.b*", "a.{id", "a}.b", "a b",
+        ] {
+            assert!(Template::parse(bad, &p).is_err(), "{bad:?}");
+        }
+        assert!(Template::parse("a.*.>", &p).is_ok());
+    }
+
+    #[test]
+    fn wildcard_matching() {
+        assert!(matches("orders.*", "orders.42"));
+        assert!(!matches("orders.*", "orders.42.x"));
+        assert!(matches("orders.>", "orders.42.x"));
+        assert!(!matches("orders.>", "orders"));
+        assert!(matches("a.b", "a.b"));
+        assert!(!matches("a.b", "a.c"));
+        assert!(!matches("a", "a.b"));
+    }
+
+    #[test]
+    fn publish_subjects() {
+        assert!(is_valid_publish_subject("orders.42"));
+        for bad in ["", "a..b", "a.*", "a.>", "a b", ".a"] {
+            assert!(!is_valid_publish_subject(bad), "{bad:?}");
+        }
+    }
+
+    proptest! {
+        /// Whatever the value, a rendered subject either is refused or has exactly the
+        /// template's token count with the value as one literal token.
+        #[test]
+        fn rendered_subject_keeps_its_shape(v in any::<String>()) {
+            let t = Template::parse("orders.{id}.events", &params(&["id"])).unwrap();
+            match t.render(&values(&[("id", &v)])) {
+                Ok(s) => {
+                    let toks: Vec<&str> = s.split('.').collect();
+                    prop_assert_eq!(toks.len(), 3);
+                    prop_assert_eq!(toks[1], v.as_str());
+                    prop_assert!(is_valid_publish_subject(&s));
+                }
+                Err(_) => prop_assert!(check_token_value("id", &v).is_err()),
+            }
+        }
+    }
+}

@@ -1,0 +1,435 @@
+//! The test harness: a real `nats-server` on free ports, an in-process stub app,
+//! fanfare itself (in-process through `fanfare::run`, or the real binary), and helpers
+//! that wait for a condition with a deadline.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use tokio::sync::Notify;
+
+/// The default deadline for conditions in tests.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A free TCP port on 127.0.0.1, from the OS.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `deadline`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for: {what}"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+// === nats-server ===
+
+/// Where the `nats-server` binary is: `NATS_SERVER_BIN`, then `PATH`, then /usr/sbin.
+pub fn nats_server_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("NATS_SERVER_BIN") {
+        return PathBuf::from(p);
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    let dirs = path
+        .split(':')
+        .map(PathBuf::from)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/usr/local/bin"].map(PathBuf::from));
+    for d in dirs {
+        let c = d.join("nats-server");
+        if c.is_file() {
+            return c;
+        }
+    }
+    panic!(
+        "nats-server not found (set NATS_SERVER_BIN or install it: `sudo apt-get install nats-server`, \
+         or run scripts/test, which installs it)"
+    );
+}
+
+/// A real nats-server on free ports, killed on drop.
+pub struct NatsServer {
+    child: Option<Child>,
+    /// Client port.
+    pub port: u16,
+    /// HTTP monitoring port (`/subsz`, `/connz`).
+    pub monitor_port: u16,
+    jetstream: Option<tempfile::TempDir>,
+}
+
+impl NatsServer {
+    /// Starts a plain nats-server and waits until it accepts connections.
+    pub async fn start() -> NatsServer {
+        Self::start_with(false).await
+    }
+
+    /// Starts a nats-server with JetStream enabled (storage in a temp dir).
+    pub async fn start_jetstream() -> NatsServer {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(jetstream: bool) -> NatsServer {
+        let mut s = NatsServer {
+            child: None,
+            port: free_port(),
+            monitor_port: free_port(),
+            jetstream: jetstream.then(|| tempfile::tempdir().expect("tempdir")),
+        };
+        s.spawn().await;
+        s
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) {
+        let mut cmd = Command::new(nats_server_bin());
+        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-m", &self.monitor_port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(dir) = &self.jetstream {
+            cmd.arg("-js").arg("-sd").arg(dir.path());
+        }
+        self.child = Some(cmd.spawn().expect("spawn nats-server"));
+        let port = self.port;
+        wait_for(
+            "nats-server to accept connections",
+            DEADLINE,
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+            },
+        )
+        .await;
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same ports.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+
+    /// The number of subscriptions the server holds (monitoring `/subsz`).
+    pub async fn subscription_count(&self) -> u64 {
+        let url = format!("http://127.0.0.1:{}/subsz", self.monitor_port);
+        let v: serde_json::Value = http_client()
+            .get(url)
+            .send()
+            .await
+            .expect("subsz")
+            .json()
+            .await
+            .expect("subsz json");
+        v["num_subscriptions"].as_u64().expect("num_subscriptions")
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// === the stub app ===
+
+/// An in-process upstream app with routes the proxy tests need.
+pub struct StubApp {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The peer addresses of the connections fanfare opened to it, one per request.
+    pub peers: Arc<Mutex<Vec<SocketAddr>>>,
+    /// Requests currently waiting in `/hold`.
+    pub held: Arc<Mutex<usize>>,
+    /// Releases every request waiting in `/hold` (and the second half of `/stream`).
+    pub release: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+    held: Arc<Mutex<usize>>,
+    release: Arc<Notify>,
+}
+
+impl StubApp {
+    /// Starts the app on a free port.
+    pub async fn start() -> StubApp {
+        let state = AppState {
+            peers: Arc::default(),
+            held: Arc::default(),
+            release: Arc::new(Notify::new()),
+        };
+        let app = Router::new()
+            .route("/", get(|| async { "hello from the app" }))
+            .route("/headers", get(headers))
+            .route("/echo", post(echo))
+            .route("/hold", get(hold))
+            .route("/stream", get(stream))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .unwrap();
+        });
+        StubApp {
+            addr,
+            peers: state.peers,
+            held: state.held,
+            release: state.release,
+            task,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Distinct connections seen so far.
+    pub fn distinct_connections(&self) -> usize {
+        self.peers
+            .lock()
+            .unwrap()
+            .iter()
+            .collect::<HashSet<_>>()
+            .len()
+    }
+
+    /// Requests currently held in `/hold`.
+    pub fn held_now(&self) -> usize {
+        *self.held.lock().unwrap()
+    }
+}
+
+impl Drop for StubApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn headers(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+) -> axum::Json<serde_json::Value> {
+    s.peers.lock().unwrap().push(peer);
+    let map: serde_json::Map<String, serde_json::Value> = h
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+        .collect();
+    axum::Json(map.into())
+}
+
+async fn echo(body: axum::body::Bytes) -> axum::body::Bytes {
+    body
+}
+
+async fn hold(State(s): State<AppState>) -> &'static str {
+    let notified = s.release.notified();
+    *s.held.lock().unwrap() += 1;
+    notified.await;
+    *s.held.lock().unwrap() -= 1;
+    "released"
+}
+
+/// Sends "first\n", then waits for `release` before "second\n": a client that reads
+/// "first" before releasing proves the proxy streams.
+async fn stream(State(s): State<AppState>) -> axum::response::Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
+    let release = s.release.clone();
+    tokio::spawn(async move {
+        let notified = release.notified();
+        let _ = tx.send(Ok(b"first\n".to_vec())).await;
+        notified.await;
+        let _ = tx.send(Ok(b"second\n".to_vec())).await;
+    });
+    let body = Body::from_stream(tokio_stream_from(rx));
+    axum::response::Response::new(body)
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+// === clients ===
+
+/// A plain HTTP/1.1 client that ignores any proxy settings.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
+// === fanfare ===
+
+/// Parses a YAML configuration (test helper: panics on error).
+pub fn config(yaml: &str) -> fanfare::config::Config {
+    fanfare::config::Config::parse(yaml).unwrap_or_else(|e| panic!("bad test config: {e:?}"))
+}
+
+/// A base configuration on free ports for an in-process instance.
+pub fn base_yaml(upstream: &str, nats: Option<&str>) -> String {
+    let mut y = format!(
+        "listen: 127.0.0.1:0\nupstream: {upstream}\nadmin: {{ listen: 127.0.0.1:0 }}\nshutdown: {{ grace: 5s }}\n"
+    );
+    if let Some(url) = nats {
+        y.push_str(&format!("nats: {{ url: \"{url}\" }}\n"));
+    }
+    y
+}
+
+/// Starts fanfare in-process.
+pub async fn start_fanfare(yaml: &str) -> fanfare::Handle {
+    fanfare::run(config(yaml)).await.expect("fanfare starts")
+}
+
+/// GETs an admin path and returns (status, body).
+pub async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
+    let r = http_client()
+        .get(format!("http://{admin}{path}"))
+        .send()
+        .await
+        .expect("admin request");
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
+/// The value of an unlabelled (or exactly-labelled) series in `/metrics`.
+pub async fn metric(admin: SocketAddr, series: &str) -> Option<f64> {
+    let (_, body) = admin_get(admin, "/metrics").await;
+    body.lines().find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
+}
+
+/// The fanfare binary running as a child process, killed on drop.
+pub struct FanfareProcess {
+    /// The child.
+    pub child: Child,
+    /// Its public address.
+    pub edge: SocketAddr,
+    /// Its admin address.
+    pub admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl FanfareProcess {
+    /// Writes `yaml` to a file and starts the binary on it, with JSON logs so the
+    /// harness can read the bound addresses from the "fanfare listening" line.
+    pub async fn start(yaml: &str) -> FanfareProcess {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fanfare.yaml");
+        std::fs::write(
+            &path,
+            format!("{yaml}log: {{ format: json, level: info }}\n"),
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fanfare"))
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn fanfare");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(v) = serde_json::from_str::<serde_json::Value>(&line).ok()
+                    && v["fields"]["message"] == "fanfare listening"
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(v["fields"].clone());
+                }
+            }
+        });
+        let fields = rx
+            .recv_timeout(DEADLINE)
+            .expect("fanfare logs its listening line");
+        let addr = |k: &str| fields[k].as_str().unwrap().parse().unwrap();
+        FanfareProcess {
+            child,
+            edge: addr("edge"),
+            admin: addr("admin"),
+            _dir: dir,
+        }
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, up to `deadline`.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let child = &mut self.child;
+        wait_for("fanfare to exit", deadline, || {
+            let r = child.try_wait().ok().flatten();
+            async move { r }
+        })
+        .await
+    }
+}
+
+impl Drop for FanfareProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
