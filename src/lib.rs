@@ -6,7 +6,9 @@
 //! - `main.rs`: the thin binary: CLI → config → [`run`] → wait for a signal → drain.
 //! - [`config`]: the YAML schema, defaults, `${VAR}` interpolation, validation.
 //! - [`edge`]: the pingora proxy (pass-through) and the accept loop.
-//! - [`realtime`]: realtime routes at the edge (matching, handshakes, hand-off).
+//! - [`realtime`]: realtime routes at the edge (matching, checks, handshakes).
+//! - [`hub`]: subject → clients, one broker subscription per subject, bounded queues.
+//! - [`transport`]: wire formats and per-client sessions (`sse`).
 //! - [`route`], [`subject`]: path patterns and subject templates (injection-proof).
 //! - [`broker`]: NATS (async-nats) or the embedded single-instance broker.
 //! - [`admin`], [`publish`]: `/livez`, `/readyz`, `/metrics`, `POST /publish/{subject}`.
@@ -17,11 +19,13 @@ pub mod admin;
 pub mod broker;
 pub mod config;
 pub mod edge;
+pub mod hub;
 pub mod metrics;
 pub mod publish;
 pub mod realtime;
 pub mod route;
 pub mod subject;
+pub mod transport;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +42,7 @@ use crate::admin::{Admin, Readiness};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::edge::{Edge, InFlight};
+use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::realtime::Realtime;
 use crate::route::Routes;
@@ -76,6 +81,8 @@ pub struct Handle {
     pub metrics: Metrics,
     /// The broker in use.
     pub broker: Broker,
+    /// The fan-out hub.
+    pub hub: Hub,
     readiness: Arc<Readiness>,
     inflight: Arc<InFlight>,
     stop_edge: watch::Sender<bool>,
@@ -167,7 +174,15 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
         graceful_shutdown_timeout_seconds: Some(config.shutdown.grace.0.as_secs()),
         ..ServerConf::default()
     });
-    let realtime = Arc::new(Realtime::new(routes));
+    let (stop_edge, stop_edge_rx) = watch::channel(false);
+    let (stop_admin, stop_admin_rx) = watch::channel(false);
+    let hub = Hub::new(broker.clone(), metrics.clone());
+    let realtime = Arc::new(Realtime::new(
+        routes,
+        hub.clone(),
+        metrics.clone(),
+        stop_edge_rx.clone(),
+    ));
     let edge = Edge::new(
         config.upstream.clone(),
         config.proxy.clone(),
@@ -187,8 +202,6 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
         broker: broker.clone(),
     }));
 
-    let (stop_edge, stop_edge_rx) = watch::channel(false);
-    let (stop_admin, stop_admin_rx) = watch::channel(false);
     tokio::spawn(edge::listener::serve(
         edge_listener,
         proxy,
@@ -209,6 +222,7 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
         admin_addr,
         metrics,
         broker,
+        hub,
         readiness,
         inflight,
         stop_edge,

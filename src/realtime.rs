@@ -1,26 +1,321 @@
-//! Realtime routes at the edge: matching, the handshake, and the hand-off of the held
-//! connection to a per-client session.
+//! Realtime routes at the edge: matching, checks, the handshake, and the hand-off of
+//! the held connection to a per-client session.
+//!
+//! Order of checks for a request whose path is a realtime route: method (OPTIONS is a
+//! CORS preflight), path parameters, `Origin`, transport, subjects (injection), then the
+//! hub subscription; only then is the response header written. Every refusal is an
+//! ordinary JSON HTTP response.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use pingora::Result;
+use pingora::http::ResponseHeader;
 use pingora::prelude::Session;
+use tokio::sync::watch;
 
-use crate::route::Routes;
+use crate::config::Transport;
+use crate::edge::{respond_json, take_h1_stream};
+use crate::hub::{ClientQueue, Hub, Membership};
+use crate::metrics::Metrics;
+use crate::route::{Route, Routes, query_param};
+use crate::transport::sse::{self, RawSink, Sink};
+
+/// How long the browser may cache a CORS preflight answer.
+const PREFLIGHT_MAX_AGE: &str = "600";
+
+struct LiveRoute {
+    route: Arc<Route>,
+    heartbeat: watch::Receiver<u64>,
+}
 
 /// The realtime side of the edge.
 pub struct Realtime {
-    routes: Routes,
+    routes: Vec<LiveRoute>,
+    hub: Hub,
+    metrics: Metrics,
+    shutdown: watch::Receiver<bool>,
 }
 
+/// A refusal: status, machine-readable code, human reason.
+struct Refusal(u16, &'static str, String);
+
 impl Realtime {
-    /// Builds it from the routing table.
-    pub fn new(routes: Routes) -> Realtime {
-        Realtime { routes }
+    /// Builds the realtime side; starts one heartbeat ticker per route.
+    pub fn new(
+        routes: Routes,
+        hub: Hub,
+        metrics: Metrics,
+        shutdown: watch::Receiver<bool>,
+    ) -> Realtime {
+        let routes = routes
+            .0
+            .into_iter()
+            .map(|route| {
+                let heartbeat = ticker(route.config.heartbeat.0, shutdown.clone());
+                LiveRoute { route, heartbeat }
+            })
+            .collect();
+        Realtime {
+            routes,
+            hub,
+            metrics,
+            shutdown,
+        }
     }
 
     /// Serves `session` when its path is a realtime route; `Ok(false)` passes it on to
     /// the app.
     pub async fn handle(&self, session: &mut Session) -> Result<bool> {
-        let path = session.req_header().uri.path();
-        Ok(self.routes.find(path).is_some())
+        let path = session.req_header().uri.path().to_string();
+        let Some((live, params)) = self
+            .routes
+            .iter()
+            .find_map(|l| l.route.match_path(&path).map(|p| (l, p)))
+        else {
+            return Ok(false);
+        };
+        match self.serve(session, live, params).await {
+            Ok(()) => {}
+            Err(Refusal(status, code, reason)) => {
+                let body = serde_json::json!({ "error": code, "reason": reason }).to_string();
+                respond_json(session, status, &body).await?;
+            }
+        }
+        Ok(true)
     }
+
+    async fn serve(
+        &self,
+        session: &mut Session,
+        live: &LiveRoute,
+        params: Result<crate::route::Params, crate::route::MatchError>,
+    ) -> Result<(), Refusal> {
+        let route = &live.route;
+        let method = session.req_header().method.clone();
+        let origin = header(session, "origin");
+        let allowed_origin = match &origin {
+            None => None,
+            Some(o) if origin_allowed(route, o, header(session, "host").as_deref()) => {
+                Some(o.clone())
+            }
+            Some(_) => {
+                return Err(Refusal(
+                    403,
+                    "origin_not_allowed",
+                    "this Origin may not use this route".into(),
+                ));
+            }
+        };
+        if method == http::Method::OPTIONS {
+            return preflight(session, allowed_origin.as_deref())
+                .await
+                .map_err(|e| Refusal(500, "internal", e.to_string()));
+        }
+        if method != http::Method::GET {
+            return Err(Refusal(
+                405,
+                "method_not_allowed",
+                "realtime routes answer GET".into(),
+            ));
+        }
+        let params = params.map_err(|e| Refusal(400, "bad_path_parameter", e.to_string()))?;
+        let transport = requested_transport(session);
+        if !route.serves(transport) {
+            return Err(Refusal(
+                400,
+                "transport_not_allowed",
+                format!("this route does not serve {transport:?}"),
+            ));
+        }
+        if transport != Transport::Sse {
+            return Err(Refusal(
+                501,
+                "transport_not_supported",
+                format!("{transport:?} is not implemented yet"),
+            ));
+        }
+        let subjects = route
+            .subjects(&params)
+            .map_err(|e| Refusal(400, e.code(), e.to_string()))?;
+
+        let queue = Arc::new(ClientQueue::new(
+            &route.config.queue,
+            route.config.slow_consumer,
+        ));
+        let client = self.hub.client_id();
+        let mut memberships = Vec::with_capacity(subjects.len());
+        for subject in &subjects {
+            let m = self
+                .hub
+                .join(subject, client, queue.clone())
+                .await
+                .map_err(|e| Refusal(503, "nats_unavailable", e.to_string()))?;
+            memberships.push(m);
+        }
+
+        let sse_session = sse::Session {
+            queue,
+            heartbeat: live.heartbeat.clone(),
+            shutdown: self.shutdown.clone(),
+            retry_ms: route.config.retry.0.as_millis(),
+            metrics: self.metrics.clone(),
+        };
+        if let Some(mut stream) = take_h1_stream(session).await {
+            let head = sse_head_h1(allowed_origin.as_deref());
+            let metrics = self.metrics.clone();
+            tokio::spawn(async move {
+                let mut sink = RawSink(&mut stream);
+                if sink.write(head).await.is_ok() {
+                    run_counted(sse_session, &mut sink, memberships, &metrics).await;
+                }
+            });
+            return Ok(());
+        }
+        let head = sse_head(allowed_origin.as_deref())
+            .map_err(|e| Refusal(500, "internal", e.to_string()))?;
+        session
+            .write_response_header(Box::new(head), false)
+            .await
+            .map_err(|e| Refusal(500, "internal", e.to_string()))?;
+        let mut sink = PingoraSink(session);
+        run_counted(sse_session, &mut sink, memberships, &self.metrics).await;
+        Ok(())
+    }
+}
+
+/// Runs an SSE session with the connection gauge and outcome counter around it.
+async fn run_counted<S: Sink>(
+    session: sse::Session,
+    sink: &mut S,
+    memberships: Vec<Membership>,
+    metrics: &Metrics,
+) {
+    let gauge = metrics.connections.with_label_values(&["sse"]);
+    gauge.inc();
+    let outcome = session.run(sink).await;
+    drop(memberships);
+    gauge.dec();
+    metrics
+        .connections_total
+        .with_label_values(&["sse", outcome.label()])
+        .inc();
+}
+
+/// An SSE stream that stays inside pingora's session (HTTP/2).
+struct PingoraSink<'a>(&'a mut Session);
+
+impl Sink for PingoraSink<'_> {
+    async fn write(&mut self, buf: bytes::Bytes) -> std::io::Result<()> {
+        self.0
+            .write_response_body(Some(buf), false)
+            .await
+            .map_err(std::io::Error::other)
+    }
+
+    async fn gone(&mut self) {
+        loop {
+            match self.0.downstream_session.read_body_or_idle(true).await {
+                Ok(Some(_)) => continue,
+                _ => return,
+            }
+        }
+    }
+}
+
+fn header(session: &Session, name: &str) -> Option<String> {
+    session
+        .req_header()
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// The transport a request asks for.
+fn requested_transport(session: &Session) -> Transport {
+    let upgrade = header(session, "upgrade").unwrap_or_default();
+    if upgrade.eq_ignore_ascii_case("websocket") {
+        return Transport::Ws;
+    }
+    if query_param(session.req_header().uri.query(), "transport").as_deref() == Some("poll") {
+        return Transport::Poll;
+    }
+    Transport::Sse
+}
+
+/// Same-origin requests are always allowed; cross-origin ones only when listed.
+fn origin_allowed(route: &Route, origin: &str, host: Option<&str>) -> bool {
+    let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
+    if host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host)) {
+        return true;
+    }
+    route
+        .config
+        .allowed_origins
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+}
+
+fn cors_headers(h: &mut ResponseHeader, origin: Option<&str>) -> Result<()> {
+    if let Some(o) = origin {
+        h.insert_header("access-control-allow-origin", o)?;
+        h.insert_header("access-control-allow-credentials", "true")?;
+        h.insert_header("vary", "Origin")?;
+    }
+    Ok(())
+}
+
+async fn preflight(session: &mut Session, origin: Option<&str>) -> Result<()> {
+    let mut h = ResponseHeader::build(204, Some(6))?;
+    cors_headers(&mut h, origin)?;
+    h.insert_header("access-control-allow-methods", "GET, OPTIONS")?;
+    h.insert_header(
+        "access-control-allow-headers",
+        "Last-Event-ID, Authorization, Cache-Control, Content-Type",
+    )?;
+    h.insert_header("access-control-max-age", PREFLIGHT_MAX_AGE)?;
+    h.insert_header("content-length", "0")?;
+    session.write_response_header(Box::new(h), true).await
+}
+
+fn sse_head(origin: Option<&str>) -> Result<ResponseHeader> {
+    let mut h = ResponseHeader::build(200, Some(6))?;
+    h.insert_header("content-type", "text/event-stream")?;
+    h.insert_header("cache-control", "no-cache")?;
+    h.insert_header("x-accel-buffering", "no")?;
+    cors_headers(&mut h, origin)?;
+    Ok(h)
+}
+
+/// The raw HTTP/1.1 response head: close-delimited body, so no chunk framing per write.
+fn sse_head_h1(origin: Option<&str>) -> bytes::Bytes {
+    let mut s = String::from(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+         x-accel-buffering: no\r\nconnection: close\r\n",
+    );
+    if let Some(o) = origin {
+        s.push_str(&format!(
+            "access-control-allow-origin: {o}\r\naccess-control-allow-credentials: true\r\nvary: Origin\r\n"
+        ));
+    }
+    s.push_str("\r\n");
+    bytes::Bytes::from(s)
+}
+
+/// A watch that ticks every `every` until shutdown.
+fn ticker(every: Duration, mut shutdown: watch::Receiver<bool>) -> watch::Receiver<u64> {
+    let (tx, rx) = watch::channel(0u64);
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await;
+        loop {
+            tokio::select! {
+                _ = interval.tick() => { tx.send_modify(|n| *n += 1); }
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    });
+    rx
 }

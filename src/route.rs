@@ -149,10 +149,7 @@ impl Routes {
     }
 
     /// The first route whose pattern matches `path`, with its parameters.
-    pub fn find(
-        &self,
-        path: &str,
-    ) -> Option<(Arc<Route>, Result<Params, MatchError>)> {
+    pub fn find(&self, path: &str) -> Option<(Arc<Route>, Result<Params, MatchError>)> {
         self.0
             .iter()
             .find_map(|r| r.match_path(path).map(|m| (r.clone(), m)))

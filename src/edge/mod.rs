@@ -7,7 +7,9 @@
 //! process exit as soon as in-flight requests are done instead of sleeping the whole
 //! grace period.
 
+mod handoff;
 pub mod listener;
 mod proxy;
 
-pub use proxy::{Edge, InFlight};
+pub use handoff::take_h1_stream;
+pub use proxy::{Edge, InFlight, respond_json};

@@ -115,7 +115,7 @@ impl Edge {
 }
 
 /// Writes a small JSON error response, unless a response has already started.
-pub(crate) async fn respond_json(session: &mut Session, status: u16, body: &str) -> Result<()> {
+pub async fn respond_json(session: &mut Session, status: u16, body: &str) -> Result<()> {
     if session.response_written().is_some() {
         return Ok(());
     }

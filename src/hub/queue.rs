@@ -1,0 +1,248 @@
+//! One client's bounded queue.
+//!
+//! Invariants:
+//! - the hub only ever calls [`ClientQueue::push`], which never waits: it takes a short
+//!   lock, appends, enforces the bound, and wakes the writer;
+//! - the queue never holds more than `max_messages` events nor (past the first event)
+//!   more than `max_bytes` of them;
+//! - past the bound, `drop_oldest` drops from the front and remembers the gap (the writer
+//!   then sends a reset before what follows), and `disconnect` closes the queue for good.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use super::Event;
+use crate::config::{QueueConfig, SlowConsumer};
+
+#[derive(Default)]
+struct State {
+    events: VecDeque<Arc<Event>>,
+    bytes: usize,
+    /// Events dropped since the writer last drained.
+    dropped: u64,
+    closed: Option<Closed>,
+}
+
+/// Why a queue was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// The client fell behind under the `disconnect` policy.
+    SlowConsumer,
+}
+
+/// What one push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued.
+    Queued,
+    /// Queued after dropping this many older events (`drop_oldest`).
+    DroppedOldest(u64),
+    /// The queue overflowed and is now closed (`disconnect`).
+    Disconnected,
+    /// The queue was already closed; the event was not queued.
+    AlreadyClosed,
+}
+
+/// What the writer takes from the queue at once.
+pub struct Batch {
+    /// Events in order.
+    pub events: VecDeque<Arc<Event>>,
+    /// Events dropped before these (a gap the client must be told about).
+    pub dropped: u64,
+    /// Set when the queue is closed: end the connection after writing `events`.
+    pub closed: Option<Closed>,
+}
+
+/// A client's bounded queue, shared by the hub (producer) and the client's writer.
+pub struct ClientQueue {
+    state: Mutex<State>,
+    ready: Notify,
+    closed: Notify,
+    max_messages: usize,
+    max_bytes: usize,
+    policy: SlowConsumer,
+}
+
+impl ClientQueue {
+    /// An empty queue with the route's bound and policy.
+    pub fn new(bound: &QueueConfig, policy: SlowConsumer) -> ClientQueue {
+        ClientQueue {
+            state: Mutex::default(),
+            ready: Notify::new(),
+            closed: Notify::new(),
+            max_messages: bound.messages,
+            max_bytes: bound.bytes,
+            policy,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue inconsistent
+        // (every update is a few field writes), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends `event` without waiting, applying the slow-consumer policy past the bound.
+    pub fn push(&self, event: Arc<Event>) -> Pushed {
+        let cost = event.cost();
+        let mut s = self.lock();
+        if s.closed.is_some() {
+            return Pushed::AlreadyClosed;
+        }
+        let over = |s: &State| {
+            s.events.len() >= self.max_messages
+                || (!s.events.is_empty() && s.bytes + cost > self.max_bytes)
+        };
+        let mut dropped = 0;
+        if over(&s) {
+            match self.policy {
+                SlowConsumer::Disconnect => {
+                    s.events.clear();
+                    s.bytes = 0;
+                    s.closed = Some(Closed::SlowConsumer);
+                    drop(s);
+                    self.ready.notify_one();
+                    self.closed.notify_waiters();
+                    return Pushed::Disconnected;
+                }
+                SlowConsumer::DropOldest => {
+                    while over(&s) {
+                        let Some(old) = s.events.pop_front() else {
+                            break;
+                        };
+                        s.bytes -= old.cost();
+                        dropped += 1;
+                    }
+                    s.dropped += dropped;
+                }
+            }
+        }
+        s.bytes += cost;
+        s.events.push_back(event);
+        drop(s);
+        self.ready.notify_one();
+        if dropped > 0 {
+            Pushed::DroppedOldest(dropped)
+        } else {
+            Pushed::Queued
+        }
+    }
+
+    /// Waits until there is something to take (events or a close).
+    pub async fn ready(&self) {
+        loop {
+            {
+                let s = self.lock();
+                if !s.events.is_empty() || s.closed.is_some() || s.dropped > 0 {
+                    return;
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// Waits until the queue is closed.
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.closed.notified();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Takes everything queued.
+    pub fn take(&self) -> Batch {
+        let mut s = self.lock();
+        s.bytes = 0;
+        Batch {
+            events: std::mem::take(&mut s.events),
+            dropped: std::mem::take(&mut s.dropped),
+            closed: s.closed,
+        }
+    }
+
+    /// Whether the queue has been closed.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed.is_some()
+    }
+
+    /// Events and bytes queued now.
+    pub fn len(&self) -> (usize, usize) {
+        let s = self.lock();
+        (s.events.len(), s.bytes)
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len().0 == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::Message;
+
+    fn event(n: usize) -> Arc<Event> {
+        Arc::new(Event::new(Message::new("s", vec![b'x'; n]), 1, "e"))
+    }
+
+    fn queue(messages: usize, bytes: usize, policy: SlowConsumer) -> ClientQueue {
+        ClientQueue::new(&QueueConfig { messages, bytes }, policy)
+    }
+
+    #[test]
+    fn drop_oldest_keeps_the_message_bound() {
+        let q = queue(3, 1 << 20, SlowConsumer::DropOldest);
+        for _ in 0..3 {
+            assert_eq!(q.push(event(10)), Pushed::Queued);
+        }
+        assert_eq!(q.push(event(10)), Pushed::DroppedOldest(1));
+        assert_eq!(q.len().0, 3);
+        let b = q.take();
+        assert_eq!((b.events.len(), b.dropped), (3, 1));
+        assert!(q.is_empty());
+        assert_eq!(q.take().dropped, 0, "the gap is reported once");
+    }
+
+    #[test]
+    fn drop_oldest_keeps_the_byte_bound() {
+        let q = queue(1000, 1000, SlowConsumer::DropOldest);
+        for _ in 0..100 {
+            q.push(event(100));
+            assert!(q.len().1 <= 1000, "{:?}", q.len());
+        }
+        // A single event larger than the byte bound still goes through alone.
+        assert!(matches!(q.push(event(5000)), Pushed::DroppedOldest(_)));
+        assert_eq!(q.len().0, 1);
+    }
+
+    #[test]
+    fn disconnect_closes_on_overflow() {
+        let q = queue(2, 1 << 20, SlowConsumer::Disconnect);
+        q.push(event(1));
+        q.push(event(1));
+        assert_eq!(q.push(event(1)), Pushed::Disconnected);
+        assert!(q.is_closed());
+        assert_eq!(q.push(event(1)), Pushed::AlreadyClosed);
+        let b = q.take();
+        assert_eq!(b.closed, Some(Closed::SlowConsumer));
+        assert!(b.events.is_empty());
+    }
+
+    #[tokio::test]
+    async fn ready_wakes_on_push() {
+        let q = Arc::new(queue(2, 100, SlowConsumer::DropOldest));
+        let q2 = q.clone();
+        let waiter = tokio::spawn(async move { q2.ready().await });
+        q.push(event(1));
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("ready resolves after a push")
+            .unwrap();
+    }
+}

@@ -1,0 +1,3 @@
+//! Client transports: framing and the per-client session loops.
+
+pub mod sse;
