@@ -203,7 +203,18 @@ pub struct RouteConfig {
     #[serde(default = "default_transports")]
     pub transports: Vec<Transport>,
     /// Subject templates subscribed for every client: `orders.{order_id}`.
+    #[serde(default)]
     pub subjects: Vec<String>,
+    /// Subject patterns (NATS wildcards) a WebSocket client may `subscribe` to at run
+    /// time. Default: none.
+    #[serde(default)]
+    pub allow_subscribe: Vec<String>,
+    /// Subject patterns a WebSocket client may `publish` to. Default: none.
+    #[serde(default)]
+    pub allow_publish: Vec<String>,
+    /// WebSocket settings.
+    #[serde(default)]
+    pub ws: WsConfig,
     /// Authorization. Required: a route without `auth` is refused (deny by default).
     pub auth: AuthConfig,
     /// What happens when a client's queue is full. Default `drop_oldest`.
@@ -234,6 +245,40 @@ fn default_heartbeat() -> Dur {
 
 fn default_retry() -> Dur {
     Dur(Duration::from_secs(2))
+}
+
+/// WebSocket settings of a route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WsConfig {
+    /// Largest message (and frame) a client may send, in bytes; larger closes with 1009.
+    /// Default `65536`.
+    pub max_message: usize,
+    /// Interval of server pings. Default `25s`.
+    pub ping_interval: Dur,
+    /// A client that has sent nothing (not even a pong) for `ping_interval + pong_timeout`
+    /// is closed (4002). Default `10s`.
+    pub pong_timeout: Dur,
+    /// A client with no subscription for this long is closed (4003). Default `60s`.
+    pub idle_timeout: Dur,
+    /// Subscriptions one connection may hold (route subjects included). Default `100`.
+    pub max_subscriptions: usize,
+    /// Diagnostic only: echo every frame back instead of speaking fanfare's protocol
+    /// (for the Autobahn conformance suite). Default `false`.
+    pub echo: bool,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            max_message: 64 * 1024,
+            ping_interval: Dur(Duration::from_secs(25)),
+            pong_timeout: Dur(Duration::from_secs(10)),
+            idle_timeout: Dur(Duration::from_secs(60)),
+            max_subscriptions: 100,
+            echo: false,
+        }
+    }
 }
 
 /// A transport a route may serve.
@@ -414,8 +459,30 @@ impl RouteConfig {
         if self.transports.is_empty() {
             return Err(format!("route {} lists no transports", self.path));
         }
-        if self.subjects.is_empty() {
-            return Err(format!("route {} lists no subjects", self.path));
+        if self.subjects.is_empty() && !self.ws.echo && self.allow_subscribe.is_empty() {
+            return Err(format!(
+                "route {} lists no subjects (and allows no run-time subscribe)",
+                self.path
+            ));
+        }
+        if self.ws.echo && self.transports != [Transport::Ws] {
+            return Err(format!(
+                "route {}: ws.echo needs transports: [ws]",
+                self.path
+            ));
+        }
+        for p in self.allow_subscribe.iter().chain(&self.allow_publish) {
+            crate::subject::Template::parse(p, &[])
+                .map_err(|e| format!("route {}: pattern {p}: {e}", self.path))?;
+        }
+        if self.ws.max_message < 16 || self.ws.max_subscriptions == 0 {
+            return Err(format!(
+                "route {}: ws.max_message must be at least 16 and ws.max_subscriptions above 0",
+                self.path
+            ));
+        }
+        if self.ws.ping_interval.0.is_zero() || self.ws.idle_timeout.0.is_zero() {
+            return Err(format!("route {}: ws timeouts must be above 0s", self.path));
         }
         let params = crate::route::path_params(&self.path)?;
         for subject in &self.subjects {

@@ -180,6 +180,7 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
     let realtime = Arc::new(Realtime::new(
         routes,
         hub.clone(),
+        broker.clone(),
         metrics.clone(),
         stop_edge_rx.clone(),
     ));

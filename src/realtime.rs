@@ -12,14 +12,17 @@ use std::time::Duration;
 use pingora::Result;
 use pingora::http::ResponseHeader;
 use pingora::prelude::Session;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
+use crate::broker::Broker;
 use crate::config::Transport;
 use crate::edge::{respond_json, take_h1_stream};
 use crate::hub::{ClientQueue, Hub, Membership};
 use crate::metrics::Metrics;
 use crate::route::{Route, Routes, query_param};
 use crate::transport::sse::{self, RawSink, Sink};
+use crate::transport::ws;
 
 /// How long the browser may cache a CORS preflight answer.
 const PREFLIGHT_MAX_AGE: &str = "600";
@@ -27,6 +30,7 @@ const PREFLIGHT_MAX_AGE: &str = "600";
 struct LiveRoute {
     route: Arc<Route>,
     heartbeat: watch::Receiver<u64>,
+    ws: Arc<ws::Context>,
 }
 
 /// The realtime side of the edge.
@@ -45,6 +49,7 @@ impl Realtime {
     pub fn new(
         routes: Routes,
         hub: Hub,
+        broker: Broker,
         metrics: Metrics,
         shutdown: watch::Receiver<bool>,
     ) -> Realtime {
@@ -53,7 +58,21 @@ impl Realtime {
             .into_iter()
             .map(|route| {
                 let heartbeat = ticker(route.config.heartbeat.0, shutdown.clone());
-                LiveRoute { route, heartbeat }
+                let ws = Arc::new(ws::Context {
+                    hub: hub.clone(),
+                    broker: broker.clone(),
+                    metrics: metrics.clone(),
+                    config: route.config.ws.clone(),
+                    route: route.config.path.clone(),
+                    allow_subscribe: route.config.allow_subscribe.clone(),
+                    allow_publish: route.config.allow_publish.clone(),
+                    shutdown: shutdown.clone(),
+                });
+                LiveRoute {
+                    route,
+                    heartbeat,
+                    ws,
+                }
             })
             .collect();
         Realtime {
@@ -128,32 +147,111 @@ impl Realtime {
                 format!("this route does not serve {transport:?}"),
             ));
         }
-        if transport != Transport::Sse {
-            return Err(Refusal(
-                501,
-                "transport_not_supported",
-                format!("{transport:?} is not implemented yet"),
-            ));
-        }
         let subjects = route
             .subjects(&params)
             .map_err(|e| Refusal(400, e.code(), e.to_string()))?;
+        match transport {
+            Transport::Sse => {
+                self.serve_sse(session, live, &subjects, allowed_origin)
+                    .await
+            }
+            Transport::Ws => self.serve_ws(session, live, &subjects).await,
+            Transport::Poll => Err(Refusal(
+                501,
+                "transport_not_supported",
+                "long-polling is not implemented yet".into(),
+            )),
+        }
+    }
 
+    /// Subscribes a new client's queue to `subjects`.
+    async fn join_all(
+        &self,
+        route: &Route,
+        subjects: &[String],
+    ) -> Result<(u64, Arc<ClientQueue>, Vec<(String, Membership)>), Refusal> {
         let queue = Arc::new(ClientQueue::new(
             &route.config.queue,
             route.config.slow_consumer,
         ));
         let client = self.hub.client_id();
         let mut memberships = Vec::with_capacity(subjects.len());
-        for subject in &subjects {
+        for subject in subjects {
             let m = self
                 .hub
                 .join(subject, client, queue.clone())
                 .await
                 .map_err(|e| Refusal(503, "nats_unavailable", e.to_string()))?;
-            memberships.push(m);
+            memberships.push((subject.clone(), m));
         }
+        Ok((client, queue, memberships))
+    }
 
+    async fn serve_ws(
+        &self,
+        session: &mut Session,
+        live: &LiveRoute,
+        subjects: &[String],
+    ) -> Result<(), Refusal> {
+        let accept = ws::check_handshake(session.req_header())
+            .map_err(|(s, c, r)| Refusal(s, c, r.into()))?;
+        let ctx = live.ws.clone();
+        let joined = if ctx.config.echo {
+            None
+        } else {
+            Some(self.join_all(&live.route, subjects).await?)
+        };
+        let Some(mut stream) = take_h1_stream(session).await else {
+            return Err(Refusal(
+                400,
+                "bad_handshake",
+                "WebSocket needs HTTP/1.1".into(),
+            ));
+        };
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            if stream
+                .write_all(&ws::switching_protocols(&accept))
+                .await
+                .is_err()
+                || stream.flush().await.is_err()
+            {
+                return;
+            }
+            let socket = ws::accept(stream, &ctx.config).await;
+            let Some((client, queue, memberships)) = joined else {
+                ws::echo(socket).await;
+                return;
+            };
+            let gauge = metrics.connections.with_label_values(&["ws"]);
+            gauge.inc();
+            let session = ws::Session::new(
+                socket,
+                ctx,
+                queue,
+                client,
+                memberships.into_iter().collect(),
+            );
+            let outcome = session.run().await;
+            gauge.dec();
+            metrics
+                .connections_total
+                .with_label_values(&["ws", outcome.label()])
+                .inc();
+        });
+        Ok(())
+    }
+
+    async fn serve_sse(
+        &self,
+        session: &mut Session,
+        live: &LiveRoute,
+        subjects: &[String],
+        allowed_origin: Option<String>,
+    ) -> Result<(), Refusal> {
+        let route = &live.route;
+        let (_, queue, memberships) = self.join_all(route, subjects).await?;
+        let memberships: Vec<Membership> = memberships.into_iter().map(|(_, m)| m).collect();
         let sse_session = sse::Session {
             queue,
             heartbeat: live.heartbeat.clone(),

@@ -194,6 +194,29 @@ pub fn matches(pattern: &str, subject: &str) -> bool {
     }
 }
 
+/// Whether `pattern` (a grant) covers everything `requested` (itself possibly a
+/// pattern) can match: `orders.>` covers `orders.*` and `orders.1.x`; `orders.*`
+/// covers `orders.1` and `orders.*` but not `orders.>`.
+pub fn covers(pattern: &str, requested: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut r = requested.split('.');
+    loop {
+        match (p.next(), r.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(t)) if t != ">" => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Whether `subject` is a well-formed subscription subject (wildcards allowed where
+/// NATS allows them).
+pub fn is_valid_subscribe_subject(subject: &str) -> bool {
+    subject.len() <= 1024 && Template::parse(subject, &[]).is_ok() && !subject.contains(['{', '}'])
+}
+
 /// Whether `subject` is a valid NATS subject to publish to (no wildcards).
 pub fn is_valid_publish_subject(subject: &str) -> bool {
     !subject.is_empty()
@@ -264,6 +287,29 @@ mod tests {
         assert!(matches("a.b", "a.b"));
         assert!(!matches("a.b", "a.c"));
         assert!(!matches("a", "a.b"));
+    }
+
+    #[test]
+    fn grants_cover() {
+        assert!(covers("orders.*", "orders.1"));
+        assert!(covers("orders.*", "orders.*"));
+        assert!(!covers("orders.*", "orders.>"));
+        assert!(!covers("orders.*", "orders.1.x"));
+        assert!(covers("orders.>", "orders.1.x"));
+        assert!(covers("orders.>", "orders.*"));
+        assert!(covers("orders.>", "orders.>"));
+        assert!(!covers("orders.>", "orders"));
+        assert!(!covers("orders.1", "orders.*"));
+        assert!(covers(">", "anything.at.all"));
+        assert!(!covers("chat.room1", "chat.room2"));
+    }
+
+    #[test]
+    fn subscribe_subjects() {
+        assert!(is_valid_subscribe_subject("a.*.>"));
+        for bad in ["", "a..b", "a.>.b", "a b", "a.{x}", "a.b*"] {
+            assert!(!is_valid_subscribe_subject(bad), "{bad:?}");
+        }
     }
 
     #[test]

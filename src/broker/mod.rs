@@ -34,6 +34,8 @@ pub struct Message {
     pub event: Option<String>,
     /// The `Nats-Msg-Id` header, if any.
     pub msg_id: Option<String>,
+    /// Other headers to publish with it (`Fanfare-Route`, `Fanfare-Connection`).
+    pub headers: Vec<(&'static str, String)>,
     /// When fanfare received it (for `fanfare_delivery_lag_seconds`).
     pub received: Instant,
 }
@@ -46,6 +48,7 @@ impl Message {
             payload: payload.into(),
             event: None,
             msg_id: None,
+            headers: Vec::new(),
             received: Instant::now(),
         }
     }

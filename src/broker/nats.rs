@@ -100,6 +100,9 @@ impl NatsBroker {
         if let Some(id) = &msg.msg_id {
             headers.insert(MSG_ID_HEADER, id.as_str());
         }
+        for (name, value) in &msg.headers {
+            headers.insert(*name, value.as_str());
+        }
         self.client
             .publish_with_headers(msg.subject, headers, msg.payload)
             .await
@@ -124,6 +127,7 @@ pub(super) fn convert(m: async_nats::Message) -> Message {
         msg_id: header(MSG_ID_HEADER),
         subject: m.subject.to_string(),
         payload: m.payload,
+        headers: Vec::new(),
         received: Instant::now(),
     }
 }

@@ -1,3 +1,5 @@
-//! Client transports: framing and the per-client session loops.
+//! Client transports: wire formats and the per-client session loops.
 
+pub mod protocol;
 pub mod sse;
+pub mod ws;

@@ -1,0 +1,322 @@
+//! fanfare's WebSocket client protocol: JSON text frames. Pure functions, no I/O.
+//!
+//! client → server
+//! - `{"type":"subscribe","subject":"…","since":"<cursor>","ref":…}`
+//! - `{"type":"unsubscribe","subject":"…","ref":…}`
+//! - `{"type":"publish","subject":"…","data":…,"event":"…","encoding":"base64","ref":…}`
+//!
+//! server → client
+//! - `{"type":"message","subject":"…","event":"…","id":"<cursor>","data":<payload>}`
+//!   (`data` is the payload when it is JSON, else a string, else base64 with
+//!   `"encoding":"base64"`)
+//! - `{"type":"ack","ref":…}`, `{"type":"error","ref":…,"code":"…","reason":"…"}`
+//! - `{"type":"reset","reason":"slow_consumer","dropped":N}`
+
+use base64::Engine;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::hub::Event;
+
+/// A machine-readable error code sent in `{"type":"error"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// Malformed JSON, a missing field, or an unknown `type`.
+    BadRequest,
+    /// The subject is not well-formed (or would inject tokens).
+    InvalidSubject,
+    /// The connection's grant does not cover the subject.
+    Forbidden,
+    /// The connection holds `ws.max_subscriptions` already.
+    TooManySubscriptions,
+    /// `unsubscribe` of a subject the connection is not subscribed to.
+    NotSubscribed,
+    /// Binary frames are not part of the protocol.
+    BinaryNotSupported,
+    /// Too many requests (reserved for the quota issue).
+    RateLimited,
+    /// The broker is not reachable right now.
+    Unavailable,
+}
+
+impl Code {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::BadRequest => "bad_request",
+            Code::InvalidSubject => "invalid_subject",
+            Code::Forbidden => "forbidden",
+            Code::TooManySubscriptions => "too_many_subscriptions",
+            Code::NotSubscribed => "not_subscribed",
+            Code::BinaryNotSupported => "binary_not_supported",
+            Code::RateLimited => "rate_limited",
+            Code::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// A parsed client request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// Subscribe to a subject.
+    Subscribe {
+        /// The subject (NATS wildcards allowed when the grant covers them).
+        subject: String,
+        /// Resume cursor (honoured by the resume issue; accepted and ignored today).
+        since: Option<String>,
+    },
+    /// Unsubscribe from a subject.
+    Unsubscribe {
+        /// The subject as subscribed.
+        subject: String,
+    },
+    /// Publish a payload.
+    Publish {
+        /// The concrete subject.
+        subject: String,
+        /// The payload bytes.
+        payload: Bytes,
+        /// The event name (`Fanfare-Event`).
+        event: Option<String>,
+    },
+}
+
+#[derive(Deserialize)]
+struct Raw {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    subject: Option<String>,
+    since: Option<String>,
+    data: Option<Value>,
+    event: Option<String>,
+    encoding: Option<String>,
+    #[serde(rename = "ref")]
+    reference: Option<Value>,
+}
+
+/// A parse failure, with the request's `ref` when it could be read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParseError {
+    /// The `ref` to answer with.
+    pub reference: Option<Value>,
+    /// The code.
+    pub code: Code,
+    /// A human reason.
+    pub reason: String,
+}
+
+/// Parses a text frame. On success returns the request and its `ref`.
+pub fn parse(text: &str) -> Result<(Request, Option<Value>), ParseError> {
+    let raw: Raw = serde_json::from_str(text).map_err(|e| ParseError {
+        reference: None,
+        code: Code::BadRequest,
+        reason: format!("invalid JSON request: {e}"),
+    })?;
+    let reference = raw.reference.clone();
+    let fail = |code, reason: &str| ParseError {
+        reference: reference.clone(),
+        code,
+        reason: reason.to_string(),
+    };
+    let subject = || {
+        raw.subject
+            .clone()
+            .ok_or_else(|| fail(Code::BadRequest, "missing \"subject\""))
+    };
+    let request = match raw.kind.as_deref() {
+        Some("subscribe") => Request::Subscribe {
+            subject: subject()?,
+            since: raw.since.clone(),
+        },
+        Some("unsubscribe") => Request::Unsubscribe {
+            subject: subject()?,
+        },
+        Some("publish") => {
+            let data = raw
+                .data
+                .as_ref()
+                .ok_or_else(|| fail(Code::BadRequest, "missing \"data\""))?;
+            let payload = match (raw.encoding.as_deref(), data) {
+                (Some("base64"), Value::String(s)) => base64::engine::general_purpose::STANDARD
+                    .decode(s)
+                    .map(Bytes::from)
+                    .map_err(|_| fail(Code::BadRequest, "\"data\" is not valid base64"))?,
+                (Some("base64"), _) => {
+                    return Err(fail(Code::BadRequest, "base64 \"data\" must be a string"));
+                }
+                (Some(_), _) => return Err(fail(Code::BadRequest, "unknown \"encoding\"")),
+                (None, v) => Bytes::from(v.to_string()),
+            };
+            if let Some(e) = &raw.event
+                && !crate::publish::is_safe_field(e)
+            {
+                return Err(fail(
+                    Code::BadRequest,
+                    "\"event\" must be 1-256 bytes without CR, LF or NUL",
+                ));
+            }
+            Request::Publish {
+                subject: subject()?,
+                payload,
+                event: raw.event.clone(),
+            }
+        }
+        Some(other) => return Err(fail(Code::BadRequest, &format!("unknown type {other:?}"))),
+        None => return Err(fail(Code::BadRequest, "missing \"type\"")),
+    };
+    Ok((request, reference))
+}
+
+/// `{"type":"ack","ref":…}` (with the subject for subscribe/unsubscribe).
+pub fn ack(reference: Option<&Value>, subject: Option<&str>) -> String {
+    let mut v = serde_json::json!({ "type": "ack" });
+    if let Some(r) = reference {
+        v["ref"] = r.clone();
+    }
+    if let Some(s) = subject {
+        v["subject"] = Value::from(s);
+    }
+    v.to_string()
+}
+
+/// `{"type":"error","ref":…,"code":"…","reason":"…"}`.
+pub fn error(reference: Option<&Value>, code: Code, reason: &str) -> String {
+    let mut v = serde_json::json!({ "type": "error", "code": code.as_str(), "reason": reason });
+    if let Some(r) = reference {
+        v["ref"] = r.clone();
+    }
+    v.to_string()
+}
+
+/// `{"type":"reset","reason":"slow_consumer","dropped":N}`.
+pub fn reset(dropped: u64) -> String {
+    format!(r#"{{"type":"reset","reason":"slow_consumer","dropped":{dropped}}}"#)
+}
+
+/// The `message` JSON for an event.
+pub fn message(event: &Event) -> Vec<u8> {
+    let mut out = Vec::with_capacity(event.payload.len() + 96);
+    out.extend_from_slice(br#"{"type":"message","subject":"#);
+    push_json_str(&mut out, &event.subject);
+    out.extend_from_slice(br#","event":"#);
+    push_json_str(&mut out, &event.name);
+    out.extend_from_slice(br#","id":"#);
+    push_json_str(&mut out, &event.id);
+    out.extend_from_slice(br#","data":"#);
+    let p = &event.payload[..];
+    if !p.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(p).is_ok() {
+        out.extend_from_slice(p);
+    } else if let Ok(s) = std::str::from_utf8(p) {
+        push_json_str(&mut out, s);
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(
+            base64::engine::general_purpose::STANDARD
+                .encode(p)
+                .as_bytes(),
+        );
+        out.extend_from_slice(br#"","encoding":"base64""#);
+    }
+    out.push(b'}');
+    out
+}
+
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    // serde_json's string escaping; writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::Message;
+
+    fn event(payload: &[u8]) -> Event {
+        let mut m = Message::new("orders.42", payload.to_vec());
+        m.event = Some("created".into());
+        Event::new(m, 7, "ep")
+    }
+
+    fn json(b: Vec<u8>) -> Value {
+        serde_json::from_slice(&b).unwrap()
+    }
+
+    #[test]
+    fn message_with_json_payload_embeds_it() {
+        let v = json(message(&event(br#"{"a":[1,2]}"#)));
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"message","subject":"orders.42","event":"created","id":"ep-7","data":{"a":[1,2]}})
+        );
+    }
+
+    #[test]
+    fn message_with_text_and_binary_payloads() {
+        assert_eq!(json(message(&event(b"hello \"x\"")))["data"], "hello \"x\"");
+        assert_eq!(json(message(&event(b"")))["data"], "");
+        let v = json(message(&event(&[0xff, 0x00, 0x10])));
+        assert_eq!(v["encoding"], "base64");
+        assert_eq!(v["data"], "/wAQ");
+    }
+
+    #[test]
+    fn parses_requests() {
+        let (r, reference) = parse(r#"{"type":"subscribe","subject":"a.b","ref":1}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Subscribe {
+                subject: "a.b".into(),
+                since: None
+            }
+        );
+        assert_eq!(reference, Some(Value::from(1)));
+        let (r, _) =
+            parse(r#"{"type":"publish","subject":"a","data":{"x":1},"event":"e"}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Publish {
+                subject: "a".into(),
+                payload: Bytes::from(r#"{"x":1}"#),
+                event: Some("e".into())
+            }
+        );
+        let (r, _) =
+            parse(r#"{"type":"publish","subject":"a","data":"/wA=","encoding":"base64"}"#).unwrap();
+        assert!(matches!(r, Request::Publish { payload, .. } if payload[..] == [0xff, 0]));
+    }
+
+    #[test]
+    fn refuses_bad_requests_with_ref() {
+        for (text, has_ref) in [
+            ("not json", false),
+            (r#"{"type":"dance","ref":"r"}"#, true),
+            (r#"{"ref":"r"}"#, true),
+            (r#"{"type":"subscribe","ref":"r"}"#, true),
+            (r#"{"type":"publish","subject":"a","ref":"r"}"#, true),
+            (
+                r#"{"type":"publish","subject":"a","data":"%%","encoding":"base64","ref":"r"}"#,
+                true,
+            ),
+            (
+                r#"{"type":"publish","subject":"a","data":1,"event":"a\nb","ref":"r"}"#,
+                true,
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.code, Code::BadRequest, "{text}");
+            assert_eq!(e.reference.is_some(), has_ref, "{text}");
+        }
+    }
+
+    #[test]
+    fn replies() {
+        assert_eq!(
+            ack(Some(&Value::from("r1")), None),
+            r#"{"ref":"r1","type":"ack"}"#
+        );
+        let e: Value = serde_json::from_str(&error(None, Code::Forbidden, "no")).unwrap();
+        assert_eq!(e["code"], "forbidden");
+        assert!(e.get("ref").is_none());
+    }
+}

@@ -1,0 +1,439 @@
+//! The WebSocket transport and client protocol, against real tokio-tungstenite clients,
+//! raw sockets, a real nats-server and the embedded broker.
+
+mod support;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use support::*;
+
+const CHAT: &str = "
+routes:
+  - path: /chat/{room}
+    transports: [ws, sse]
+    subjects: [\"chat.{room}\"]
+    allow_subscribe: [\"chat.*\"]
+    allow_publish: [\"chat.*\"]
+    auth: { mode: none }
+    ws: { max_message: 1024, max_subscriptions: 3 }
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_unsubscribe_publish_round_trips() {
+    let nats = NatsServer::start().await;
+    let ff = start_fanfare(&(base_yaml("http://127.0.0.1:1", Some(&nats.url())) + CHAT)).await;
+    let app = async_nats::connect(nats.url()).await.unwrap();
+    let mut tap = app.subscribe("chat.>").await.unwrap();
+    app.flush().await.unwrap();
+
+    let mut a = ws_connect(ff.edge_addr, "/chat/r1").await;
+    let mut b = ws_connect(ff.edge_addr, "/chat/r2").await;
+    ws_send(
+        &mut a,
+        json!({"type":"subscribe","subject":"chat.r2","ref":1}),
+    )
+    .await;
+    assert_eq!(
+        ws_json(&mut a).await,
+        json!({"type":"ack","ref":1,"subject":"chat.r2"})
+    );
+
+    ws_send(&mut b, json!({"type":"publish","subject":"chat.r2","data":{"text":"hi"},"event":"said","ref":"p1"})).await;
+    // b is subscribed to chat.r2 through its route: the ack and its own message arrive.
+    let mut got = [ws_json(&mut b).await, ws_json(&mut b).await];
+    got.sort_by_key(|v| v["type"].as_str().unwrap().to_string());
+    assert_eq!(got[0], json!({"type":"ack","ref":"p1"}));
+    assert_eq!(got[1]["type"], "message");
+    let m = ws_json(&mut a).await;
+    assert_eq!(m["type"], "message");
+    assert_eq!(m["subject"], "chat.r2");
+    assert_eq!(m["event"], "said");
+    assert_eq!(m["data"], json!({"text":"hi"}));
+    assert!(m["id"].as_str().unwrap().starts_with(ff.hub.epoch()));
+
+    // The app sees the publish with fanfare's headers.
+    let seen = tokio::time::timeout(DEADLINE, tap.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.payload, r#"{"text":"hi"}"#);
+    let h = seen.headers.unwrap();
+    assert_eq!(h.get("Fanfare-Route").unwrap().as_str(), "/chat/{room}");
+    assert!(!h.get("Fanfare-Connection").unwrap().as_str().is_empty());
+    assert_eq!(h.get("Fanfare-Event").unwrap().as_str(), "said");
+
+    ws_send(
+        &mut a,
+        json!({"type":"unsubscribe","subject":"chat.r2","ref":2}),
+    )
+    .await;
+    assert_eq!(
+        ws_json(&mut a).await,
+        json!({"type":"ack","ref":2,"subject":"chat.r2"})
+    );
+    app.publish("chat.r2", "after unsubscribe".into())
+        .await
+        .unwrap();
+    app.publish("chat.r1", "sentinel".into()).await.unwrap();
+    app.flush().await.unwrap();
+    let next = ws_json(&mut a).await;
+    assert_eq!(
+        next["data"], "sentinel",
+        "nothing from chat.r2 after unsubscribe: {next}"
+    );
+    ws_send(
+        &mut a,
+        json!({"type":"unsubscribe","subject":"chat.r2","ref":3}),
+    )
+    .await;
+    assert_eq!(ws_json(&mut a).await["code"], "not_subscribed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_errors_and_the_connection_lives_on() {
+    let ff = start_fanfare(&(base_yaml("http://127.0.0.1:1", None) + CHAT)).await;
+    let mut a = ws_connect(ff.edge_addr, "/chat/r1").await;
+    let cases = [
+        (
+            json!({"type":"subscribe","subject":"secret.x","ref":"s"}),
+            "forbidden",
+        ),
+        (
+            json!({"type":"publish","subject":"secret.x","data":1,"ref":"s"}),
+            "forbidden",
+        ),
+        (
+            json!({"type":"subscribe","subject":"chat.a b","ref":"s"}),
+            "invalid_subject",
+        ),
+        (
+            json!({"type":"subscribe","subject":"chat..x","ref":"s"}),
+            "invalid_subject",
+        ),
+        (
+            json!({"type":"publish","subject":"chat.*","data":1,"ref":"s"}),
+            "invalid_subject",
+        ),
+        (
+            json!({"type":"subscribe","subject":"chat.>","ref":"s"}),
+            "forbidden",
+        ),
+        (json!({"type":"dance","ref":"s"}), "bad_request"),
+        (
+            json!({"type":"publish","subject":"chat.r1","ref":"s"}),
+            "bad_request",
+        ),
+    ];
+    for (req, code) in cases {
+        ws_send(&mut a, req.clone()).await;
+        let e = ws_json(&mut a).await;
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str(), e["ref"].as_str()),
+            (Some("error"), Some(code), Some("s")),
+            "{req}"
+        );
+    }
+    a.send(Message::text("{not json")).await.unwrap();
+    let e = ws_json(&mut a).await;
+    assert_eq!(e["code"], "bad_request");
+    a.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    assert_eq!(ws_json(&mut a).await["code"], "binary_not_supported");
+    // Still alive and useful.
+    ws_send(
+        &mut a,
+        json!({"type":"subscribe","subject":"chat.r2","ref":"ok"}),
+    )
+    .await;
+    assert_eq!(ws_json(&mut a).await["type"], "ack");
+    ws_send(&mut a, json!({"type":"subscribe","subject":"chat.r3"})).await;
+    assert_eq!(ws_json(&mut a).await["type"], "ack");
+    ws_send(&mut a, json!({"type":"subscribe","subject":"chat.r4"})).await;
+    assert_eq!(ws_json(&mut a).await["code"], "too_many_subscriptions");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_and_path_refusals_happen_before_the_upgrade() {
+    let ff = start_fanfare(&(base_yaml("http://127.0.0.1:1", None) + CHAT)).await;
+    let raw = |headers: &'static str, path: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(ff.edge_addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let r = raw(
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n",
+        "/chat/r1",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    let r = raw(
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        "/chat/r1",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 426"), "{r}");
+    let r = raw(
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        "/chat/a.b",
+    )
+    .await;
+    assert!(
+        r.starts_with("HTTP/1.1 400") && r.contains("invalid_subject_parameter"),
+        "{r}"
+    );
+    assert_eq!(
+        metric(ff.admin_addr, "fanfare_subscriptions").await,
+        Some(0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_message_closes_1009() {
+    let ff = start_fanfare(&(base_yaml("http://127.0.0.1:1", None) + CHAT)).await;
+    let mut a = ws_connect(ff.edge_addr, "/chat/r1").await;
+    a.send(Message::text("x".repeat(2000))).await.unwrap();
+    assert_eq!(ws_close_code(&mut a).await, 1009);
+    wait_metric(
+        ff.admin_addr,
+        "fanfare_connections_total{outcome=\"too_big\",transport=\"ws\"}",
+        1.0,
+    )
+    .await;
+}
+
+/// A raw client that completes the handshake and then never reads or answers.
+async fn silent_ws_client(addr: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).await.unwrap(), 1);
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_answering_pings_is_closed() {
+    let yaml = base_yaml("http://127.0.0.1:1", None)
+        + "routes:\n  - path: /p\n    transports: [ws]\n    subjects: [p]\n    auth: { mode: none }\n    ws: { ping_interval: 100ms, pong_timeout: 100ms }\n";
+    let ff = start_fanfare(&yaml).await;
+    let mut silent = silent_ws_client(ff.edge_addr, "/p").await;
+    wait_metric(ff.admin_addr, "fanfare_connections{transport=\"ws\"}", 1.0).await;
+    // A well-behaved client on the same route stays connected: it keeps reading, so
+    // tungstenite answers the pings.
+    let mut good = ws_connect(ff.edge_addr, "/p").await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = good.next().await {
+            if let Message::Text(t) = m {
+                let _ = tx.send(t.as_str().to_string());
+            }
+        }
+    });
+    wait_metric(
+        ff.admin_addr,
+        "fanfare_connections_total{outcome=\"ping_timeout\",transport=\"ws\"}",
+        1.0,
+    )
+    .await;
+    // The silent one saw pings and then a close frame with 4002, then EOF.
+    let mut all = Vec::new();
+    tokio::time::timeout(DEADLINE, silent.read_to_end(&mut all))
+        .await
+        .unwrap()
+        .unwrap();
+    let close = all
+        .windows(2)
+        .position(|w| w == [0x88, 2 + "ping timeout".len() as u8])
+        .expect("a close frame");
+    assert_eq!(u16::from_be_bytes([all[close + 2], all[close + 3]]), 4002);
+    // Several ping intervals later the good client is still connected and receives.
+    publish(ff.admin_addr, "p", None, "still here").await;
+    let text = tokio::time::timeout(DEADLINE, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(text.contains("still here"), "{text}");
+    assert_eq!(
+        metric(ff.admin_addr, "fanfare_connections{transport=\"ws\"}").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            ff.admin_addr,
+            "fanfare_connections_total{outcome=\"ping_timeout\",transport=\"ws\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connection_without_subscriptions_is_closed() {
+    let yaml = base_yaml("http://127.0.0.1:1", None)
+        + "routes:\n  - path: /lobby\n    transports: [ws]\n    allow_subscribe: [\"room.*\"]\n    auth: { mode: none }\n    ws: { idle_timeout: 200ms, ping_interval: 50ms }\n";
+    let ff = start_fanfare(&yaml).await;
+    let mut a = ws_connect(ff.edge_addr, "/lobby").await;
+    assert_eq!(ws_close_code(&mut a).await, 4003);
+    // One that subscribes stays.
+    let mut b = ws_connect(ff.edge_addr, "/lobby").await;
+    ws_send(&mut b, json!({"type":"subscribe","subject":"room.1"})).await;
+    assert_eq!(ws_json(&mut b).await["type"], "ack");
+    publish(ff.admin_addr, "room.1", None, "hello").await;
+    assert_eq!(ws_json(&mut b).await["data"], "hello");
+    wait_metric(
+        ff.admin_addr,
+        "fanfare_connections_total{outcome=\"idle\",transport=\"ws\"}",
+        1.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abrupt_tcp_drop_releases_the_client() {
+    let nats = NatsServer::start().await;
+    let ff = start_fanfare(&(base_yaml("http://127.0.0.1:1", Some(&nats.url())) + CHAT)).await;
+    let a = silent_ws_client(ff.edge_addr, "/chat/gone").await;
+    wait_metric(ff.admin_addr, "fanfare_connections{transport=\"ws\"}", 1.0).await;
+    assert_eq!(
+        metric(ff.admin_addr, "fanfare_subscriptions").await,
+        Some(1.0)
+    );
+    drop(a);
+    wait_metric(ff.admin_addr, "fanfare_connections{transport=\"ws\"}", 0.0).await;
+    wait_metric(ff.admin_addr, "fanfare_subscriptions", 0.0).await;
+    wait_for("nats-server to drop the subscription", DEADLINE, || async {
+        (nats.subscription_count().await == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_ws_and_sse_clients_receive_everything_in_order() {
+    let ff = start_fanfare(&(base_yaml("http://127.0.0.1:1", None) + CHAT)).await;
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let mut ws = ws_connect(ff.edge_addr, "/chat/mix").await;
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            while got.len() < 50 {
+                got.push(ws_json(&mut ws).await["data"]["n"].as_u64().unwrap());
+            }
+            got
+        }));
+        let mut sse =
+            sse_connect(&http_client(), &format!("http://{}/chat/mix", ff.edge_addr)).await;
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            while got.len() < 50 {
+                let (_, _, data) = sse.next_event().await.unwrap();
+                let v: serde_json::Value = serde_json::from_str(&data).unwrap();
+                got.push(v["n"].as_u64().unwrap());
+            }
+            got
+        }));
+    }
+    wait_metric(ff.admin_addr, "fanfare_connections{transport=\"ws\"}", 3.0).await;
+    for n in 0..50 {
+        publish(ff.admin_addr, "chat.mix", None, json!({"n": n}).to_string()).await;
+    }
+    let expected: Vec<u64> = (0..50).collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), expected);
+    }
+    assert_eq!(
+        metric(ff.admin_addr, "fanfare_deliveries_total{transport=\"ws\"}").await,
+        Some(150.0)
+    );
+    assert_eq!(
+        metric(ff.admin_addr, "fanfare_deliveries_total{transport=\"sse\"}").await,
+        Some(150.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_ws_reader_does_not_hold_up_the_others() {
+    let yaml = base_yaml("http://127.0.0.1:1", None)
+        + "routes:\n  - path: /feed\n    transports: [ws]\n    subjects: [feed]\n    auth: { mode: none }\n    queue: { messages: 16, bytes: 1048576 }\n";
+    let ff = start_fanfare(&yaml).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stalled_tcp = socket.connect(ff.edge_addr).await.unwrap();
+    let (stalled, _) =
+        tokio_tungstenite::client_async(format!("ws://{}/feed", ff.edge_addr), stalled_tcp)
+            .await
+            .unwrap();
+    let mut good = ws_connect(ff.edge_addr, "/feed").await;
+    wait_metric(ff.admin_addr, "fanfare_connections{transport=\"ws\"}", 2.0).await;
+    const N: usize = 600;
+    let reader = tokio::spawn(async move {
+        for i in 0..N {
+            let v = ws_json(&mut good).await;
+            let data = v["data"].as_str().unwrap().to_string();
+            assert_eq!(data[..6].parse::<usize>().unwrap(), i);
+        }
+    });
+    for i in 0..N {
+        publish(
+            ff.admin_addr,
+            "feed",
+            None,
+            format!("{i:06}:{}", "x".repeat(16 * 1024)),
+        )
+        .await;
+    }
+    reader.await.unwrap();
+    let dropped = metric(
+        ff.admin_addr,
+        "fanfare_dropped_total{reason=\"slow_consumer\"}",
+    )
+    .await
+    .unwrap();
+    assert!(dropped > 0.0);
+    // The stalled client, reading now, is told about the gap.
+    let mut stalled = stalled;
+    let mut reset = false;
+    loop {
+        let msg = tokio::time::timeout(DEADLINE, stalled.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = msg {
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+            if v["type"] == "reset" {
+                reset = true;
+            }
+            if v["type"] == "message"
+                && v["data"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("{:06}", N - 1))
+            {
+                break;
+            }
+        }
+    }
+    assert!(reset, "the stalled client got a reset message");
+}
