@@ -437,3 +437,20 @@ async fn a_slow_ws_reader_does_not_hold_up_the_others() {
     }
     assert!(reset, "the stalled client got a reset message");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_route_echoes_text_and_binary() {
+    let yaml = base_yaml("http://127.0.0.1:1", None)
+        + "routes:\n  - path: /echo\n    transports: [ws]\n    auth: { mode: none }\n    ws: { echo: true }\n";
+    let ff = start_fanfare(&yaml).await;
+    let mut ws = ws_connect(ff.edge_addr, "/echo").await;
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(ws_next(&mut ws).await.unwrap(), Message::text("hello"));
+    ws.send(Message::binary(vec![0u8, 255])).await.unwrap();
+    assert_eq!(
+        ws_next(&mut ws).await.unwrap(),
+        Message::binary(vec![0u8, 255])
+    );
+    ws.send(Message::Close(None)).await.unwrap();
+    assert!(matches!(ws_next(&mut ws).await, Some(Message::Close(_))));
+}
