@@ -16,10 +16,12 @@
 //! - `tests/support/`: the test harness (real nats-server on a free port, stub app).
 
 pub mod admin;
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod edge;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod publish;
 pub mod realtime;
@@ -43,6 +45,7 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::edge::{Edge, InFlight};
 use crate::hub::Hub;
+use crate::limits::ConnectionLimits;
 use crate::metrics::Metrics;
 use crate::realtime::Realtime;
 use crate::route::Routes;
@@ -123,6 +126,14 @@ impl Handle {
     }
 }
 
+/// The HTTP client for JWKS fetches and upstream auth callouts. reqwest uses rustls;
+/// ring is the provider async-nats already brings (installing it twice is harmless:
+/// the first one wins).
+pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().no_proxy().build()
+}
+
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()
@@ -177,13 +188,20 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
     let (stop_edge, stop_edge_rx) = watch::channel(false);
     let (stop_admin, stop_admin_rx) = watch::channel(false);
     let hub = Hub::new(broker.clone(), metrics.clone());
-    let realtime = Arc::new(Realtime::new(
-        routes,
-        hub.clone(),
-        broker.clone(),
-        metrics.clone(),
-        stop_edge_rx.clone(),
-    ));
+    let http = http_client().map_err(|e| StartError::Routes(format!("http client: {e}")))?;
+    let realtime = Arc::new(
+        Realtime::new(
+            routes,
+            hub.clone(),
+            broker.clone(),
+            metrics.clone(),
+            stop_edge_rx.clone(),
+            ConnectionLimits::new(&config.limits),
+            &config.upstream.to_string(),
+            http,
+        )
+        .map_err(StartError::Routes)?,
+    );
     let edge = Edge::new(
         config.upstream.clone(),
         config.proxy.clone(),

@@ -36,6 +36,12 @@ pub struct Metrics {
     pub delivery_lag: Histogram,
     /// Messages published through the admin endpoint, by result.
     pub publish_total: IntCounterVec,
+    /// Handshake authorizations, by mode and result.
+    pub auth_total: IntCounterVec,
+    /// Requests refused by a limit or policy, by reason.
+    pub rejected: IntCounterVec,
+    /// JWKS refreshes, by result.
+    pub jwks_refresh: IntCounterVec,
 }
 
 impl Metrics {
@@ -122,6 +128,24 @@ impl Metrics {
                 ),
                 &["result"],
             )?,
+            auth_total: IntCounterVec::new(
+                Opts::new(
+                    "fanfare_auth_total",
+                    "Realtime handshake authorizations, by mode and result.",
+                ),
+                &["mode", "result"],
+            )?,
+            rejected: IntCounterVec::new(
+                Opts::new(
+                    "fanfare_rejected_total",
+                    "Requests or client messages refused by a limit or policy, by reason.",
+                ),
+                &["reason"],
+            )?,
+            jwks_refresh: IntCounterVec::new(
+                Opts::new("fanfare_jwks_refresh_total", "JWKS fetches, by result."),
+                &["result"],
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.upstream_requests.clone()))?;
@@ -135,6 +159,9 @@ impl Metrics {
         m.registry.register(Box::new(m.subscriptions.clone()))?;
         m.registry.register(Box::new(m.delivery_lag.clone()))?;
         m.registry.register(Box::new(m.publish_total.clone()))?;
+        m.registry.register(Box::new(m.auth_total.clone()))?;
+        m.registry.register(Box::new(m.rejected.clone()))?;
+        m.registry.register(Box::new(m.jwks_refresh.clone()))?;
         // Fixed label sets are created up front so every series shows from the start.
         for class in ["1xx", "2xx", "3xx", "4xx", "5xx", "error"] {
             m.upstream_requests.with_label_values(&[class]);

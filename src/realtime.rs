@@ -15,12 +15,18 @@ use pingora::prelude::Session;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
+use std::time::SystemTime;
+
+use crate::auth::{Authorizer, Denied, Grant};
 use crate::broker::Broker;
-use crate::config::Transport;
+use crate::config::{AuthMode, Transport};
 use crate::edge::{respond_json, take_h1_stream};
 use crate::hub::{ClientQueue, Hub, Membership};
+use crate::limits::{ConnectionLimits, Refused, Slot};
 use crate::metrics::Metrics;
+use crate::route::Params;
 use crate::route::{Route, Routes, query_param};
+use crate::subject::{self, CLAIM_PREFIX, SubjectError};
 use crate::transport::sse::{self, RawSink, Sink};
 use crate::transport::ws;
 
@@ -31,6 +37,7 @@ struct LiveRoute {
     route: Arc<Route>,
     heartbeat: watch::Receiver<u64>,
     ws: Arc<ws::Context>,
+    auth: Authorizer,
 }
 
 /// The realtime side of the edge.
@@ -39,48 +46,64 @@ pub struct Realtime {
     hub: Hub,
     metrics: Metrics,
     shutdown: watch::Receiver<bool>,
+    limits: Arc<ConnectionLimits>,
 }
 
 /// A refusal: status, machine-readable code, human reason.
 struct Refusal(u16, &'static str, String);
 
+/// Everything the handshake decided, handed to the transport.
+struct Admitted {
+    subjects: Vec<String>,
+    permissions: ws::Permissions,
+    slot: Slot,
+}
+
 impl Realtime {
-    /// Builds the realtime side; starts one heartbeat ticker per route.
+    /// Builds the realtime side; starts one heartbeat ticker per route (and JWKS
+    /// refreshers for routes that use them).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         routes: Routes,
         hub: Hub,
         broker: Broker,
         metrics: Metrics,
         shutdown: watch::Receiver<bool>,
-    ) -> Realtime {
+        limits: Arc<ConnectionLimits>,
+        upstream_base: &str,
+        http: reqwest::Client,
+    ) -> std::result::Result<Realtime, String> {
         let routes = routes
             .0
             .into_iter()
             .map(|route| {
                 let heartbeat = ticker(route.config.heartbeat.0, shutdown.clone());
+                let auth =
+                    Authorizer::new(&route.config.auth, upstream_base, http.clone(), &metrics)
+                        .map_err(|e| format!("route {}: {e}", route.config.path))?;
                 let ws = Arc::new(ws::Context {
                     hub: hub.clone(),
                     broker: broker.clone(),
                     metrics: metrics.clone(),
                     config: route.config.ws.clone(),
                     route: route.config.path.clone(),
-                    allow_subscribe: route.config.allow_subscribe.clone(),
-                    allow_publish: route.config.allow_publish.clone(),
                     shutdown: shutdown.clone(),
                 });
-                LiveRoute {
+                Ok(LiveRoute {
                     route,
                     heartbeat,
                     ws,
-                }
+                    auth,
+                })
             })
-            .collect();
-        Realtime {
+            .collect::<std::result::Result<_, String>>()?;
+        Ok(Realtime {
             routes,
             hub,
             metrics,
             shutdown,
-        }
+            limits,
+        })
     }
 
     /// Serves `session` when its path is a realtime route; `Ok(false)` passes it on to
@@ -96,47 +119,71 @@ impl Realtime {
         };
         match self.serve(session, live, params).await {
             Ok(()) => {}
-            Err(Refusal(status, code, reason)) => {
+            Err(Outcome::Refused(Refusal(status, code, reason))) => {
                 let body = serde_json::json!({ "error": code, "reason": reason }).to_string();
                 respond_json(session, status, &body).await?;
             }
+            Err(Outcome::Denied(Denied::Json(status, code, reason))) => {
+                let body = serde_json::json!({ "error": code, "reason": reason }).to_string();
+                respond_json(session, status, &body).await?;
+            }
+            Err(Outcome::Denied(Denied::Raw {
+                status,
+                content_type,
+                body,
+            })) => {
+                respond_raw(session, status, content_type.as_deref(), body).await?;
+            }
         }
         Ok(true)
+    }
+
+    fn reject(&self, reason: &'static str) {
+        self.metrics.rejected.with_label_values(&[reason]).inc();
     }
 
     async fn serve(
         &self,
         session: &mut Session,
         live: &LiveRoute,
-        params: Result<crate::route::Params, crate::route::MatchError>,
-    ) -> Result<(), Refusal> {
+        params: std::result::Result<Params, crate::route::MatchError>,
+    ) -> std::result::Result<(), Outcome> {
         let route = &live.route;
         let method = session.req_header().method.clone();
-        let origin = header(session, "origin");
-        let allowed_origin = match &origin {
-            None => None,
-            Some(o) if origin_allowed(route, o, header(session, "host").as_deref()) => {
-                Some(o.clone())
+        let allowed_origin = match header(session, "origin") {
+            None if route.config.allow_missing_origin => None,
+            None => {
+                self.reject("origin_missing");
+                return Err(Refusal(
+                    403,
+                    "origin_required",
+                    "this route needs an Origin header".into(),
+                )
+                .into());
             }
+            Some(o) if origin_allowed(route, &o, header(session, "host").as_deref()) => Some(o),
             Some(_) => {
+                self.reject("origin_not_allowed");
                 return Err(Refusal(
                     403,
                     "origin_not_allowed",
                     "this Origin may not use this route".into(),
-                ));
+                )
+                .into());
             }
         };
         if method == http::Method::OPTIONS {
             return preflight(session, allowed_origin.as_deref())
                 .await
-                .map_err(|e| Refusal(500, "internal", e.to_string()));
+                .map_err(|e| Refusal(500, "internal", e.to_string()).into());
         }
         if method != http::Method::GET {
             return Err(Refusal(
                 405,
                 "method_not_allowed",
                 "realtime routes answer GET".into(),
-            ));
+            )
+            .into());
         }
         let params = params.map_err(|e| Refusal(400, "bad_path_parameter", e.to_string()))?;
         let transport = requested_transport(session);
@@ -145,23 +192,105 @@ impl Realtime {
                 400,
                 "transport_not_allowed",
                 format!("this route does not serve {transport:?}"),
-            ));
+            )
+            .into());
         }
-        let subjects = route
-            .subjects(&params)
-            .map_err(|e| Refusal(400, e.code(), e.to_string()))?;
-        match transport {
-            Transport::Sse => {
-                self.serve_sse(session, live, &subjects, allowed_origin)
-                    .await
-            }
-            Transport::Ws => self.serve_ws(session, live, &subjects).await,
-            Transport::Poll => Err(Refusal(
+        if transport == Transport::Poll {
+            return Err(Refusal(
                 501,
                 "transport_not_supported",
                 "long-polling is not implemented yet".into(),
-            )),
+            )
+            .into());
         }
+        let ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let slot = self.limits.acquire(ip).map_err(|r| {
+            let (reason, text) = match r {
+                Refused::Total => (
+                    "too_many_connections",
+                    "fanfare holds its maximum of connections",
+                ),
+                Refused::PerIp => (
+                    "too_many_connections_per_ip",
+                    "too many connections from this address",
+                ),
+            };
+            self.reject(reason);
+            Refusal(429, reason, text.into())
+        })?;
+        let grant = live
+            .auth
+            .authorize(session.req_header(), &self.metrics)
+            .await
+            .map_err(Outcome::Denied)?;
+        let admitted = self.admit(live, params, grant, slot)?;
+        match transport {
+            Transport::Sse => {
+                self.serve_sse(session, live, admitted, allowed_origin)
+                    .await
+            }
+            _ => self.serve_ws(session, live, admitted).await,
+        }
+        .map_err(Outcome::Refused)
+    }
+
+    /// Builds the subjects and permissions from the path and the grant.
+    fn admit(
+        &self,
+        live: &LiveRoute,
+        params: Params,
+        grant: Grant,
+        slot: Slot,
+    ) -> std::result::Result<Admitted, Refusal> {
+        let route = &live.route;
+        let mut values = params;
+        values.extend(grant.claims.clone());
+        let subjects = route.subjects_with_origin(&values).map_err(|e| match &e {
+            SubjectError::Forbidden { name, .. }
+            | SubjectError::Empty(name)
+            | SubjectError::TooLong(name)
+            | SubjectError::Missing(name)
+                if name.starts_with(CLAIM_PREFIX) =>
+            {
+                self.reject("invalid_claim");
+                Refusal(403, "invalid_claim", e.to_string())
+            }
+            _ => Refusal(400, e.code(), e.to_string()),
+        })?;
+        let (allow_sub, allow_pub) = route.allowances(&values);
+        let mut subscribe = grant.subscribe;
+        subscribe.extend(allow_sub);
+        let mut publish = grant.publish;
+        publish.extend(allow_pub);
+        let public = route.config.auth.mode == AuthMode::None;
+        for (subject, from_path) in &subjects {
+            if !public && *from_path && !subscribe.iter().any(|p| subject::covers(p, subject)) {
+                self.reject("forbidden");
+                return Err(Refusal(
+                    403,
+                    "forbidden",
+                    format!("not allowed to subscribe to {subject}"),
+                ));
+            }
+        }
+        let expires = grant.expires.map(|at| {
+            let left = at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            tokio::time::Instant::now() + left
+        });
+        Ok(Admitted {
+            subjects: subjects.into_iter().map(|(s, _)| s).collect(),
+            permissions: ws::Permissions {
+                subscribe,
+                publish,
+                expires,
+            },
+            slot,
+        })
     }
 
     /// Subscribes a new client's queue to `subjects`.
@@ -169,7 +298,7 @@ impl Realtime {
         &self,
         route: &Route,
         subjects: &[String],
-    ) -> Result<(u64, Arc<ClientQueue>, Vec<(String, Membership)>), Refusal> {
+    ) -> std::result::Result<(u64, Arc<ClientQueue>, Vec<(String, Membership)>), Refusal> {
         let queue = Arc::new(ClientQueue::new(
             &route.config.queue,
             route.config.slow_consumer,
@@ -191,15 +320,15 @@ impl Realtime {
         &self,
         session: &mut Session,
         live: &LiveRoute,
-        subjects: &[String],
-    ) -> Result<(), Refusal> {
+        admitted: Admitted,
+    ) -> std::result::Result<(), Refusal> {
         let accept = ws::check_handshake(session.req_header())
             .map_err(|(s, c, r)| Refusal(s, c, r.into()))?;
         let ctx = live.ws.clone();
         let joined = if ctx.config.echo {
             None
         } else {
-            Some(self.join_all(&live.route, subjects).await?)
+            Some(self.join_all(&live.route, &admitted.subjects).await?)
         };
         let Some(mut stream) = take_h1_stream(session).await else {
             return Err(Refusal(
@@ -209,7 +338,11 @@ impl Realtime {
             ));
         };
         let metrics = self.metrics.clone();
+        let Admitted {
+            permissions, slot, ..
+        } = admitted;
         tokio::spawn(async move {
+            let _slot = slot;
             if stream
                 .write_all(&ws::switching_protocols(&accept))
                 .await
@@ -231,6 +364,7 @@ impl Realtime {
                 queue,
                 client,
                 memberships.into_iter().collect(),
+                permissions,
             );
             let outcome = session.run().await;
             gauge.dec();
@@ -246,23 +380,26 @@ impl Realtime {
         &self,
         session: &mut Session,
         live: &LiveRoute,
-        subjects: &[String],
+        admitted: Admitted,
         allowed_origin: Option<String>,
-    ) -> Result<(), Refusal> {
+    ) -> std::result::Result<(), Refusal> {
         let route = &live.route;
-        let (_, queue, memberships) = self.join_all(route, subjects).await?;
+        let (_, queue, memberships) = self.join_all(route, &admitted.subjects).await?;
         let memberships: Vec<Membership> = memberships.into_iter().map(|(_, m)| m).collect();
+        let slot = admitted.slot;
         let sse_session = sse::Session {
             queue,
             heartbeat: live.heartbeat.clone(),
             shutdown: self.shutdown.clone(),
             retry_ms: route.config.retry.0.as_millis(),
             metrics: self.metrics.clone(),
+            expires: admitted.permissions.expires,
         };
         if let Some(mut stream) = take_h1_stream(session).await {
             let head = sse_head_h1(allowed_origin.as_deref());
             let metrics = self.metrics.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let mut sink = RawSink(&mut stream);
                 if sink.write(head).await.is_ok() {
                     run_counted(sse_session, &mut sink, memberships, &metrics).await;
@@ -278,8 +415,38 @@ impl Realtime {
             .map_err(|e| Refusal(500, "internal", e.to_string()))?;
         let mut sink = PingoraSink(session);
         run_counted(sse_session, &mut sink, memberships, &self.metrics).await;
+        drop(slot);
         Ok(())
     }
+}
+
+/// Why a handshake did not go through.
+enum Outcome {
+    Refused(Refusal),
+    Denied(Denied),
+}
+
+impl From<Refusal> for Outcome {
+    fn from(r: Refusal) -> Outcome {
+        Outcome::Refused(r)
+    }
+}
+
+/// Passes the app's own refusal through unchanged (upstream auth).
+async fn respond_raw(
+    session: &mut Session,
+    status: u16,
+    content_type: Option<&str>,
+    body: bytes::Bytes,
+) -> Result<()> {
+    let mut h = ResponseHeader::build(status, Some(3))?;
+    if let Some(ct) = content_type {
+        h.insert_header("content-type", ct)?;
+    }
+    h.insert_header("content-length", body.len().to_string())?;
+    h.insert_header("cache-control", "no-store")?;
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(body), true).await
 }
 
 /// Runs an SSE session with the connection gauge and outcome counter around it.

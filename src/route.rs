@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::{RouteConfig, Transport};
+use crate::config::{AuthMode, RouteConfig, Transport};
 use crate::subject::{SubjectError, Template};
 
 /// One segment of a path pattern.
@@ -57,6 +57,8 @@ pub struct Route {
     pub config: RouteConfig,
     segments: Vec<Segment>,
     subjects: Vec<Template>,
+    allow_subscribe: Vec<Template>,
+    allow_publish: Vec<Template>,
 }
 
 /// Why a matched request cannot be served.
@@ -75,15 +77,18 @@ impl Route {
     pub fn new(config: RouteConfig) -> Result<Route, String> {
         let segments = parse_path(&config.path)?;
         let params = path_params(&config.path)?;
-        let subjects = config
-            .subjects
-            .iter()
-            .map(|s| Template::parse(s, &params))
-            .collect::<Result<_, _>>()?;
+        let claims = config.auth.mode == AuthMode::Jwt;
+        let parse = |list: &[String], params: &[String]| -> Result<Vec<Template>, String> {
+            list.iter()
+                .map(|s| Template::parse_with(s, params, claims))
+                .collect()
+        };
         Ok(Route {
+            subjects: parse(&config.subjects, &params)?,
+            allow_subscribe: parse(&config.allow_subscribe, &[])?,
+            allow_publish: parse(&config.allow_publish, &[])?,
             config,
             segments,
-            subjects,
         })
     }
 
@@ -118,16 +123,36 @@ impl Route {
         Some(Ok(params))
     }
 
-    /// The subjects for a matched request, each value checked against injection.
-    pub fn subjects(&self, params: &HashMap<String, String>) -> Result<Vec<String>, SubjectError> {
-        let mut out: Vec<String> = Vec::with_capacity(self.subjects.len());
+    /// The subjects for a matched request, each value checked against injection, with
+    /// whether each was built from a path parameter (and so needs the grant to cover it).
+    pub fn subjects_with_origin(
+        &self,
+        values: &HashMap<String, String>,
+    ) -> Result<Vec<(String, bool)>, SubjectError> {
+        let mut out: Vec<(String, bool)> = Vec::with_capacity(self.subjects.len());
         for t in &self.subjects {
-            let s = t.render(params)?;
-            if !out.contains(&s) {
-                out.push(s);
+            let s = t.render(values)?;
+            if !out.iter().any(|(x, _)| *x == s) {
+                out.push((s, t.uses_path_params()));
             }
         }
         Ok(out)
+    }
+
+    /// The subjects for a matched request, each value checked against injection.
+    pub fn subjects(&self, values: &HashMap<String, String>) -> Result<Vec<String>, SubjectError> {
+        Ok(self
+            .subjects_with_origin(values)?
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect())
+    }
+
+    /// The route's `allow_subscribe` / `allow_publish` patterns, rendered with claims.
+    /// A pattern whose claim is missing or invalid is left out.
+    pub fn allowances(&self, values: &HashMap<String, String>) -> (Vec<String>, Vec<String>) {
+        let render = |ts: &[Template]| ts.iter().filter_map(|t| t.render(values).ok()).collect();
+        (render(&self.allow_subscribe), render(&self.allow_publish))
     }
 }
 

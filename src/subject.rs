@@ -84,11 +84,14 @@ impl Template {
     ///
     /// Literal tokens follow NATS rules: non-empty, no whitespace; `*` and `>` only as
     /// whole tokens, `>` only last. A token holding a placeholder holds no wildcard.
-    pub fn parse(text: &str, params: &[String]) -> Result<Template, String> {
+    ///
+    /// Besides `params`, a placeholder may name a token claim, `{claims.NAME}`, when
+    /// `claims` is true.
+    pub fn parse_with(text: &str, params: &[String], claims: bool) -> Result<Template, String> {
         if text.is_empty() {
             return Err("empty subject".to_string());
         }
-        let raw: Vec<&str> = text.split('.').collect();
+        let raw = split_outside_braces(text);
         let mut tokens = Vec::with_capacity(raw.len());
         for (i, tok) in raw.iter().enumerate() {
             if tok.is_empty() {
@@ -103,9 +106,23 @@ impl Template {
             if (tok.contains('*') || tok.contains('>')) && *tok != "*" && *tok != ">" {
                 return Err(format!("wildcard inside token {tok:?}"));
             }
-            tokens.push(parse_token(tok, params)?);
+            tokens.push(parse_token(tok, params, claims)?);
         }
         Ok(Template { tokens })
+    }
+
+    /// [`Template::parse_with`] without claim placeholders.
+    pub fn parse(text: &str, params: &[String]) -> Result<Template, String> {
+        Template::parse_with(text, params, false)
+    }
+
+    /// Whether any placeholder is a path parameter (not a claim): such a subject is
+    /// built from what the client chose and must be covered by its grant.
+    pub fn uses_path_params(&self) -> bool {
+        self.tokens
+            .iter()
+            .flatten()
+            .any(|p| matches!(p, Part::Param(n) if !n.starts_with(CLAIM_PREFIX)))
     }
 
     /// Fills the template. Every value is checked with [`check_token_value`].
@@ -132,7 +149,29 @@ impl Template {
     }
 }
 
-fn parse_token(tok: &str, params: &[String]) -> Result<Vec<Part>, String> {
+/// The prefix of claim placeholders: `{claims.sub}`.
+pub const CLAIM_PREFIX: &str = "claims.";
+
+/// Splits on dots that are not inside `{...}`.
+fn split_outside_braces(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, c) in text.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth = depth.saturating_sub(1),
+            '.' if depth == 0 => {
+                out.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&text[start..]);
+    out
+}
+
+fn parse_token(tok: &str, params: &[String], claims: bool) -> Result<Vec<Part>, String> {
     let mut parts = Vec::new();
     let mut rest = tok;
     while let Some(open) = rest.find('{') {
@@ -144,7 +183,13 @@ fn parse_token(tok: &str, params: &[String]) -> Result<Vec<Part>, String> {
             .ok_or_else(|| format!("unclosed {{ in {tok:?}"))?
             + open;
         let name = &rest[open + 1..close];
-        if !params.iter().any(|p| p == name) {
+        let claim_ok = claims
+            && name.strip_prefix(CLAIM_PREFIX).is_some_and(|c| {
+                !c.is_empty()
+                    && c.chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+            });
+        if !claim_ok && !params.iter().any(|p| p == name) {
             return Err(format!(
                 "unknown parameter {{{name}}} (the path defines: {})",
                 params.join(", ")
@@ -265,6 +310,18 @@ mod tests {
             t.render(&values(&[("id", &long)])),
             Err(SubjectError::TooLong(_))
         ));
+    }
+
+    #[test]
+    fn claim_placeholders() {
+        let t = Template::parse_with("users.{claims.sub}.x", &params(&[]), true).unwrap();
+        assert!(!t.uses_path_params());
+        let s = t.render(&values(&[("claims.sub", "u1")])).unwrap();
+        assert_eq!(s, "users.u1.x");
+        assert!(t.render(&values(&[("claims.sub", "a.b")])).is_err());
+        assert!(Template::parse("users.{claims.sub}", &params(&[])).is_err());
+        let t = Template::parse_with("o.{id}.{claims.sub}", &params(&["id"]), true).unwrap();
+        assert!(t.uses_path_params());
     }
 
     #[test]

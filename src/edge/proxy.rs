@@ -223,6 +223,13 @@ impl ProxyHttp for Edge {
         }
     }
 
+    /// pingora logs this with every error; the default includes the query string,
+    /// which may carry an `access_token`, so only the method and path are given.
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        format!("{} {}", req.method, req.uri.path())
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         if ctx.proxied.take().is_none() {
             return;

@@ -124,6 +124,8 @@ pub enum Outcome {
     SlowConsumer,
     /// fanfare is shutting down.
     Shutdown,
+    /// The client's token expired.
+    Expired,
 }
 
 impl Outcome {
@@ -134,6 +136,7 @@ impl Outcome {
             Outcome::WriteError => "write_error",
             Outcome::SlowConsumer => "slow_consumer",
             Outcome::Shutdown => "shutdown",
+            Outcome::Expired => "expired",
         }
     }
 }
@@ -150,6 +153,8 @@ pub struct Session {
     pub retry_ms: u128,
     /// Metrics.
     pub metrics: Metrics,
+    /// When the client's credential expires (`event: fanfare.expired`, then the end).
+    pub expires: Option<tokio::time::Instant>,
 }
 
 enum Wake {
@@ -157,7 +162,11 @@ enum Wake {
     Heartbeat,
     Shutdown,
     Gone,
+    Expired,
 }
+
+/// The event sent when a token expires during a held stream.
+pub const EXPIRED: &[u8] = b"event: fanfare.expired\ndata: {\"reason\":\"token_expired\"}\n\n";
 
 impl Session {
     /// Runs until the client leaves, the queue closes or fanfare shuts down. The
@@ -173,8 +182,13 @@ impl Session {
                 r = self.heartbeat.changed() => if r.is_ok() { Wake::Heartbeat } else { Wake::Shutdown },
                 _ = self.shutdown.wait_for(|s| *s) => Wake::Shutdown,
                 _ = sink.gone() => Wake::Gone,
+                _ = crate::transport::ws::sleep_until_opt(self.expires) => Wake::Expired,
             };
             match wake {
+                Wake::Expired => {
+                    let _ = sink.write(Bytes::from_static(EXPIRED)).await;
+                    return Outcome::Expired;
+                }
                 Wake::Gone => return Outcome::ClientClosed,
                 Wake::Shutdown => {
                     let _ = sink.write(encode_retry(self.retry_ms)).await;

@@ -54,6 +54,8 @@ pub mod close {
     pub const PING_TIMEOUT: u16 = 4002;
     /// The client held no subscription for `ws.idle_timeout`.
     pub const IDLE: u16 = 4003;
+    /// The client's token expired.
+    pub const TOKEN_EXPIRED: u16 = 4001;
 }
 
 /// Why an upgrade request is refused: (status, code, reason).
@@ -157,12 +159,51 @@ pub struct Context {
     pub config: WsConfig,
     /// The route's path (sent as `Fanfare-Route` on publishes).
     pub route: String,
-    /// Subject patterns the client may subscribe to at run time.
-    pub allow_subscribe: Vec<String>,
-    /// Subject patterns the client may publish to.
-    pub allow_publish: Vec<String>,
     /// Turns true on shutdown.
     pub shutdown: watch::Receiver<bool>,
+}
+
+/// What one connection may do, from its grant.
+#[derive(Debug, Clone, Default)]
+pub struct Permissions {
+    /// Subject patterns it may subscribe to at run time.
+    pub subscribe: Vec<String>,
+    /// Subject patterns it may publish to.
+    pub publish: Vec<String>,
+    /// When its credential expires (closed with 4001 then).
+    pub expires: Option<tokio::time::Instant>,
+}
+
+/// A token bucket for client publishes.
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32, burst: u32) -> Bucket {
+        Bucket {
+            tokens: f64::from(burst.max(1)),
+            rate: f64::from(rate),
+            burst: f64::from(burst.max(1)),
+            last: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// How a WebSocket session ended, for `fanfare_connections_total{outcome}`.
@@ -182,6 +223,8 @@ pub enum Outcome {
     SlowConsumer,
     /// fanfare is shutting down (1012).
     Shutdown,
+    /// The client's token expired (4001).
+    Expired,
 }
 
 impl Outcome {
@@ -195,6 +238,7 @@ impl Outcome {
             Outcome::Idle => "idle",
             Outcome::SlowConsumer => "slow_consumer",
             Outcome::Shutdown => "shutdown",
+            Outcome::Expired => "expired",
         }
     }
 }
@@ -225,6 +269,8 @@ pub struct Session<S> {
     queue: Arc<ClientQueue>,
     client: u64,
     subscriptions: HashMap<String, Membership>,
+    permissions: Permissions,
+    bucket: Bucket,
 }
 
 enum Wake {
@@ -232,6 +278,7 @@ enum Wake {
     Frame(Option<Result<Message, WsError>>),
     Tick,
     Shutdown,
+    Expired,
 }
 
 impl<S> Session<S>
@@ -245,13 +292,17 @@ where
         queue: Arc<ClientQueue>,
         client: u64,
         subscriptions: HashMap<String, Membership>,
+        permissions: Permissions,
     ) -> Session<S> {
+        let bucket = Bucket::new(ctx.config.publish_rate, ctx.config.publish_burst);
         Session {
             ws,
             ctx,
             queue,
             client,
             subscriptions,
+            permissions,
+            bucket,
         }
     }
 
@@ -264,12 +315,14 @@ where
         let mut last_heard = Instant::now();
         let mut idle_since = self.subscriptions.is_empty().then(Instant::now);
         let mut shutdown = self.ctx.shutdown.clone();
+        let expires = self.permissions.expires;
         loop {
             let wake = tokio::select! {
                 _ = self.queue.ready() => Wake::Queue,
                 f = self.ws.next() => Wake::Frame(f),
                 _ = tick.tick() => Wake::Tick,
                 _ = shutdown.wait_for(|s| *s) => Wake::Shutdown,
+                _ = sleep_until_opt(expires) => Wake::Expired,
             };
             match wake {
                 Wake::Queue => {
@@ -356,6 +409,11 @@ where
                         .close(close::RESTART, "fanfare is restarting", Outcome::Shutdown)
                         .await;
                 }
+                Wake::Expired => {
+                    return self
+                        .close(close::TOKEN_EXPIRED, "token_expired", Outcome::Expired)
+                        .await;
+                }
             }
         }
     }
@@ -376,6 +434,11 @@ where
     async fn on_error(&mut self, e: WsError) -> Outcome {
         match e {
             WsError::Capacity(_) => {
+                self.ctx
+                    .metrics
+                    .rejected
+                    .with_label_values(&["message_too_big"])
+                    .inc();
                 self.close(close::TOO_BIG, "message too big", Outcome::TooBig)
                     .await
             }
@@ -424,11 +487,16 @@ where
                     return Err((Code::InvalidSubject, "not a valid NATS subject".into()));
                 }
                 if !self
-                    .ctx
-                    .allow_subscribe
+                    .permissions
+                    .subscribe
                     .iter()
                     .any(|p| subject::covers(p, &subject))
                 {
+                    self.ctx
+                        .metrics
+                        .rejected
+                        .with_label_values(&["forbidden"])
+                        .inc();
                     return Err((
                         Code::Forbidden,
                         "this connection may not subscribe to that subject".into(),
@@ -438,6 +506,11 @@ where
                     return Ok(Some(subject));
                 }
                 if self.subscriptions.len() >= self.ctx.config.max_subscriptions {
+                    self.ctx
+                        .metrics
+                        .rejected
+                        .with_label_values(&["too_many_subscriptions"])
+                        .inc();
                     return Err((
                         Code::TooManySubscriptions,
                         format!(
@@ -471,14 +544,33 @@ where
                     ));
                 }
                 if !self
-                    .ctx
-                    .allow_publish
+                    .permissions
+                    .publish
                     .iter()
                     .any(|p| subject::matches(p, &subject))
                 {
+                    self.ctx
+                        .metrics
+                        .rejected
+                        .with_label_values(&["forbidden"])
+                        .inc();
                     return Err((
                         Code::Forbidden,
                         "this connection may not publish to that subject".into(),
+                    ));
+                }
+                if !self.bucket.take() {
+                    self.ctx
+                        .metrics
+                        .rejected
+                        .with_label_values(&["rate_limited"])
+                        .inc();
+                    return Err((
+                        Code::RateLimited,
+                        format!(
+                            "at most {} publishes per second",
+                            self.ctx.config.publish_rate
+                        ),
                     ));
                 }
                 let mut msg = BrokerMessage::new(subject, payload);
@@ -494,6 +586,14 @@ where
                 Ok(None)
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no deadline.
+pub async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -310,12 +310,21 @@ fn tokio_stream_from<T: Send + 'static>(
 
 // === clients ===
 
-/// A plain HTTP/1.1 client that ignores any proxy settings.
+/// A plain HTTP/1.1 client that ignores any proxy settings. One client is shared by
+/// every test (building one loads the system's root certificates, which is slow); it
+/// keeps no idle connections, so nothing ties it to one test's runtime.
 pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            fanfare::http_client().expect("the TLS provider installs");
+            reqwest::Client::builder()
+                .no_proxy()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("client")
+        })
+        .clone()
 }
 
 // === fanfare ===

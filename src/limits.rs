@@ -1,0 +1,118 @@
+//! Process-wide connection limits: total held connections and held connections per
+//! client IP. A slot is taken before the upgrade (past a limit: `429`) and released
+//! when the held connection ends (the guard drops).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use crate::config::LimitsConfig;
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// The connection limiter.
+pub struct ConnectionLimits {
+    max_total: usize,
+    max_per_ip: usize,
+    counts: Mutex<Counts>,
+}
+
+/// Which limit refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `limits.max_connections`.
+    Total,
+    /// `limits.max_connections_per_ip`.
+    PerIp,
+}
+
+/// A held connection's slot; dropping it frees the slot.
+pub struct Slot {
+    limits: Arc<ConnectionLimits>,
+    ip: Option<IpAddr>,
+}
+
+impl ConnectionLimits {
+    /// Limits from configuration.
+    pub fn new(config: &LimitsConfig) -> Arc<ConnectionLimits> {
+        Arc::new(ConnectionLimits {
+            max_total: config.max_connections,
+            max_per_ip: config.max_connections_per_ip,
+            counts: Mutex::default(),
+        })
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a slot for a connection from `ip`.
+    pub fn acquire(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Slot, Refused> {
+        let mut c = self.counts();
+        if c.total >= self.max_total {
+            return Err(Refused::Total);
+        }
+        if let Some(ip) = ip {
+            let n = c.per_ip.entry(ip).or_insert(0);
+            if *n >= self.max_per_ip {
+                return Err(Refused::PerIp);
+            }
+            *n += 1;
+        }
+        c.total += 1;
+        Ok(Slot {
+            limits: self.clone(),
+            ip,
+        })
+    }
+
+    /// Connections held now.
+    pub fn total(&self) -> usize {
+        self.counts().total
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.limits.counts();
+        c.total -= 1;
+        if let Some(ip) = self.ip
+            && let Some(n) = c.per_ip.get_mut(&ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                c.per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_and_release() {
+        let l = ConnectionLimits::new(&LimitsConfig {
+            max_connections: 3,
+            max_connections_per_ip: 2,
+        });
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let s1 = l.acquire(Some(a)).unwrap();
+        let _s2 = l.acquire(Some(a)).unwrap();
+        assert_eq!(l.acquire(Some(a)).err(), Some(Refused::PerIp));
+        let _s3 = l.acquire(Some(b)).unwrap();
+        assert_eq!(l.acquire(Some(b)).err(), Some(Refused::Total));
+        drop(s1);
+        let again = l.acquire(Some(a));
+        assert!(again.is_ok());
+        assert_eq!(l.total(), 3);
+        drop(again);
+        assert_eq!(l.total(), 2);
+    }
+}
