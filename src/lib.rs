@@ -13,6 +13,8 @@
 //! - [`broker`]: NATS (async-nats) or the embedded single-instance broker.
 //! - [`admin`], [`publish`]: `/livez`, `/readyz`, `/metrics`, `POST /publish/{subject}`.
 //! - [`metrics`]: every Prometheus family, in an injected registry.
+//! - [`auth`], [`limits`]: handshake authorization (jwt, upstream) and connection quotas.
+//! - [`logging`]: subscriber set-up with credential redaction.
 //! - `tests/support/`: the test harness (real nats-server on a free port, stub app).
 
 pub mod admin;
@@ -22,6 +24,7 @@ pub mod config;
 pub mod edge;
 pub mod hub;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod publish;
 pub mod realtime;

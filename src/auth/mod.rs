@@ -111,6 +111,9 @@ impl Authorizer {
             .auth_total
             .with_label_values(&[self.mode(), label])
             .inc();
+        if label != "ok" {
+            tracing::debug!(mode = self.mode(), result = label, path = %req.uri.path(), "handshake refused");
+        }
         result
     }
 }

@@ -191,6 +191,10 @@ pub struct StubApp {
     pub held: Arc<Mutex<usize>>,
     /// Releases every request waiting in `/hold` (and the second half of `/stream`).
     pub release: Arc<Notify>,
+    /// Calls to `/auth` so far.
+    pub auth_calls: Arc<Mutex<usize>>,
+    /// The JWKS document `/jwks` serves.
+    pub jwks: Arc<Mutex<String>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -199,6 +203,8 @@ struct AppState {
     peers: Arc<Mutex<Vec<SocketAddr>>>,
     held: Arc<Mutex<usize>>,
     release: Arc<Notify>,
+    auth_calls: Arc<Mutex<usize>>,
+    jwks: Arc<Mutex<String>>,
 }
 
 impl StubApp {
@@ -208,6 +214,8 @@ impl StubApp {
             peers: Arc::default(),
             held: Arc::default(),
             release: Arc::new(Notify::new()),
+            auth_calls: Arc::default(),
+            jwks: Arc::new(Mutex::new(r#"{"keys":[]}"#.to_string())),
         };
         let app = Router::new()
             .route("/", get(|| async { "hello from the app" }))
@@ -215,6 +223,8 @@ impl StubApp {
             .route("/echo", post(echo))
             .route("/hold", get(hold))
             .route("/stream", get(stream))
+            .route("/auth", get(auth))
+            .route("/jwks", get(jwks))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -231,6 +241,8 @@ impl StubApp {
             peers: state.peers,
             held: state.held,
             release: state.release,
+            auth_calls: state.auth_calls,
+            jwks: state.jwks,
             task,
         }
     }
@@ -273,6 +285,46 @@ async fn headers(
         .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
         .collect();
     axum::Json(map.into())
+}
+
+/// The app's session check for `upstream` auth: cookie `session=alice` may read orders
+/// 1 and 2 and publish to chat.alice; `session=bob` reads order 3; anything else is 401
+/// with the app's own JSON body.
+async fn auth(State(s): State<AppState>, h: HeaderMap) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    *s.auth_calls.lock().unwrap() += 1;
+    let cookie = h.get("cookie").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let original = h
+        .get("x-original-uri")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    assert!(original.starts_with('/'), "fanfare sends X-Original-URI");
+    if cookie.contains("session=alice") {
+        (
+            [
+                ("fanfare-subscribe", "orders.1, orders.2"),
+                ("fanfare-publish", "chat.alice"),
+            ],
+            "ok",
+        )
+            .into_response()
+    } else if cookie.contains("session=bob") {
+        ([("fanfare-subscribe", "orders.3")], "ok").into_response()
+    } else {
+        (
+            axum::http::StatusCode::UNAUTHORIZED,
+            [("content-type", "application/json")],
+            r#"{"app_error":"login required"}"#,
+        )
+            .into_response()
+    }
+}
+
+async fn jwks(State(s): State<AppState>) -> ([(&'static str, &'static str); 1], String) {
+    (
+        [("content-type", "application/json")],
+        s.jwks.lock().unwrap().clone(),
+    )
 }
 
 async fn echo(body: axum::body::Bytes) -> axum::body::Bytes {
@@ -377,6 +429,8 @@ pub struct FanfareProcess {
     pub edge: SocketAddr,
     /// Its admin address.
     pub admin: SocketAddr,
+    /// Every line it has written to stderr so far.
+    pub log: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -387,11 +441,13 @@ impl FanfareProcess {
         use std::io::BufRead;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fanfare.yaml");
-        std::fs::write(
-            &path,
-            format!("{yaml}log: {{ format: json, level: info }}\n"),
-        )
-        .unwrap();
+        // JSON logs (the harness reads them); a test may choose its own level.
+        let yaml = if yaml.contains("\nlog:") {
+            yaml.to_string()
+        } else {
+            format!("{yaml}log: {{ format: json, level: info }}\n")
+        };
+        std::fs::write(&path, yaml).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_fanfare"))
             .arg("--config")
             .arg(&path)
@@ -401,10 +457,13 @@ impl FanfareProcess {
             .expect("spawn fanfare");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = log.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in std::io::BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line.clone());
                 if let Some(v) = serde_json::from_str::<serde_json::Value>(&line).ok()
                     && v["fields"]["message"] == "fanfare listening"
                     && let Some(tx) = tx.take()
@@ -421,6 +480,7 @@ impl FanfareProcess {
             child,
             edge: addr("edge"),
             admin: addr("admin"),
+            log,
             _dir: dir,
         }
     }
