@@ -95,6 +95,10 @@ impl Authorizer {
             Authorizer::None => (Ok(Grant::default()), "ok"),
             Authorizer::Jwt(j) => match j.verify_request(req) {
                 Ok(g) => (Ok(g), "ok"),
+                Err(("keys_unavailable", reason)) => (
+                    Err(Denied::Json(503, "auth_unavailable", reason)),
+                    "keys_unavailable",
+                ),
                 Err((label, reason)) => (Err(Denied::Json(401, "unauthorized", reason)), label),
             },
             Authorizer::Upstream(u) => {
