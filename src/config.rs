@@ -218,6 +218,12 @@ pub struct RouteConfig {
     /// WebSocket settings.
     #[serde(default)]
     pub ws: WsConfig,
+    /// What a reconnecting client can be replayed.
+    #[serde(default)]
+    pub history: HistoryConfig,
+    /// Long-polling settings.
+    #[serde(default)]
+    pub poll: PollConfig,
     /// Authorization. Required: a route without `auth` is refused (deny by default).
     pub auth: AuthConfig,
     /// What happens when a client's queue is full. Default `drop_oldest`.
@@ -294,6 +300,58 @@ impl Default for WsConfig {
             publish_rate: 20,
             publish_burst: 40,
             echo: false,
+        }
+    }
+}
+
+/// Resume history of a route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// A JetStream stream holding the route's subjects: cursors become stream
+    /// sequences and resume survives restarts and works across instances. fanfare does
+    /// not create streams; a missing one is a start-up error.
+    #[serde(deserialize_with = "interpolated_opt")]
+    pub jetstream: Option<String>,
+    /// Without JetStream: messages kept per subject in memory. `0` turns resume off.
+    /// Default `256`.
+    pub ring: usize,
+    /// Without JetStream: how long a kept message stays. Default `60s`.
+    pub max_age: Dur,
+    /// How long a subject stays subscribed (and its ring kept) after its last client
+    /// leaves, so a quick reconnect can resume. Default `10s`.
+    pub linger: Dur,
+    /// The most messages replayed on one resume; more is a reset. Default `10000`.
+    pub max_replay: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            jetstream: None,
+            ring: 256,
+            max_age: Dur(Duration::from_secs(60)),
+            linger: Dur(Duration::from_secs(10)),
+            max_replay: 10_000,
+        }
+    }
+}
+
+/// Long-polling settings of a route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PollConfig {
+    /// How long a poll is held when nothing is waiting. Default `25s`.
+    pub timeout: Dur,
+    /// Messages returned by one poll at most. Default `100`.
+    pub max_messages: usize,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        PollConfig {
+            timeout: Dur(Duration::from_secs(25)),
+            max_messages: 100,
         }
     }
 }
@@ -547,6 +605,14 @@ impl Config {
                 }
             }
         }
+        if self.nats.is_none()
+            && let Some(r) = self.routes.iter().find(|r| r.history.jetstream.is_some())
+        {
+            return Err(Invalid::at(
+                "jetstream",
+                &format!("route {}: history.jetstream needs nats.url", r.path),
+            ));
+        }
         let mut paths = BTreeSet::new();
         for route in &self.routes {
             route.validate().map_err(|m| Invalid::at(&route.path, &m))?;
@@ -644,6 +710,18 @@ impl RouteConfig {
         }
         if self.heartbeat.0.is_zero() {
             return Err(format!("route {}: heartbeat must be above 0s", self.path));
+        }
+        if self.poll.timeout.0.is_zero() || self.poll.max_messages == 0 {
+            return Err(format!(
+                "route {}: poll timeout and max_messages must be above 0",
+                self.path
+            ));
+        }
+        if self.history.jetstream.as_deref() == Some("") {
+            return Err(format!(
+                "route {}: history.jetstream names no stream",
+                self.path
+            ));
         }
         Ok(())
     }

@@ -129,6 +129,37 @@ impl Handle {
     }
 }
 
+/// fanfare does not create JetStream streams: a route naming a missing one is a
+/// start-up error. NATS gets 10 s to connect for this check; if it is not reachable
+/// yet, the check is skipped (the route answers 503 until the stream is there).
+async fn check_streams(broker: &Broker, config: &Config) -> Result<(), StartError> {
+    let Broker::Nats(nats) = broker else {
+        return Ok(());
+    };
+    let streams: std::collections::BTreeSet<&str> = config
+        .routes
+        .iter()
+        .filter_map(|r| r.history.jetstream.as_deref())
+        .collect();
+    if streams.is_empty() {
+        return Ok(());
+    }
+    let mut connected = broker.connected();
+    let up = tokio::time::timeout(Duration::from_secs(10), connected.wait_for(|c| *c)).await;
+    if !matches!(up, Ok(Ok(_))) {
+        tracing::warn!("NATS not reachable at start: JetStream streams not checked");
+        return Ok(());
+    }
+    for stream in streams {
+        nats.check_stream(stream).await.map_err(|e| {
+            StartError::Routes(format!(
+                "JetStream stream {stream} is not available ({e}); fanfare does not create streams"
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 /// The HTTP client for JWKS fetches and upstream auth callouts. reqwest uses rustls;
 /// ring is the provider async-nats already brings (installing it twice is harmless:
 /// the first one wins).
@@ -157,6 +188,7 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
     let metrics = Metrics::new(prometheus::Registry::new())?;
     let broker = Broker::start(config.nats.as_ref(), &metrics).await?;
     let routes = Routes::new(&config.routes).map_err(StartError::Routes)?;
+    check_streams(&broker, &config).await?;
 
     let edge_listener = bind("edge", config.listen.0).await?;
     let admin_listener = bind("admin", config.admin.listen.0).await?;

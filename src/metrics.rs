@@ -42,6 +42,10 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     /// JWKS refreshes, by result.
     pub jwks_refresh: IntCounterVec,
+    /// Resumes from a cursor, by result.
+    pub resumes: IntCounterVec,
+    /// Messages replayed to resuming clients.
+    pub replayed: IntCounter,
 }
 
 impl Metrics {
@@ -146,6 +150,14 @@ impl Metrics {
                 Opts::new("fanfare_jwks_refresh_total", "JWKS fetches, by result."),
                 &["result"],
             )?,
+            resumes: IntCounterVec::new(
+                Opts::new("fanfare_resumes_total", "Resumes from a cursor, by result."),
+                &["result"],
+            )?,
+            replayed: IntCounter::new(
+                "fanfare_replayed_messages_total",
+                "Messages replayed to resuming clients.",
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.upstream_requests.clone()))?;
@@ -162,6 +174,8 @@ impl Metrics {
         m.registry.register(Box::new(m.auth_total.clone()))?;
         m.registry.register(Box::new(m.rejected.clone()))?;
         m.registry.register(Box::new(m.jwks_refresh.clone()))?;
+        m.registry.register(Box::new(m.resumes.clone()))?;
+        m.registry.register(Box::new(m.replayed.clone()))?;
         // Fixed label sets are created up front so every series shows from the start.
         for class in ["1xx", "2xx", "3xx", "4xx", "5xx", "error"] {
             m.upstream_requests.with_label_values(&[class]);

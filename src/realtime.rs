@@ -21,7 +21,7 @@ use crate::auth::{Authorizer, Denied, Grant};
 use crate::broker::Broker;
 use crate::config::{AuthMode, Transport};
 use crate::edge::{respond_json, take_h1_stream};
-use crate::hub::{ClientQueue, Hub, Membership};
+use crate::hub::{ClientQueue, Hub, Membership, Replayed, TopicSpec};
 use crate::limits::{ConnectionLimits, Refused, Slot};
 use crate::metrics::Metrics;
 use crate::route::Params;
@@ -50,7 +50,7 @@ pub struct Realtime {
 }
 
 /// A refusal: status, machine-readable code, human reason.
-struct Refusal(u16, &'static str, String);
+pub struct Refusal(pub u16, pub &'static str, pub String);
 
 /// Everything the handshake decided, handed to the transport.
 struct Admitted {
@@ -82,6 +82,7 @@ impl Realtime {
                     Authorizer::new(&route.config.auth, upstream_base, http.clone(), &metrics)
                         .map_err(|e| format!("route {}: {e}", route.config.path))?;
                 let ws = Arc::new(ws::Context {
+                    topic: topic_spec(&route, ""),
                     hub: hub.clone(),
                     broker: broker.clone(),
                     metrics: metrics.clone(),
@@ -195,14 +196,6 @@ impl Realtime {
             )
             .into());
         }
-        if transport == Transport::Poll {
-            return Err(Refusal(
-                501,
-                "transport_not_supported",
-                "long-polling is not implemented yet".into(),
-            )
-            .into());
-        }
         let ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -232,7 +225,11 @@ impl Realtime {
                 self.serve_sse(session, live, admitted, allowed_origin)
                     .await
             }
-            _ => self.serve_ws(session, live, admitted).await,
+            Transport::Poll => {
+                self.serve_poll(session, live, admitted, allowed_origin)
+                    .await
+            }
+            Transport::Ws => self.serve_ws(session, live, admitted).await,
         }
         .map_err(Outcome::Refused)
     }
@@ -293,11 +290,13 @@ impl Realtime {
         })
     }
 
-    /// Subscribes a new client's queue to `subjects`.
+    /// Subscribes a new client's queue to `subjects` and, with a `cursor`, splices in
+    /// what it missed (or a reset).
     async fn join_all(
         &self,
         route: &Route,
         subjects: &[String],
+        cursor: Option<&str>,
     ) -> std::result::Result<(u64, Arc<ClientQueue>, Vec<(String, Membership)>), Refusal> {
         let queue = Arc::new(ClientQueue::new(
             &route.config.queue,
@@ -306,12 +305,19 @@ impl Realtime {
         let client = self.hub.client_id();
         let mut memberships = Vec::with_capacity(subjects.len());
         for subject in subjects {
+            let spec = topic_spec(route, subject);
             let m = self
                 .hub
-                .join(subject, client, queue.clone())
+                .join_spec(&spec, client, queue.clone())
                 .await
                 .map_err(|e| Refusal(503, "nats_unavailable", e.to_string()))?;
             memberships.push((subject.clone(), m));
+        }
+        if let Some(cursor) = cursor {
+            let specs: Vec<TopicSpec> = subjects.iter().map(|s| topic_spec(route, s)).collect();
+            resume(&self.hub, &specs, cursor, &queue)
+                .await
+                .map_err(|e| Refusal(503, "nats_unavailable", e.to_string()))?;
         }
         Ok((client, queue, memberships))
     }
@@ -328,7 +334,11 @@ impl Realtime {
         let joined = if ctx.config.echo {
             None
         } else {
-            Some(self.join_all(&live.route, &admitted.subjects).await?)
+            let cursor = query_param(session.req_header().uri.query(), "last_event_id");
+            Some(
+                self.join_all(&live.route, &admitted.subjects, cursor.as_deref())
+                    .await?,
+            )
         };
         let Some(mut stream) = take_h1_stream(session).await else {
             return Err(Refusal(
@@ -384,7 +394,11 @@ impl Realtime {
         allowed_origin: Option<String>,
     ) -> std::result::Result<(), Refusal> {
         let route = &live.route;
-        let (_, queue, memberships) = self.join_all(route, &admitted.subjects).await?;
+        let cursor = header(session, "last-event-id")
+            .or_else(|| query_param(session.req_header().uri.query(), "last_event_id"));
+        let (_, queue, memberships) = self
+            .join_all(route, &admitted.subjects, cursor.as_deref())
+            .await?;
         let memberships: Vec<Membership> = memberships.into_iter().map(|(_, m)| m).collect();
         let slot = admitted.slot;
         let sse_session = sse::Session {
@@ -418,6 +432,152 @@ impl Realtime {
         drop(slot);
         Ok(())
     }
+}
+
+impl Realtime {
+    /// Long-polling: answers at once when messages are waiting after `cursor`,
+    /// otherwise holds up to `poll.timeout`. The cursor alone carries the client's
+    /// state, so any instance can serve the next poll (with JetStream history).
+    async fn serve_poll(
+        &self,
+        session: &mut Session,
+        live: &LiveRoute,
+        admitted: Admitted,
+        allowed_origin: Option<String>,
+    ) -> std::result::Result<(), Refusal> {
+        let route = &live.route;
+        let config = &route.config.poll;
+        let cursor =
+            query_param(session.req_header().uri.query(), "cursor").filter(|c| !c.is_empty());
+        let first = topic_spec(route, admitted.subjects.first().map_or("", String::as_str));
+        // "Now", taken before anything can be queued: if this poll returns nothing, the
+        // next one resumes from here and misses nothing.
+        let now = self
+            .hub
+            .cursor_now(&first)
+            .await
+            .map_err(|e| Refusal(503, "nats_unavailable", e.to_string()))?;
+        let (_, queue, memberships) = self
+            .join_all(route, &admitted.subjects, cursor.as_deref())
+            .await?;
+        let gauge = self.metrics.connections.with_label_values(&["poll"]);
+        gauge.inc();
+        let waited = if queue.is_empty() && !queue.has_reset() {
+            let mut shutdown = self.shutdown.clone();
+            tokio::select! {
+                _ = queue.ready() => true,
+                _ = tokio::time::sleep(config.timeout.0) => false,
+                _ = shutdown.wait_for(|s| *s) => false,
+                _ = client_gone(session) => false,
+            }
+        } else {
+            true
+        };
+        gauge.dec();
+        let outcome = if waited { "delivered" } else { "timeout" };
+        self.metrics
+            .connections_total
+            .with_label_values(&["poll", outcome])
+            .inc();
+        let batch = queue.take();
+        drop(memberships);
+        drop(admitted.slot);
+        let events: Vec<_> = batch.events.into_iter().take(config.max_messages).collect();
+        self.metrics
+            .deliveries
+            .with_label_values(&["poll"])
+            .inc_by(events.len() as u64);
+        let cursor_out = match (events.last(), batch.reset, cursor) {
+            (Some(e), _, _) => e.id.clone(),
+            (None, Some(_), _) | (None, None, None) => now,
+            (None, None, Some(c)) => c,
+        };
+        let mut body =
+            Vec::with_capacity(64 + events.iter().map(|e| e.payload.len() + 96).sum::<usize>());
+        body.extend_from_slice(br#"{"messages":["#);
+        for (i, e) in events.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(&crate::transport::protocol::message(e));
+        }
+        body.extend_from_slice(br#"],"cursor":"#);
+        body.extend_from_slice(
+            serde_json::to_string(&cursor_out)
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        if let Some(reason) = batch.reset {
+            body.extend_from_slice(format!(r#","reset":"{reason}""#).as_bytes());
+        }
+        body.push(b'}');
+        let internal = |e: Box<pingora::Error>| Refusal(500, "internal", e.to_string());
+        let mut h = ResponseHeader::build(200, Some(5)).map_err(internal)?;
+        h.insert_header("content-type", "application/json")
+            .map_err(internal)?;
+        h.insert_header("cache-control", "no-store")
+            .map_err(internal)?;
+        h.insert_header("content-length", body.len().to_string())
+            .map_err(internal)?;
+        cors_headers(&mut h, allowed_origin.as_deref()).map_err(internal)?;
+        session
+            .write_response_header(Box::new(h), false)
+            .await
+            .map_err(internal)?;
+        session
+            .write_response_body(Some(bytes::Bytes::from(body)), true)
+            .await
+            .map_err(internal)?;
+        Ok(())
+    }
+}
+
+/// Resolves when the client of a held poll has gone away.
+async fn client_gone(session: &mut Session) {
+    loop {
+        match session.downstream_session.read_body_or_idle(true).await {
+            Ok(Some(_)) => continue,
+            _ => return,
+        }
+    }
+}
+
+/// The hub topic of `subject` on `route` (with the route's history settings).
+pub fn topic_spec(route: &Route, subject: &str) -> TopicSpec {
+    let h = &route.config.history;
+    TopicSpec {
+        subject: subject.to_string(),
+        stream: h.jetstream.clone(),
+        ring: h.ring,
+        max_age: h.max_age.0,
+        linger: h.linger.0,
+        max_replay: h.max_replay,
+    }
+}
+
+/// Replays what a client missed on the topics of `specs` since `cursor` into `queue`.
+pub async fn resume(
+    hub: &Hub,
+    specs: &[TopicSpec],
+    cursor: &str,
+    queue: &ClientQueue,
+) -> std::result::Result<(), crate::broker::BrokerError> {
+    let mut events = Vec::new();
+    let mut reset = None;
+    for spec in specs {
+        let parsed = hub.parse_cursor(spec, cursor);
+        match hub.replay(spec, parsed).await? {
+            Replayed::Events(e) => events.extend(e),
+            Replayed::Reset(r) => reset = Some(r),
+        }
+    }
+    events.sort_by_key(|e| e.seq);
+    if reset.is_some() {
+        // The client refetches its state; replaying part of the gap would mislead it.
+        events.clear();
+    }
+    queue.splice(events, reset);
+    Ok(())
 }
 
 /// Why a handshake did not go through.

@@ -38,6 +38,7 @@ routes:
     transports: [sse, ws]
     subjects: [\"orders.{{id}}\"]
     auth: {{ mode: jwt, algorithms: [HS256], secret: \"{SECRET}\", audience: [shop], leeway: 0s, cookie: tok }}
+    history: {{ linger: 0s }}
   - path: /me
     transports: [sse, ws]
     subjects: [\"users.{{claims.sub}}\"]
@@ -124,10 +125,7 @@ async fn jwt_refusals() {
     )
     .await;
     assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")));
-    assert_eq!(
-        metric(ff.admin_addr, "fanfare_subscriptions").await,
-        Some(0.0)
-    );
+    wait_metric(ff.admin_addr, "fanfare_subscriptions", 0.0).await;
 }
 
 fn base64_url(b: &[u8]) -> String {

@@ -12,9 +12,11 @@ routes:
   - path: /orders/{order_id}/events
     subjects: [\"orders.{order_id}\"]
     auth: { mode: none }
+    history: { linger: 0s }
   - path: /both/{id}
     subjects: [\"orders.{id}\", \"users.{id}\"]
     auth: { mode: none }
+    history: { linger: 0s }
 ";
 
 fn url(ff: &fanfare::Handle, path: &str) -> String {

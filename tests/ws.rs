@@ -19,6 +19,7 @@ routes:
     allow_publish: [\"chat.*\"]
     auth: { mode: none }
     ws: { max_message: 1024, max_subscriptions: 3 }
+    history: { linger: 0s }
 ";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

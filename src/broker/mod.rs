@@ -36,6 +36,8 @@ pub struct Message {
     pub msg_id: Option<String>,
     /// Other headers to publish with it (`Fanfare-Route`, `Fanfare-Connection`).
     pub headers: Vec<(&'static str, String)>,
+    /// The JetStream stream sequence, for messages read from a stream.
+    pub seq: Option<u64>,
     /// When fanfare received it (for `fanfare_delivery_lag_seconds`).
     pub received: Instant,
 }
@@ -49,6 +51,7 @@ impl Message {
             event: None,
             msg_id: None,
             headers: Vec::new(),
+            seq: None,
             received: Instant::now(),
         }
     }
@@ -80,6 +83,18 @@ pub enum Subscription {
     Nats(async_nats::Subscriber),
     /// An embedded-broker subscription; dropping it unsubscribes.
     Memory(memory::MemorySubscription),
+    /// A JetStream ordered consumer (new messages only); carries stream sequences.
+    JetStream(Box<async_nats::jetstream::consumer::pull::Ordered>),
+}
+
+/// What a replay from a cursor found.
+#[derive(Debug)]
+pub enum Replay {
+    /// The messages after the cursor, in order (possibly none).
+    Messages(Vec<Message>),
+    /// The cursor is older than what is kept, or there is more than the replay bound:
+    /// the client must refetch its state.
+    Reset(&'static str),
 }
 
 impl Subscription {
@@ -91,6 +106,15 @@ impl Subscription {
                 s.next().await.map(nats::convert)
             }
             Subscription::Memory(s) => s.next().await,
+            Subscription::JetStream(s) => {
+                use futures::StreamExt;
+                loop {
+                    match s.next().await? {
+                        Ok(m) => return Some(nats::convert_js(m)),
+                        Err(e) => tracing::warn!(error = %e, "jetstream consumer error"),
+                    }
+                }
+            }
         }
     }
 }
@@ -127,6 +151,43 @@ impl Broker {
         match self {
             Broker::Nats(n) => n.subscribe(subject).await.map(Subscription::Nats),
             Broker::Memory(m) => Ok(Subscription::Memory(m.subscribe(subject))),
+        }
+    }
+
+    /// Follows `subject` in JetStream stream `stream` from now on (stream sequences).
+    pub async fn subscribe_stream(
+        &self,
+        stream: &str,
+        subject: &str,
+    ) -> Result<Subscription, BrokerError> {
+        match self {
+            Broker::Nats(n) => n
+                .follow(stream, subject)
+                .await
+                .map(|o| Subscription::JetStream(Box::new(o))),
+            Broker::Memory(_) => Err(BrokerError::Nats("JetStream needs nats.url".into())),
+        }
+    }
+
+    /// The messages on `subject` in `stream` after sequence `after`, at most `max`.
+    pub async fn replay_stream(
+        &self,
+        stream: &str,
+        subject: &str,
+        after: u64,
+        max: usize,
+    ) -> Result<Replay, BrokerError> {
+        match self {
+            Broker::Nats(n) => n.replay(stream, subject, after, max).await,
+            Broker::Memory(_) => Err(BrokerError::Nats("JetStream needs nats.url".into())),
+        }
+    }
+
+    /// The last sequence of `stream` (the cursor of "now").
+    pub async fn stream_last_seq(&self, stream: &str) -> Result<u64, BrokerError> {
+        match self {
+            Broker::Nats(n) => n.last_seq(stream).await,
+            Broker::Memory(_) => Err(BrokerError::Nats("JetStream needs nats.url".into())),
         }
     }
 

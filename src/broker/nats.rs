@@ -89,6 +89,125 @@ impl NatsBroker {
             .map_err(|e| BrokerError::Nats(e.to_string()))
     }
 
+    fn js(&self) -> async_nats::jetstream::Context {
+        async_nats::jetstream::new(self.client.clone())
+    }
+
+    async fn stream(
+        &self,
+        name: &str,
+    ) -> Result<async_nats::jetstream::stream::Stream, BrokerError> {
+        self.js()
+            .get_stream(name)
+            .await
+            .map_err(|e| BrokerError::Nats(format!("stream {name}: {e}")))
+    }
+
+    /// Checks that `name` exists.
+    pub async fn check_stream(&self, name: &str) -> Result<(), BrokerError> {
+        self.stream(name).await.map(|_| ())
+    }
+
+    pub(super) async fn follow(
+        &self,
+        stream: &str,
+        subject: &str,
+    ) -> Result<async_nats::jetstream::consumer::pull::Ordered, BrokerError> {
+        use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+        let s = self.stream(stream).await?;
+        let consumer = s
+            .create_consumer(OrderedConfig {
+                filter_subject: subject.to_string(),
+                deliver_policy: DeliverPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BrokerError::Nats(format!("ordered consumer: {e}")))?;
+        consumer
+            .messages()
+            .await
+            .map_err(|e| BrokerError::Nats(format!("ordered consumer: {e}")))
+    }
+
+    pub(super) async fn last_seq(&self, stream: &str) -> Result<u64, BrokerError> {
+        let s = self.stream(stream).await?;
+        let info = s
+            .get_info()
+            .await
+            .map_err(|e| BrokerError::Nats(e.to_string()))?;
+        Ok(info.state.last_sequence)
+    }
+
+    pub(super) async fn replay(
+        &self,
+        stream: &str,
+        subject: &str,
+        after: u64,
+        max: usize,
+    ) -> Result<super::Replay, BrokerError> {
+        use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+        use futures::StreamExt;
+        let s = self.stream(stream).await?;
+        let state = s
+            .get_info()
+            .await
+            .map_err(|e| BrokerError::Nats(e.to_string()))?
+            .state;
+        if after > state.last_sequence {
+            return Ok(super::Replay::Reset("cursor_unknown"));
+        }
+        if state.messages > 0 && after + 1 < state.first_sequence {
+            return Ok(super::Replay::Reset("cursor_too_old"));
+        }
+        if after == state.last_sequence {
+            return Ok(super::Replay::Messages(Vec::new()));
+        }
+        let consumer = s
+            .create_consumer(pull::Config {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: after + 1,
+                },
+                filter_subject: subject.to_string(),
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BrokerError::Nats(format!("replay consumer: {e}")))?;
+        let pending = consumer
+            .get_info()
+            .await
+            .map_err(|e| BrokerError::Nats(e.to_string()))?
+            .num_pending as usize;
+        let name = consumer.cached_info().name.clone();
+        if pending > max {
+            let _ = s.delete_consumer(&name).await;
+            return Ok(super::Replay::Reset("too_many_to_replay"));
+        }
+        let mut out = Vec::with_capacity(pending);
+        if pending > 0 {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(pending)
+                .expires(Duration::from_secs(5))
+                .messages()
+                .await
+                .map_err(|e| BrokerError::Nats(format!("replay fetch: {e}")))?;
+            while out.len() < pending {
+                match batch.next().await {
+                    Some(Ok(m)) => out.push(convert_js(m)),
+                    Some(Err(e)) => return Err(BrokerError::Nats(format!("replay: {e}"))),
+                    None => break,
+                }
+            }
+        }
+        let _ = s.delete_consumer(&name).await;
+        if out.len() < pending {
+            return Err(BrokerError::Nats("replay ended early".into()));
+        }
+        Ok(super::Replay::Messages(out))
+    }
+
     pub(super) async fn publish(&self, msg: Message) -> Result<(), BrokerError> {
         if !*self.connected.borrow() {
             return Err(BrokerError::Disconnected);
@@ -114,6 +233,14 @@ impl NatsBroker {
     }
 }
 
+/// A JetStream message → [`Message`] with its stream sequence.
+pub(super) fn convert_js(m: async_nats::jetstream::Message) -> Message {
+    let seq = m.info().ok().map(|i| i.stream_sequence);
+    let mut msg = convert(m.message);
+    msg.seq = seq;
+    msg
+}
+
 /// async-nats message → [`Message`].
 pub(super) fn convert(m: async_nats::Message) -> Message {
     let header = |name: &str| {
@@ -128,6 +255,7 @@ pub(super) fn convert(m: async_nats::Message) -> Message {
         subject: m.subject.to_string(),
         payload: m.payload,
         headers: Vec::new(),
+        seq: None,
         received: Instant::now(),
     }
 }

@@ -1,27 +1,30 @@
 //! The fan-out hub: subject → subscribed clients.
 //!
 //! Invariants:
-//! - one broker subscription per distinct subject, created by the first client and
-//!   dropped (unsubscribed) when the last one leaves; joins and leaves of a subject are
-//!   serialized by the topic map's lock, so a leave can never drop a topic another
-//!   client just joined;
+//! - one broker subscription per distinct topic (a subject, or a subject in a JetStream
+//!   stream), created by the first client and dropped when the last one leaves (after the
+//!   route's `history.linger`, so a quick reconnect can resume); joins and leaves are
+//!   serialized by the topic map's lock, so a leave never drops a topic someone joined;
 //! - each message is turned into one shared [`Event`] (encoded once per transport) and
 //!   pushed to every client's [`ClientQueue`] without awaiting any client;
+//! - a memory topic's ring is appended in the same critical section as the pushes, so
+//!   "join, then read the ring" can neither miss nor repeat an event (the queue drops
+//!   replayed duplicates by sequence);
 //! - no lock is held across an `.await`.
 
 pub mod queue;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::watch;
 
 pub use queue::{Batch, ClientQueue, Closed, Pushed};
 
-use crate::broker::{Broker, BrokerError, Message};
+use crate::broker::{Broker, BrokerError, Message, Replay};
 use crate::metrics::Metrics;
 use crate::transport::sse;
 
@@ -35,8 +38,10 @@ pub struct Event {
     pub subject: String,
     /// The event name (`Fanfare-Event`, default `message`).
     pub name: String,
-    /// The cursor: `<epoch>-<seq>`.
+    /// The cursor: `<epoch>-<seq>` in memory, the stream sequence with JetStream.
     pub id: String,
+    /// The sequence behind the cursor (process-wide, or the stream's).
+    pub seq: u64,
     /// The payload, unchanged.
     pub payload: Bytes,
     /// When fanfare received it.
@@ -46,15 +51,15 @@ pub struct Event {
 }
 
 impl Event {
-    /// Builds the event for `msg`, numbered `seq` in `epoch`.
-    pub fn new(msg: Message, seq: u64, epoch: &str) -> Event {
-        let id = format!("{epoch}-{seq}");
+    /// Builds the event for `msg` with sequence `seq` and cursor `id`.
+    pub fn new(msg: Message, seq: u64, id: String) -> Event {
         let name = msg.event.unwrap_or_else(|| "message".to_string());
         let sse = sse::encode_event(&id, &name, &msg.payload);
         Event {
             subject: msg.subject,
             name,
             id,
+            seq,
             payload: msg.payload,
             received: msg.received,
             sse,
@@ -86,15 +91,70 @@ fn refuse_reason(msg: &Message) -> Option<&'static str> {
     }
 }
 
+/// What to subscribe to, and how much history to keep.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    /// The subject (or pattern).
+    pub subject: String,
+    /// The JetStream stream to follow, if the route has one.
+    pub stream: Option<String>,
+    /// Memory history: events kept (0: none).
+    pub ring: usize,
+    /// Memory history: how long an event is kept.
+    pub max_age: Duration,
+    /// How long the topic outlives its last client.
+    pub linger: Duration,
+    /// The most events one resume replays.
+    pub max_replay: usize,
+}
+
+impl TopicSpec {
+    /// A live-only topic on `subject` (no history, no linger).
+    pub fn live(subject: &str) -> TopicSpec {
+        TopicSpec {
+            subject: subject.to_string(),
+            stream: None,
+            ring: 0,
+            max_age: Duration::ZERO,
+            linger: Duration::ZERO,
+            max_replay: 0,
+        }
+    }
+
+    fn key(&self) -> String {
+        match &self.stream {
+            Some(s) => format!("{s}\u{0}{}", self.subject),
+            None => self.subject.clone(),
+        }
+    }
+}
+
+/// A memory topic's recent events.
+struct Ring {
+    events: VecDeque<Arc<Event>>,
+    /// The process sequence when the topic started recording: nothing before is known.
+    since: u64,
+    /// The highest sequence dropped from the ring.
+    evicted: u64,
+}
+
+struct Members {
+    clients: HashMap<u64, Arc<ClientQueue>>,
+    ring: Option<Ring>,
+    /// Bumped on every join, so a lingering removal knows it was overtaken.
+    generation: u64,
+}
+
 struct Topic {
-    clients: Mutex<HashMap<u64, Arc<ClientQueue>>>,
+    spec: TopicSpec,
+    members: Mutex<Members>,
     ready: watch::Receiver<Option<Result<(), String>>>,
     task: OnceLock<tokio::task::JoinHandle<()>>,
 }
 
 impl Topic {
-    fn clients(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ClientQueue>>> {
-        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    fn members(&self) -> std::sync::MutexGuard<'_, Members> {
+        self.members.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -113,19 +173,30 @@ pub struct Hub {
     inner: Arc<Inner>,
 }
 
-/// A client's place in one subject; dropping it leaves the subject.
+/// A client's place in one topic; dropping it leaves the topic.
 pub struct Membership {
     hub: Weak<Inner>,
-    subject: String,
+    key: String,
     client: u64,
 }
 
 impl Drop for Membership {
     fn drop(&mut self) {
         if let Some(hub) = self.hub.upgrade() {
-            hub.leave(&self.subject, self.client);
+            Inner::leave(&hub, &self.key, self.client);
         }
     }
+}
+
+/// A parsed resume cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    /// A memory cursor of this process.
+    Memory(u64),
+    /// A JetStream stream sequence.
+    Stream(u64),
+    /// From another process (restart) or not understood: the client must refetch.
+    Foreign,
 }
 
 impl Hub {
@@ -147,7 +218,7 @@ impl Hub {
         }
     }
 
-    /// This process's epoch (the first part of every cursor).
+    /// This process's epoch (the first part of every memory cursor).
     pub fn epoch(&self) -> &str {
         &self.inner.epoch
     }
@@ -157,30 +228,71 @@ impl Hub {
         self.inner.next_client.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Subjects subscribed at the broker now.
+    /// Topics subscribed at the broker now.
     pub fn subject_count(&self) -> usize {
         self.inner.topics().len()
     }
 
-    /// Adds `queue` (client `client`) to `subject`, subscribing at the broker if it is the
-    /// first, and returns once the broker subscription is in place.
+    /// Parses a cursor for a topic of `spec`.
+    pub fn parse_cursor(&self, spec: &TopicSpec, text: &str) -> Cursor {
+        let text = text.trim();
+        if spec.stream.is_some() {
+            return text.parse().map_or(Cursor::Foreign, Cursor::Stream);
+        }
+        match text.split_once('-') {
+            Some((epoch, seq)) if epoch == self.inner.epoch => {
+                seq.parse().map_or(Cursor::Foreign, Cursor::Memory)
+            }
+            _ => Cursor::Foreign,
+        }
+    }
+
+    /// The cursor that means "now" for `spec` (for a poll that returns nothing).
+    pub async fn cursor_now(&self, spec: &TopicSpec) -> Result<String, BrokerError> {
+        match &spec.stream {
+            Some(stream) => Ok(self.inner.broker.stream_last_seq(stream).await?.to_string()),
+            None => Ok(format!(
+                "{}-{}",
+                self.inner.epoch,
+                self.inner.seq.load(Ordering::Acquire)
+            )),
+        }
+    }
+
+    /// Adds `queue` (client `client`) to the live subject `subject` (no history).
     pub async fn join(
         &self,
         subject: &str,
         client: u64,
         queue: Arc<ClientQueue>,
     ) -> Result<Membership, BrokerError> {
+        self.join_spec(&TopicSpec::live(subject), client, queue)
+            .await
+    }
+
+    /// Adds `queue` to the topic of `spec`, subscribing at the broker if it is the first
+    /// client, and returns once the subscription is in place.
+    pub async fn join_spec(
+        &self,
+        spec: &TopicSpec,
+        client: u64,
+        queue: Arc<ClientQueue>,
+    ) -> Result<Membership, BrokerError> {
+        let key = spec.key();
         let mut ready = {
             let mut topics = self.inner.topics();
             let topic = topics
-                .entry(subject.to_string())
-                .or_insert_with(|| Inner::open(&self.inner, subject));
-            topic.clients().insert(client, queue);
+                .entry(key.clone())
+                .or_insert_with(|| Inner::open(&self.inner, spec.clone()));
+            let mut m = topic.members();
+            m.clients.insert(client, queue);
+            m.generation += 1;
+            drop(m);
             topic.ready.clone()
         };
         let membership = Membership {
             hub: Arc::downgrade(&self.inner),
-            subject: subject.to_string(),
+            key,
             client,
         };
         let outcome = ready
@@ -194,6 +306,87 @@ impl Hub {
             None => unreachable!("wait_for returned before a value was set"),
         }
     }
+
+    /// What a client that joined `spec` must be replayed from `cursor`. Call it after
+    /// the join, then hand the result to [`ClientQueue::splice`].
+    pub async fn replay(&self, spec: &TopicSpec, cursor: Cursor) -> Result<Replayed, BrokerError> {
+        let outcome = match (cursor, &spec.stream) {
+            (Cursor::Foreign, _) => Replayed::Reset("cursor_unknown"),
+            (Cursor::Stream(after), Some(stream)) => {
+                match self
+                    .inner
+                    .broker
+                    .replay_stream(stream, &spec.subject, after, spec.max_replay)
+                    .await?
+                {
+                    Replay::Reset(r) => Replayed::Reset(r),
+                    Replay::Messages(msgs) => Replayed::Events(
+                        msgs.into_iter()
+                            .filter(|m| refuse_reason(m).is_none())
+                            .filter_map(|m| {
+                                let seq = m.seq?;
+                                Some(Arc::new(Event::new(m, seq, seq.to_string())))
+                            })
+                            .collect(),
+                    ),
+                }
+            }
+            (Cursor::Memory(after), None) => self.replay_ring(spec, after),
+            _ => Replayed::Reset("cursor_unknown"),
+        };
+        let label = match &outcome {
+            Replayed::Events(e) => {
+                self.inner.metrics.replayed.inc_by(e.len() as u64);
+                "replayed"
+            }
+            Replayed::Reset(_) => "reset",
+        };
+        self.inner.metrics.resumes.with_label_values(&[label]).inc();
+        Ok(outcome)
+    }
+
+    fn replay_ring(&self, spec: &TopicSpec, after: u64) -> Replayed {
+        let topics = self.inner.topics();
+        let Some(topic) = topics.get(&spec.key()) else {
+            return Replayed::Reset("cursor_too_old");
+        };
+        let mut m = topic.members();
+        let Some(ring) = m.ring.as_mut() else {
+            return Replayed::Reset("no_history");
+        };
+        expire(ring, spec.max_age);
+        if after < ring.since || after < ring.evicted {
+            return Replayed::Reset("cursor_too_old");
+        }
+        let events: Vec<Arc<Event>> = ring
+            .events
+            .iter()
+            .filter(|e| e.seq > after)
+            .cloned()
+            .collect();
+        if events.len() > spec.max_replay {
+            return Replayed::Reset("too_many_to_replay");
+        }
+        Replayed::Events(events)
+    }
+}
+
+/// The outcome of a resume.
+pub enum Replayed {
+    /// Events to deliver before the live ones (possibly none).
+    Events(Vec<Arc<Event>>),
+    /// The client missed too much (or the cursor is unknown): it gets a reset.
+    Reset(&'static str),
+}
+
+fn expire(ring: &mut Ring, max_age: Duration) {
+    while let Some(front) = ring.events.front() {
+        if front.received.elapsed() <= max_age {
+            break;
+        }
+        ring.evicted = ring.evicted.max(front.seq);
+        ring.events.pop_front();
+    }
 }
 
 impl Inner {
@@ -201,27 +394,40 @@ impl Inner {
         self.topics.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Creates the topic for `subject` and starts its subscription task. Called with
-    /// the topic map locked.
-    fn open(this: &Arc<Inner>, subject: &str) -> Arc<Topic> {
+    /// Creates the topic and starts its subscription task. Called with the topic map
+    /// locked.
+    fn open(this: &Arc<Inner>, spec: TopicSpec) -> Arc<Topic> {
         let (ready_tx, ready_rx) = watch::channel(None);
+        let ring = (spec.stream.is_none() && spec.ring > 0).then(|| Ring {
+            events: VecDeque::new(),
+            since: this.seq.load(Ordering::Acquire),
+            evicted: 0,
+        });
         let topic = Arc::new(Topic {
-            clients: Mutex::default(),
+            spec: spec.clone(),
+            members: Mutex::new(Members {
+                clients: HashMap::new(),
+                ring,
+                generation: 0,
+            }),
             ready: ready_rx,
             task: OnceLock::new(),
         });
         let weak_topic = Arc::downgrade(&topic);
         let hub = Arc::downgrade(this);
         let broker = this.broker.clone();
-        let subject = subject.to_string();
         let task = tokio::spawn(async move {
-            let mut sub = match broker.subscribe(&subject).await {
+            let sub = match &spec.stream {
+                Some(stream) => broker.subscribe_stream(stream, &spec.subject).await,
+                None => broker.subscribe(&spec.subject).await,
+            };
+            let mut sub = match sub {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(error = %e, "subscribe failed");
                     ready_tx.send_replace(Some(Err(e.to_string())));
                     if let Some(hub) = hub.upgrade() {
-                        hub.close_failed(&subject, &weak_topic);
+                        hub.close_failed(&spec.key(), &weak_topic);
                     }
                     return;
                 }
@@ -250,10 +456,25 @@ impl Inner {
             self.metrics.dropped.with_label_values(&[reason]).inc();
             return;
         }
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let event = Arc::new(Event::new(msg, seq, &self.epoch));
-        let clients = topic.clients();
-        for queue in clients.values() {
+        let mut m = topic.members();
+        let event = match msg.seq {
+            Some(seq) => Arc::new(Event::new(msg, seq, seq.to_string())),
+            None => {
+                // Numbered under the topic lock, so a ring is always in sequence order.
+                let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
+                Arc::new(Event::new(msg, seq, format!("{}-{seq}", self.epoch)))
+            }
+        };
+        if let Some(ring) = m.ring.as_mut() {
+            ring.events.push_back(event.clone());
+            while ring.events.len() > topic.spec.ring {
+                if let Some(old) = ring.events.pop_front() {
+                    ring.evicted = ring.evicted.max(old.seq);
+                }
+            }
+            expire(ring, topic.spec.max_age);
+        }
+        for queue in m.clients.values() {
             match queue.push(event.clone()) {
                 Pushed::Queued | Pushed::AlreadyClosed => {}
                 Pushed::DroppedOldest(n) => {
@@ -272,31 +493,59 @@ impl Inner {
         }
     }
 
-    fn leave(&self, subject: &str, client: u64) {
-        let mut topics = self.topics();
-        let Some(topic) = topics.get(subject) else {
+    fn leave(this: &Arc<Inner>, key: &str, client: u64) {
+        let mut topics = this.topics();
+        let Some(topic) = topics.get(key) else {
             return;
         };
-        let empty = {
-            let mut clients = topic.clients();
-            clients.remove(&client);
-            clients.is_empty()
+        let (empty, generation) = {
+            let mut m = topic.members();
+            m.clients.remove(&client);
+            (m.clients.is_empty(), m.generation)
         };
-        if empty && let Some(topic) = topics.remove(subject) {
-            // Aborting the task drops the subscription: the broker unsubscribes.
-            if let Some(t) = topic.task.get() {
-                t.abort();
-            }
+        if !empty {
+            return;
         }
+        let linger = topic.spec.linger;
+        if linger.is_zero() {
+            if let Some(topic) = topics.remove(key) {
+                topic.abort();
+            }
+            return;
+        }
+        // Keep the subscription (and its ring) for a quick reconnect.
+        let hub = Arc::downgrade(this);
+        let key = key.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(linger).await;
+            let Some(hub) = hub.upgrade() else { return };
+            let mut topics = hub.topics();
+            let idle = topics.get(&key).is_some_and(|t| {
+                let m = t.members();
+                m.clients.is_empty() && m.generation == generation
+            });
+            if idle && let Some(topic) = topics.remove(&key) {
+                topic.abort();
+            }
+        });
     }
 
     /// Removes a topic whose subscription failed, if it is still the current one.
-    fn close_failed(&self, subject: &str, topic: &Weak<Topic>) {
+    fn close_failed(&self, key: &str, topic: &Weak<Topic>) {
         let mut topics = self.topics();
-        if let Some(current) = topics.get(subject)
+        if let Some(current) = topics.get(key)
             && Weak::ptr_eq(&Arc::downgrade(current), topic)
         {
-            topics.remove(subject);
+            topics.remove(key);
+        }
+    }
+}
+
+impl Topic {
+    /// Ends the subscription task: the broker unsubscribes.
+    fn abort(&self) {
+        if let Some(t) = self.task.get() {
+            t.abort();
         }
     }
 }

@@ -22,6 +22,11 @@ struct State {
     bytes: usize,
     /// Events dropped since the writer last drained.
     dropped: u64,
+    /// A reset to send before what follows (a resume that could not replay).
+    reset: Option<&'static str>,
+    /// After a resume: per subject, the last replayed sequence; live events at or below
+    /// it are duplicates of the replay and are not queued.
+    floor: Option<Box<std::collections::HashMap<String, u64>>>,
     closed: Option<Closed>,
 }
 
@@ -51,6 +56,8 @@ pub struct Batch {
     pub events: VecDeque<Arc<Event>>,
     /// Events dropped before these (a gap the client must be told about).
     pub dropped: u64,
+    /// A resume that could not replay: send a reset with this reason first.
+    pub reset: Option<&'static str>,
     /// Set when the queue is closed: end the connection after writing `events`.
     pub closed: Option<Closed>,
 }
@@ -90,6 +97,11 @@ impl ClientQueue {
         let mut s = self.lock();
         if s.closed.is_some() {
             return Pushed::AlreadyClosed;
+        }
+        if let Some(floor) = &s.floor
+            && floor.get(&event.subject).is_some_and(|f| event.seq <= *f)
+        {
+            return Pushed::Queued;
         }
         let over = |s: &State| {
             s.events.len() >= self.max_messages
@@ -135,7 +147,8 @@ impl ClientQueue {
         loop {
             {
                 let s = self.lock();
-                if !s.events.is_empty() || s.closed.is_some() || s.dropped > 0 {
+                if !s.events.is_empty() || s.closed.is_some() || s.dropped > 0 || s.reset.is_some()
+                {
                     return;
                 }
             }
@@ -161,8 +174,44 @@ impl ClientQueue {
         Batch {
             events: std::mem::take(&mut s.events),
             dropped: std::mem::take(&mut s.dropped),
+            reset: s.reset.take(),
             closed: s.closed,
         }
+    }
+
+    /// Puts a resume's outcome in front of the live events queued since the join:
+    /// `replay` first, then the queued events newer than the replay's last one (older
+    /// ones are duplicates of the replay and go). A `reset` is sent before everything.
+    /// The replay is bounded by the route's `max_replay`, not by the queue bound.
+    pub fn splice(&self, replay: Vec<Arc<Event>>, reset: Option<&'static str>) {
+        let mut s = self.lock();
+        if !replay.is_empty() {
+            let floor = s.floor.get_or_insert_with(Default::default);
+            for e in &replay {
+                let f = floor.entry(e.subject.clone()).or_insert(0);
+                *f = (*f).max(e.seq);
+            }
+            let floor = floor.clone();
+            let live: VecDeque<Arc<Event>> = std::mem::take(&mut s.events)
+                .into_iter()
+                .filter(|e| floor.get(&e.subject).is_none_or(|f| e.seq > *f))
+                .collect();
+            s.events = replay.into_iter().chain(live).collect();
+            s.bytes = s.events.iter().map(|e| e.cost()).sum();
+        }
+        if reset.is_some() {
+            s.reset = reset;
+        }
+        let wake = !s.events.is_empty() || s.reset.is_some();
+        drop(s);
+        if wake {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Whether a reset is waiting to be sent.
+    pub fn has_reset(&self) -> bool {
+        self.lock().reset.is_some()
     }
 
     /// Whether the queue has been closed.
@@ -188,7 +237,11 @@ mod tests {
     use crate::broker::Message;
 
     fn event(n: usize) -> Arc<Event> {
-        Arc::new(Event::new(Message::new("s", vec![b'x'; n]), 1, "e"))
+        Arc::new(Event::new(
+            Message::new("s", vec![b'x'; n]),
+            1,
+            "e-1".into(),
+        ))
     }
 
     fn queue(messages: usize, bytes: usize, policy: SlowConsumer) -> ClientQueue {
@@ -232,6 +285,28 @@ mod tests {
         let b = q.take();
         assert_eq!(b.closed, Some(Closed::SlowConsumer));
         assert!(b.events.is_empty());
+    }
+
+    fn numbered(seq: u64) -> Arc<Event> {
+        Arc::new(Event::new(Message::new("s", "x"), seq, format!("e-{seq}")))
+    }
+
+    #[test]
+    fn splice_puts_replay_first_without_duplicates() {
+        let q = queue(100, 1 << 20, SlowConsumer::DropOldest);
+        for seq in [4, 5, 6] {
+            q.push(numbered(seq));
+        }
+        q.splice(vec![numbered(2), numbered(3), numbered(4)], None);
+        let seqs: Vec<u64> = q.take().events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [2, 3, 4, 5, 6]);
+        // A replayed event that arrives live afterwards is not queued again.
+        q.push(numbered(3));
+        q.push(numbered(7));
+        let seqs: Vec<u64> = q.take().events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [7]);
+        q.splice(Vec::new(), Some("cursor_too_old"));
+        assert_eq!(q.take().reset, Some("cursor_too_old"));
     }
 
     #[tokio::test]

@@ -194,6 +194,11 @@ pub fn reset(dropped: u64) -> String {
     format!(r#"{{"type":"reset","reason":"slow_consumer","dropped":{dropped}}}"#)
 }
 
+/// `{"type":"reset","reason":"<why>"}`: a resume could not replay what was missed.
+pub fn reset_reason(reason: &str) -> String {
+    format!(r#"{{"type":"reset","reason":"{reason}"}}"#)
+}
+
 /// The `message` JSON for an event.
 pub fn message(event: &Event) -> Vec<u8> {
     let mut out = Vec::with_capacity(event.payload.len() + 96);
@@ -235,7 +240,7 @@ mod tests {
     fn event(payload: &[u8]) -> Event {
         let mut m = Message::new("orders.42", payload.to_vec());
         m.event = Some("created".into());
-        Event::new(m, 7, "ep")
+        Event::new(m, 7, "ep-7".into())
     }
 
     fn json(b: Vec<u8>) -> Value {

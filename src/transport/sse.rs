@@ -76,6 +76,13 @@ pub fn encode_reset(dropped: u64) -> Bytes {
     b.freeze()
 }
 
+/// The reset event sent when a resume cannot replay what was missed.
+pub fn encode_reset_reason(reason: &str) -> Bytes {
+    Bytes::from(format!(
+        "event: fanfare.reset\ndata: {{\"reason\":\"{reason}\"}}\n\n"
+    ))
+}
+
 /// `retry: <ms>` plus a blank line.
 pub fn encode_retry(ms: u128) -> Bytes {
     Bytes::from(format!("retry: {ms}\n\n"))
@@ -233,7 +240,14 @@ impl Session {
 /// Concatenates a batch (reset first, if there was a gap) into one buffer.
 /// Returns the buffer, the number of events, and the oldest event's arrival time.
 fn assemble(batch: Batch) -> (Bytes, u64, Option<Instant>) {
-    let reset = (batch.dropped > 0).then(|| encode_reset(batch.dropped));
+    let mut reset = (batch.dropped > 0).then(|| encode_reset(batch.dropped));
+    if let Some(reason) = batch.reset {
+        let r = encode_reset_reason(reason);
+        reset = Some(match reset {
+            Some(d) => [r, d].concat().into(),
+            None => r,
+        });
+    }
     let len = reset.as_ref().map_or(0, |r| r.len())
         + batch.events.iter().map(|e| e.sse().len()).sum::<usize>();
     let oldest = batch.events.front().map(|e| e.received);

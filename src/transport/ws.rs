@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::broker::{Broker, Message as BrokerMessage};
 use crate::config::WsConfig;
-use crate::hub::{ClientQueue, Event, Hub, Membership};
+use crate::hub::{ClientQueue, Event, Hub, Membership, TopicSpec};
 use crate::metrics::Metrics;
 use crate::subject;
 use crate::transport::protocol::{self, Code, Request};
@@ -159,6 +159,8 @@ pub struct Context {
     pub config: WsConfig,
     /// The route's path (sent as `Fanfare-Route` on publishes).
     pub route: String,
+    /// The route's topic settings (history); `subject` is filled per subscription.
+    pub topic: TopicSpec,
     /// Turns true on shutdown.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -329,6 +331,9 @@ where
                     let batch = self.queue.take();
                     let closed = batch.closed.is_some();
                     let mut buf = BytesMut::new();
+                    if let Some(reason) = batch.reset {
+                        buf.put_slice(&text_frame(protocol::reset_reason(reason).as_bytes()));
+                    }
                     if batch.dropped > 0 {
                         buf.put_slice(&text_frame(protocol::reset(batch.dropped).as_bytes()));
                     }
@@ -482,7 +487,7 @@ where
     /// Carries out a request; `Ok(Some(subject))` acks with the subject.
     async fn handle(&mut self, request: Request) -> Result<Option<String>, (Code, String)> {
         match request {
-            Request::Subscribe { subject, since: _ } => {
+            Request::Subscribe { subject, since } => {
                 if !subject::is_valid_subscribe_subject(&subject) {
                     return Err((Code::InvalidSubject, "not a valid NATS subject".into()));
                 }
@@ -519,12 +524,21 @@ where
                         ),
                     ));
                 }
+                let spec = TopicSpec {
+                    subject: subject.clone(),
+                    ..self.ctx.topic.clone()
+                };
                 let m = self
                     .ctx
                     .hub
-                    .join(&subject, self.client, self.queue.clone())
+                    .join_spec(&spec, self.client, self.queue.clone())
                     .await
                     .map_err(|e| (Code::Unavailable, e.to_string()))?;
+                if let Some(cursor) = since {
+                    crate::realtime::resume(&self.ctx.hub, &[spec], &cursor, &self.queue)
+                        .await
+                        .map_err(|e| (Code::Unavailable, e.to_string()))?;
+                }
                 self.subscriptions.insert(subject.clone(), m);
                 Ok(Some(subject))
             }
