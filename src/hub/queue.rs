@@ -25,7 +25,9 @@ struct State {
     /// A reset to send before what follows (a resume that could not replay).
     reset: Option<&'static str>,
     /// After a resume: per subject, the last replayed sequence; live events at or below
-    /// it are duplicates of the replay and are not queued.
+    /// it are duplicates of the replay and are not queued. Boxed on purpose: most
+    /// queues never resume, and an empty `Option<Box<_>>` costs 8 bytes, a map 48.
+    #[allow(clippy::box_collection)]
     floor: Option<Box<std::collections::HashMap<String, u64>>>,
     closed: Option<Closed>,
 }
