@@ -155,12 +155,25 @@ pub struct ShutdownConfig {
     /// How long in-flight requests get to finish after SIGTERM before the process exits
     /// anyway. Keep it below Kubernetes' `terminationGracePeriodSeconds`. Default `25s`.
     pub grace: Dur,
+    /// The window over which held connections are closed after SIGTERM, each at its
+    /// own moment, so reconnects reach the other pods gradually. Must be shorter than
+    /// `grace`. Default: four fifths of `grace` (20s with the default grace).
+    #[serde(default)]
+    pub drain: Option<Dur>,
+}
+
+impl ShutdownConfig {
+    /// The drain window in effect.
+    pub fn drain_window(&self) -> Duration {
+        self.drain.map_or(self.grace.0.mul_f64(0.8), |d| d.0)
+    }
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
             grace: Dur(Duration::from_secs(25)),
+            drain: None,
         }
     }
 }
@@ -586,6 +599,12 @@ impl Config {
         }
         if self.shutdown.grace.0.is_zero() {
             return Err(Invalid::at("grace", "shutdown.grace must be more than 0s"));
+        }
+        if self.shutdown.drain_window() >= self.shutdown.grace.0 {
+            return Err(Invalid::at(
+                "drain",
+                "shutdown.drain must be shorter than shutdown.grace",
+            ));
         }
         if self.proxy.connect_timeout.0.is_zero() || self.proxy.read_timeout.0.is_zero() {
             return Err(Invalid::at("proxy", "proxy timeouts must be more than 0s"));

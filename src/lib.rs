@@ -21,6 +21,7 @@ pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod drain;
 pub mod edge;
 pub mod hub;
 pub mod limits;
@@ -91,35 +92,68 @@ pub struct Handle {
     pub hub: Hub,
     readiness: Arc<Readiness>,
     inflight: Arc<InFlight>,
-    stop_edge: watch::Sender<bool>,
+    limits: Arc<ConnectionLimits>,
+    drain: drain::DrainControl,
     stop_admin: watch::Sender<bool>,
     grace: Duration,
+    drain_window: Duration,
 }
 
 /// How a shutdown ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Drained {
-    /// Every in-flight request finished.
+    /// Every held connection was closed and every in-flight request finished.
     Clean,
-    /// The grace period ran out with this many requests still in flight.
-    GraceExpired(usize),
+    /// The grace period ran out with this many proxied requests and held connections
+    /// still open.
+    GraceExpired {
+        /// Proxied requests still in flight.
+        requests: usize,
+        /// Held realtime connections still open.
+        connections: usize,
+    },
 }
 
 impl Handle {
     /// Drains and stops: `/readyz` turns 503 at once, the edge stops accepting,
-    /// keep-alive connections close after their current request, and this returns
-    /// when in-flight proxied requests are done or `shutdown.grace` has passed.
+    /// keep-alive connections close after their current request, held realtime
+    /// connections are closed spread over `shutdown.drain` (WebSocket 1012, SSE
+    /// `fanfare.drain` + `retry:`), and this returns when all of them and every
+    /// in-flight proxied request are done, or `shutdown.grace` has passed.
     pub async fn shutdown(self) -> Drained {
         self.readiness.draining.store(true, Ordering::Release);
-        self.stop_edge.send_replace(true);
-        let inflight = self.inflight.current();
-        tracing::info!(inflight, grace = ?self.grace, "draining");
-        let outcome = match tokio::time::timeout(self.grace, self.inflight.wait_idle()).await {
-            Ok(()) => Drained::Clean,
-            Err(_) => Drained::GraceExpired(self.inflight.current()),
+        self.metrics.draining.set(1);
+        self.drain.start();
+        let started = tokio::time::Instant::now();
+        tracing::info!(
+            inflight = self.inflight.current(),
+            connections = self.limits.total(),
+            drain = ?self.drain_window,
+            grace = ?self.grace,
+            "draining"
+        );
+        let deadline = started + self.grace;
+        let mut last_report = started;
+        let outcome = loop {
+            let (requests, connections) = (self.inflight.current(), self.limits.total());
+            if requests == 0 && connections == 0 {
+                break Drained::Clean;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                break Drained::GraceExpired {
+                    requests,
+                    connections,
+                };
+            }
+            if now.duration_since(last_report) >= Duration::from_secs(5) {
+                tracing::info!(inflight = requests, connections, "draining: still open");
+                last_report = now;
+            }
+            tokio::time::sleep(Duration::from_millis(20).min(deadline - now)).await;
         };
         self.stop_admin.send_replace(true);
-        tracing::info!(?outcome, "stopped");
+        tracing::info!(?outcome, elapsed = ?started.elapsed(), "stopped");
         outcome
     }
 
@@ -220,8 +254,10 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
         graceful_shutdown_timeout_seconds: Some(config.shutdown.grace.0.as_secs()),
         ..ServerConf::default()
     });
-    let (stop_edge, stop_edge_rx) = watch::channel(false);
+    let (drain_control, drain) = drain::channel(config.shutdown.drain_window());
+    let stop_edge_rx = drain_control.subscribe();
     let (stop_admin, stop_admin_rx) = watch::channel(false);
+    let limits = ConnectionLimits::new(&config.limits);
     let hub = Hub::new(broker.clone(), metrics.clone());
     let http = http_client().map_err(|e| StartError::Routes(format!("http client: {e}")))?;
     let realtime = Arc::new(
@@ -230,8 +266,8 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
             hub.clone(),
             broker.clone(),
             metrics.clone(),
-            stop_edge_rx.clone(),
-            ConnectionLimits::new(&config.limits),
+            drain,
+            limits.clone(),
             &config.upstream.to_string(),
             http,
         )
@@ -279,8 +315,10 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
         hub,
         readiness,
         inflight,
-        stop_edge,
+        limits,
+        drain: drain_control,
         stop_admin,
         grace: config.shutdown.grace.0,
+        drain_window: config.shutdown.drain_window(),
     })
 }

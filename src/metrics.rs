@@ -46,6 +46,8 @@ pub struct Metrics {
     pub resumes: IntCounterVec,
     /// Messages replayed to resuming clients.
     pub replayed: IntCounter,
+    /// 1 while shutting down (draining).
+    pub draining: IntGauge,
 }
 
 impl Metrics {
@@ -158,6 +160,10 @@ impl Metrics {
                 "fanfare_replayed_messages_total",
                 "Messages replayed to resuming clients.",
             )?,
+            draining: IntGauge::new(
+                "fanfare_draining",
+                "1 while fanfare drains for shutdown; fanfare_connections shows what is left.",
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.upstream_requests.clone()))?;
@@ -176,6 +182,7 @@ impl Metrics {
         m.registry.register(Box::new(m.jwks_refresh.clone()))?;
         m.registry.register(Box::new(m.resumes.clone()))?;
         m.registry.register(Box::new(m.replayed.clone()))?;
+        m.registry.register(Box::new(m.draining.clone()))?;
         // Fixed label sets are created up front so every series shows from the start.
         for class in ["1xx", "2xx", "3xx", "4xx", "5xx", "error"] {
             m.upstream_requests.with_label_values(&[class]);

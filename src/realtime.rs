@@ -20,6 +20,7 @@ use std::time::SystemTime;
 use crate::auth::{Authorizer, Denied, Grant};
 use crate::broker::Broker;
 use crate::config::{AuthMode, Transport};
+use crate::drain::Drain;
 use crate::edge::{respond_json, take_h1_stream};
 use crate::hub::{ClientQueue, Hub, Membership, Replayed, TopicSpec};
 use crate::limits::{ConnectionLimits, Refused, Slot};
@@ -45,7 +46,7 @@ pub struct Realtime {
     routes: Vec<LiveRoute>,
     hub: Hub,
     metrics: Metrics,
-    shutdown: watch::Receiver<bool>,
+    drain: Drain,
     limits: Arc<ConnectionLimits>,
 }
 
@@ -68,7 +69,7 @@ impl Realtime {
         hub: Hub,
         broker: Broker,
         metrics: Metrics,
-        shutdown: watch::Receiver<bool>,
+        drain: Drain,
         limits: Arc<ConnectionLimits>,
         upstream_base: &str,
         http: reqwest::Client,
@@ -77,7 +78,7 @@ impl Realtime {
             .0
             .into_iter()
             .map(|route| {
-                let heartbeat = ticker(route.config.heartbeat.0, shutdown.clone());
+                let heartbeat = ticker(route.config.heartbeat.0);
                 let auth =
                     Authorizer::new(&route.config.auth, upstream_base, http.clone(), &metrics)
                         .map_err(|e| format!("route {}: {e}", route.config.path))?;
@@ -88,7 +89,7 @@ impl Realtime {
                     metrics: metrics.clone(),
                     config: route.config.ws.clone(),
                     route: route.config.path.clone(),
-                    shutdown: shutdown.clone(),
+                    drain: drain.clone(),
                 });
                 Ok(LiveRoute {
                     route,
@@ -102,7 +103,7 @@ impl Realtime {
             routes,
             hub,
             metrics,
-            shutdown,
+            drain,
             limits,
         })
     }
@@ -396,7 +397,7 @@ impl Realtime {
         let route = &live.route;
         let cursor = header(session, "last-event-id")
             .or_else(|| query_param(session.req_header().uri.query(), "last_event_id"));
-        let (_, queue, memberships) = self
+        let (client, queue, memberships) = self
             .join_all(route, &admitted.subjects, cursor.as_deref())
             .await?;
         let memberships: Vec<Membership> = memberships.into_iter().map(|(_, m)| m).collect();
@@ -404,7 +405,8 @@ impl Realtime {
         let sse_session = sse::Session {
             queue,
             heartbeat: live.heartbeat.clone(),
-            shutdown: self.shutdown.clone(),
+            drain: self.drain.clone(),
+            client,
             retry_ms: route.config.retry.0.as_millis(),
             metrics: self.metrics.clone(),
             expires: admitted.permissions.expires,
@@ -463,11 +465,10 @@ impl Realtime {
         let gauge = self.metrics.connections.with_label_values(&["poll"]);
         gauge.inc();
         let waited = if queue.is_empty() && !queue.has_reset() {
-            let mut shutdown = self.shutdown.clone();
             tokio::select! {
                 _ = queue.ready() => true,
                 _ = tokio::time::sleep(config.timeout.0) => false,
-                _ = shutdown.wait_for(|s| *s) => false,
+                _ = self.drain.started() => false,
                 _ = client_gone(session) => false,
             }
         } else {
@@ -728,8 +729,8 @@ fn sse_head_h1(origin: Option<&str>) -> bytes::Bytes {
     bytes::Bytes::from(s)
 }
 
-/// A watch that ticks every `every` until shutdown.
-fn ticker(every: Duration, mut shutdown: watch::Receiver<bool>) -> watch::Receiver<u64> {
+/// A watch that ticks every `every` while anyone holds a receiver.
+fn ticker(every: Duration) -> watch::Receiver<u64> {
     let (tx, rx) = watch::channel(0u64);
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(every);
@@ -738,7 +739,7 @@ fn ticker(every: Duration, mut shutdown: watch::Receiver<bool>) -> watch::Receiv
         loop {
             tokio::select! {
                 _ = interval.tick() => { tx.send_modify(|n| *n += 1); }
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = tx.closed() => return,
             }
         }
     });

@@ -154,8 +154,10 @@ pub struct Session {
     pub queue: std::sync::Arc<ClientQueue>,
     /// Ticks at the route's heartbeat interval.
     pub heartbeat: watch::Receiver<u64>,
-    /// Turns true when fanfare shuts down.
-    pub shutdown: watch::Receiver<bool>,
+    /// The shutdown drain; this session closes at its turn.
+    pub drain: crate::drain::Drain,
+    /// The client's id (its drain turn).
+    pub client: u64,
     /// The `retry:` hint in milliseconds.
     pub retry_ms: u128,
     /// Metrics.
@@ -172,6 +174,10 @@ enum Wake {
     Expired,
 }
 
+/// The event sent before a stream is closed for a restart (drain): reconnect, with
+/// `Last-Event-ID`, after the `retry:` that follows.
+pub const DRAIN: &[u8] = b"event: fanfare.drain\ndata: {\"reason\":\"restart\"}\n\n";
+
 /// The event sent when a token expires during a held stream.
 pub const EXPIRED: &[u8] = b"event: fanfare.expired\ndata: {\"reason\":\"token_expired\"}\n\n";
 
@@ -183,11 +189,12 @@ impl Session {
             return Outcome::WriteError;
         }
         let deliveries = self.metrics.deliveries.with_label_values(&["sse"]);
+        let mut heartbeat_alive = true;
         loop {
             let wake = tokio::select! {
                 _ = self.queue.ready() => Wake::Queue,
-                r = self.heartbeat.changed() => if r.is_ok() { Wake::Heartbeat } else { Wake::Shutdown },
-                _ = self.shutdown.wait_for(|s| *s) => Wake::Shutdown,
+                r = self.heartbeat.changed(), if heartbeat_alive => if r.is_ok() { Wake::Heartbeat } else { heartbeat_alive = false; continue },
+                _ = self.drain.turn(self.client) => Wake::Shutdown,
                 _ = sink.gone() => Wake::Gone,
                 _ = crate::transport::ws::sleep_until_opt(self.expires) => Wake::Expired,
             };
@@ -198,7 +205,9 @@ impl Session {
                 }
                 Wake::Gone => return Outcome::ClientClosed,
                 Wake::Shutdown => {
-                    let _ = sink.write(encode_retry(self.retry_ms)).await;
+                    let mut bye = BytesMut::from(DRAIN);
+                    bye.put_slice(&encode_retry(self.retry_ms));
+                    let _ = sink.write(bye.freeze()).await;
                     return Outcome::Shutdown;
                 }
                 Wake::Heartbeat => {

@@ -20,7 +20,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use pingora::http::RequestHeader;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -161,8 +160,8 @@ pub struct Context {
     pub route: String,
     /// The route's topic settings (history); `subject` is filled per subscription.
     pub topic: TopicSpec,
-    /// Turns true on shutdown.
-    pub shutdown: watch::Receiver<bool>,
+    /// The shutdown drain; each session closes (1012) at its turn.
+    pub drain: crate::drain::Drain,
 }
 
 /// What one connection may do, from its grant.
@@ -316,14 +315,14 @@ where
             tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
         let mut last_heard = Instant::now();
         let mut idle_since = self.subscriptions.is_empty().then(Instant::now);
-        let mut shutdown = self.ctx.shutdown.clone();
+        let drain = self.ctx.drain.clone();
         let expires = self.permissions.expires;
         loop {
             let wake = tokio::select! {
                 _ = self.queue.ready() => Wake::Queue,
                 f = self.ws.next() => Wake::Frame(f),
                 _ = tick.tick() => Wake::Tick,
-                _ = shutdown.wait_for(|s| *s) => Wake::Shutdown,
+                _ = drain.turn(self.client) => Wake::Shutdown,
                 _ = sleep_until_opt(expires) => Wake::Expired,
             };
             match wake {
