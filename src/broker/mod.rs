@@ -154,15 +154,17 @@ impl Broker {
         }
     }
 
-    /// Follows `subject` in JetStream stream `stream` from now on (stream sequences).
+    /// Follows `subject` in JetStream stream `stream` (stream sequences): from sequence
+    /// `from`, or from now on.
     pub async fn subscribe_stream(
         &self,
         stream: &str,
         subject: &str,
+        from: Option<u64>,
     ) -> Result<Subscription, BrokerError> {
         match self {
             Broker::Nats(n) => n
-                .follow(stream, subject)
+                .follow(stream, subject, from)
                 .await
                 .map(|o| Subscription::JetStream(Box::new(o))),
             Broker::Memory(_) => Err(BrokerError::Nats("JetStream needs nats.url".into())),

@@ -112,13 +112,18 @@ impl NatsBroker {
         &self,
         stream: &str,
         subject: &str,
+        from: Option<u64>,
     ) -> Result<async_nats::jetstream::consumer::pull::Ordered, BrokerError> {
         use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
         let s = self.stream(stream).await?;
+        let deliver_policy = match from {
+            Some(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
+            None => DeliverPolicy::New,
+        };
         let consumer = s
             .create_consumer(OrderedConfig {
                 filter_subject: subject.to_string(),
-                deliver_policy: DeliverPolicy::New,
+                deliver_policy,
                 ..Default::default()
             })
             .await

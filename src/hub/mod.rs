@@ -417,32 +417,70 @@ impl Inner {
         let hub = Arc::downgrade(this);
         let broker = this.broker.clone();
         let task = tokio::spawn(async move {
-            let sub = match &spec.stream {
-                Some(stream) => broker.subscribe_stream(stream, &spec.subject).await,
-                None => broker.subscribe(&spec.subject).await,
-            };
-            let mut sub = match sub {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "subscribe failed");
-                    ready_tx.send_replace(Some(Err(e.to_string())));
-                    if let Some(hub) = hub.upgrade() {
-                        hub.close_failed(&spec.key(), &weak_topic);
+            let mut ready_tx = Some(ready_tx);
+            // JetStream topics remember the last stream sequence delivered, so after a
+            // NATS outage the consumer is re-created right after it: nothing lost, nothing
+            // twice (async-nats' own ordered-consumer recovery does not survive a server
+            // restart, whose in-memory consumers are gone).
+            let mut last: Option<u64> = None;
+            let mut connected = broker.connected();
+            let mut gauge = None;
+            loop {
+                let sub = match &spec.stream {
+                    Some(stream) => {
+                        broker
+                            .subscribe_stream(stream, &spec.subject, last.map(|l| l + 1))
+                            .await
                     }
-                    return;
-                }
-            };
-            if let Some(hub) = hub.upgrade() {
-                hub.metrics.subscriptions.inc();
-            }
-            ready_tx.send_replace(Some(Ok(())));
-            let _gauge = SubscriptionGauge(hub.clone());
-            while let Some(msg) = sub.next().await {
-                let (Some(hub), Some(topic)) = (hub.upgrade(), weak_topic.upgrade()) else {
-                    break;
+                    None => broker.subscribe(&spec.subject).await,
                 };
-                hub.fan_out(&topic, msg);
+                let mut sub = match sub {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "subscribe failed");
+                        if let Some(tx) = ready_tx.take() {
+                            tx.send_replace(Some(Err(e.to_string())));
+                            if let Some(hub) = hub.upgrade() {
+                                hub.close_failed(&spec.key(), &weak_topic);
+                            }
+                            return;
+                        }
+                        // A re-subscription after an outage: try again shortly.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                if let Some(tx) = ready_tx.take() {
+                    if let Some(hub) = hub.upgrade() {
+                        hub.metrics.subscriptions.inc();
+                    }
+                    tx.send_replace(Some(Ok(())));
+                    gauge = Some(SubscriptionGauge(hub.clone()));
+                }
+                let resubscribe = loop {
+                    tokio::select! {
+                        msg = sub.next() => {
+                            let Some(msg) = msg else { break spec.stream.is_some() };
+                            let (Some(hub), Some(topic)) = (hub.upgrade(), weak_topic.upgrade()) else {
+                                break false;
+                            };
+                            if let Some(seq) = msg.seq {
+                                if last.is_some_and(|l| seq <= l) {
+                                    continue;
+                                }
+                                last = Some(seq);
+                            }
+                            hub.fan_out(&topic, msg);
+                        }
+                        _ = reconnected(&mut connected), if spec.stream.is_some() => break true,
+                    }
+                };
+                if !resubscribe {
+                    break;
+                }
+                tracing::info!("re-creating a JetStream consumer after a reconnect");
             }
+            drop(gauge);
         });
         let _ = topic.task.set(task);
         topic
@@ -547,6 +585,16 @@ impl Topic {
         if let Some(t) = self.task.get() {
             t.abort();
         }
+    }
+}
+
+/// Resolves when the broker connection has dropped and come back.
+async fn reconnected(connected: &mut watch::Receiver<bool>) {
+    if connected.wait_for(|c| !*c).await.is_err() {
+        return std::future::pending().await;
+    }
+    if connected.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
