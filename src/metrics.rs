@@ -183,9 +183,46 @@ impl Metrics {
         m.registry.register(Box::new(m.resumes.clone()))?;
         m.registry.register(Box::new(m.replayed.clone()))?;
         m.registry.register(Box::new(m.draining.clone()))?;
-        // Fixed label sets are created up front so every series shows from the start.
+        // Fixed label sets are created up front so every series shows from the start
+        // (dashboards and rate() see zeros instead of nothing).
         for class in ["1xx", "2xx", "3xx", "4xx", "5xx", "error"] {
             m.upstream_requests.with_label_values(&[class]);
+        }
+        for transport in ["sse", "ws", "poll"] {
+            m.connections.with_label_values(&[transport]);
+            m.deliveries.with_label_values(&[transport]);
+        }
+        for reason in [
+            "slow_consumer",
+            "slow_consumer_disconnect",
+            "bad_event_name",
+        ] {
+            m.dropped.with_label_values(&[reason]);
+        }
+        for reason in [
+            "too_many_connections",
+            "too_many_connections_per_ip",
+            "origin_not_allowed",
+            "origin_missing",
+            "forbidden",
+            "invalid_claim",
+            "rate_limited",
+            "too_many_subscriptions",
+            "message_too_big",
+        ] {
+            m.rejected.with_label_values(&[reason]);
+        }
+        for mode in ["none", "jwt", "upstream"] {
+            m.auth_total.with_label_values(&[mode, "ok"]);
+        }
+        for result in ["replayed", "reset"] {
+            m.resumes.with_label_values(&[result]);
+        }
+        for result in ["ok", "too_large", "unavailable", "error"] {
+            m.publish_total.with_label_values(&[result]);
+        }
+        for result in ["ok", "error"] {
+            m.jwks_refresh.with_label_values(&[result]);
         }
         #[cfg(target_os = "linux")]
         m.registry.register(Box::new(
