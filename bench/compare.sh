@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Side-by-side: fanfare, nats-server's websocket listener, nginx + nchan, and pushpin,
+# the same scenarios with fanfare-bench, in one run on this machine. Prints a markdown
+# table. Installs the Debian packages it needs when run as root.
+#
+# usage: bench/compare.sh [IDLE_N=10000] [FANOUT_N=10000] [MESSAGES=100]
+# Loopback only; every process it starts is stopped by PID at the end.
+# Servers run on core 0, fanfare-bench on core 1 (taskset).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+IDLE_N=${1:-10000}
+FANOUT_N=${2:-10000}
+MESSAGES=${3:-100}
+export PATH="$PATH:/usr/sbin"
+
+need=()
+command -v nats-server >/dev/null || need+=(nats-server)
+command -v nginx >/dev/null || need+=(nginx-light)
+[ -e /usr/lib/nginx/modules/ngx_nchan_module.so ] || need+=(libnginx-mod-nchan)
+[ "${PUSHPIN:-0}" = 1 ] && { command -v pushpin >/dev/null || need+=(pushpin); }
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "missing: ${need[*]} (sudo apt-get install ${need[*]})" >&2; exit 1
+  fi
+fi
+cargo build --release --quiet --bin fanfare --bin fanfare-bench
+BENCH="taskset -c 1 target/release/fanfare-bench --json --timeout 120"
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+results="$work/results.jsonl"
+
+# run NAME PID TRANSPORT SUB_URL PUBLISH [PUBLISH_FORMAT]
+run() {
+  local name=$1 pid=$2 transport=$3 url=$4 publish=$5 format=${6:-raw}
+  local common="--label $name --transport $transport --url $url --subject feed --publish $publish --publish-format $format --server-pid $pid"
+  $BENCH $common --scenario idle --connections "$IDLE_N" >> "$results" || echo "{\"label\":\"$name\",\"scenario\":\"idle\",\"error\":true}" >> "$results"
+  $BENCH $common --scenario fanout --connections "$FANOUT_N" --messages "$MESSAGES" >> "$results" || echo "{\"label\":\"$name\",\"scenario\":\"fanout\",\"error\":true}" >> "$results"
+  $BENCH $common --scenario fanout --connections 1000 --messages 300 --rate 100 | sed 's/"scenario":"fanout"/"scenario":"latency"/' >> "$results" || true
+}
+
+# --- fanfare (WebSocket), on its own nats-server, both on core 0 ---
+NP=$(port); EP=$(port); AP=$(port)
+taskset -c 0 nats-server -a 127.0.0.1 -p "$NP" >/dev/null 2>&1 & pids+=($!)
+wait_port "$NP"
+sed -e "s/EDGE_PORT/$EP/; s/ADMIN_PORT/$AP/; s/NATS_PORT/$NP/" bench/peers/fanfare.yaml > "$work/fanfare.yaml"
+taskset -c 0 target/release/fanfare --config "$work/fanfare.yaml" 2>"$work/fanfare.log" & FF=$!; pids+=($FF)
+wait_port "$EP"
+run fanfare-ws "$FF" ws "ws://127.0.0.1:$EP/feed" "nats://127.0.0.1:$NP"
+kill "$FF"; wait "$FF" 2>/dev/null || true
+# A fresh process for SSE, so its idle memory is not hidden by the WebSocket run's heap.
+taskset -c 0 target/release/fanfare --config "$work/fanfare.yaml" 2>>"$work/fanfare.log" & FF=$!; pids+=($FF)
+wait_port "$EP"
+run fanfare-sse "$FF" sse "http://127.0.0.1:$EP/feed" "nats://127.0.0.1:$NP"
+# fanfare's own delivery lag (arrival to socket write), from its histogram.
+curl -s "http://127.0.0.1:$AP/metrics" | grep -E '^fanfare_delivery_lag_seconds_(bucket|count)' > "$work/lag.txt" || true
+kill "$FF"; wait "$FF" 2>/dev/null || true
+
+# --- nats-server websocket listener ---
+NP2=$(port); WP=$(port)
+sed -e "s/NATS_PORT/$NP2/; s/WS_PORT/$WP/" bench/peers/nats-ws.conf > "$work/nats-ws.conf"
+taskset -c 0 nats-server -c "$work/nats-ws.conf" >/dev/null 2>&1 & NW=$!; pids+=($NW)
+wait_port "$WP"
+run nats-server-ws "$NW" nats-ws "ws://127.0.0.1:$WP/" "nats://127.0.0.1:$NP2"
+kill "$NW"
+
+# --- nginx + nchan ---
+XP=$(port)
+sed -e "s#PORT#$XP#; s#WORKDIR#$work#g; s#MODULE#/usr/lib/nginx/modules/ngx_nchan_module.so#" bench/peers/nchan.conf > "$work/nchan.conf"
+taskset -c 0 nginx -c "$work/nchan.conf" -g 'daemon off;' & NX=$!; pids+=($NX)
+wait_port "$XP"
+# The worker process holds the connections; measure its PID.
+sleep 0.5
+NXW=$(pgrep -P "$NX" | head -1)
+run nchan-ws "$NXW" ws "ws://127.0.0.1:$XP/sub/feed" "http://127.0.0.1:$XP/pub/{subject}"
+kill "$NX"
+
+# --- pushpin (SSE through GRIP) --- opt-in: PUSHPIN=1 bench/compare.sh
+# On this machine pushpin 1.36 started (condure, proxy, handler) but held requests got
+# no response from it; see the README.
+if [ "${PUSHPIN:-0}" = 1 ]; then
+OP=$(port); HP=$(port); PP=$(port)
+python3 bench/peers/grip_origin.py "$OP" & pids+=($!)
+mkdir -p "$work/run" "$work/log"
+echo "* 127.0.0.1:$OP" > "$work/routes"
+sed -e "s#HTTP_PORT#$HP#; s#PUBLISH_PORT#$PP#; s#WORKDIR#$work#g" bench/peers/pushpin.conf > "$work/pushpin.conf"
+taskset -c 0 pushpin --config "$work/pushpin.conf" >"$work/pushpin.out" 2>&1 & PU=$!; pids+=($PU)
+if wait_port "$HP" && wait_port "$PP"; then
+  sleep 1
+  # condure holds the client connections.
+  CON=$(pgrep -f "condure.*" -n || echo "$PU")
+  run pushpin-sse "$CON" sse "http://127.0.0.1:$HP/feed" "http://127.0.0.1:$PP/publish/" pushpin
+fi
+kill "$PU" 2>/dev/null || true
+fi
+
+python3 - "$results" <<'PY'
+import json, sys
+rows = {}
+for line in open(sys.argv[1]):
+    line = line.strip()
+    if not line:
+        continue
+    r = json.loads(line)
+    rows.setdefault(r["label"], {})[r["scenario"]] = r
+def kib(r):
+    v = r.get("rss_per_connection_bytes")
+    return f"{v/1024:.1f}" if v else "n/a"
+print("| server | idle KiB/conn | fan-out deliveries/s | server CPU µs/delivery | lost / dup | p99 ms (1k subs, 100 msg/s) | connects/s |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
+for name, s in rows.items():
+    i, f, l = s.get("idle", {}), s.get("fanout", {}), s.get("latency", {})
+    cpu = f.get("server_cpu_us_per_delivery")
+    cpu = f"{cpu:.2f}" if cpu is not None else "n/a"
+    p99 = l.get("latency_ms", {}).get("p99")
+    p99 = f"{p99:.2f}" if p99 is not None else "n/a"
+    dps = f.get("deliveries_per_second")
+    dps = f"{dps:,.0f}" if dps else "n/a"
+    print(f"| {name} | {kib(i)} | {dps} | {cpu} | {f.get('lost','?')} / {f.get('duplicated','?')} | {p99} | {i.get('connections_per_second', 0):,.0f} |")
+PY
+echo
+echo "raw results: one JSON object per run above; rerun with: bench/compare.sh $IDLE_N $FANOUT_N $MESSAGES"
