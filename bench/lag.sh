@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Latency at a fixed rate: N subscribers (default 1000) over WebSocket, 100 msg/s for
+# 30 s, fanfare and its nats-server on core 0, fanfare-bench on core 1. Prints the
+# bench's end-to-end percentiles and fanfare's own delivery lag (arrival at fanfare to
+# the socket write) from its fanfare_delivery_lag_seconds histogram.
+# usage: bench/lag.sh [N=1000] [TRANSPORT=ws]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-1000}; T=${2:-ws}
+export PATH="$PATH:/usr/sbin"
+cargo build --release --quiet --bin fanfare --bin fanfare-bench
+work=$(mktemp -d); pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+NP=$(port); EP=$(port); AP=$(port)
+taskset -c 0 nats-server -a 127.0.0.1 -p "$NP" >/dev/null 2>&1 & pids+=($!)
+wait_port "$NP"
+sed -e "s/EDGE_PORT/$EP/; s/ADMIN_PORT/$AP/; s/NATS_PORT/$NP/" bench/peers/fanfare.yaml > "$work/f.yaml"
+taskset -c 0 target/release/fanfare --config "$work/f.yaml" 2>/dev/null & FF=$!; pids+=($FF)
+wait_port "$EP"
+scheme=ws; [ "$T" = sse ] && scheme=http
+taskset -c 1 target/release/fanfare-bench --scenario fanout --transport "$T" --url "$scheme://127.0.0.1:$EP/feed" \
+  --subject feed --publish "nats://127.0.0.1:$NP" --connections "$N" --messages 3000 --rate 100 --server-pid "$FF"
+curl -s "http://127.0.0.1:$AP/metrics" | python3 -c '
+import sys, re
+b = [(float(m.group(1)) if m.group(1) != "+Inf" else float("inf"), float(m.group(2)))
+     for m in (re.match(r"fanfare_delivery_lag_seconds_bucket\{le=\"([^\"]+)\"\} (\S+)", l) for l in sys.stdin) if m]
+total = b[-1][1]
+def q(p):
+    for le, c in b:
+        if c >= p * total:
+            return le
+print(f"  fanfare delivery lag (arrival to socket write, {int(total)} writes): p50 <= {q(0.5)*1000:g} ms, p99 <= {q(0.99)*1000:g} ms (histogram bucket bounds)")'
