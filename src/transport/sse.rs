@@ -120,33 +120,7 @@ where
     }
 }
 
-/// How a session ended, for `fanfare_connections_total{outcome}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// The client went away.
-    ClientClosed,
-    /// A write failed.
-    WriteError,
-    /// The client fell behind under the `disconnect` policy.
-    SlowConsumer,
-    /// fanfare is shutting down.
-    Shutdown,
-    /// The client's token expired.
-    Expired,
-}
-
-impl Outcome {
-    /// The metric label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Outcome::ClientClosed => "client_closed",
-            Outcome::WriteError => "write_error",
-            Outcome::SlowConsumer => "slow_consumer",
-            Outcome::Shutdown => "shutdown",
-            Outcome::Expired => "expired",
-        }
-    }
-}
+pub use super::Outcome;
 
 /// Everything a session needs besides its sink.
 pub struct Session {

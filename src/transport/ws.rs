@@ -229,42 +229,7 @@ impl Bucket {
     }
 }
 
-/// How a WebSocket session ended, for `fanfare_connections_total{outcome}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// The client closed (close frame or TCP).
-    ClientClosed,
-    /// A read or write failed.
-    Error,
-    /// The client sent a message over the limit (1009).
-    TooBig,
-    /// The client stopped answering pings (4002).
-    PingTimeout,
-    /// No subscription for too long (4003).
-    Idle,
-    /// The client fell behind under the `disconnect` policy (1013).
-    SlowConsumer,
-    /// fanfare is shutting down (1012).
-    Shutdown,
-    /// The client's token expired (4001).
-    Expired,
-}
-
-impl Outcome {
-    /// The metric label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Outcome::ClientClosed => "client_closed",
-            Outcome::Error => "error",
-            Outcome::TooBig => "too_big",
-            Outcome::PingTimeout => "ping_timeout",
-            Outcome::Idle => "idle",
-            Outcome::SlowConsumer => "slow_consumer",
-            Outcome::Shutdown => "shutdown",
-            Outcome::Expired => "expired",
-        }
-    }
-}
+pub use super::Outcome;
 
 fn ws_config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
@@ -371,7 +336,7 @@ where
                             return if self.queue.is_closed() {
                                 Outcome::SlowConsumer
                             } else {
-                                Outcome::Error
+                                Outcome::WriteError
                             };
                         }
                         deliveries.inc_by(batch.events.len() as u64);
@@ -427,7 +392,7 @@ where
                             .await;
                     }
                     if self.ws.send(Message::Ping(Bytes::new())).await.is_err() {
-                        return Outcome::Error;
+                        return Outcome::WriteError;
                     }
                 }
                 Wake::Shutdown => {
@@ -474,7 +439,7 @@ where
             // has already queued the matching close frame; send it.
             _ => {
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.flush()).await;
-                Outcome::Error
+                Outcome::WriteError
             }
         }
     }
@@ -508,6 +473,19 @@ where
         self.send_text(reply).await;
     }
 
+    /// A `forbidden` answer, counted in `fanfare_rejected_total`.
+    fn forbidden(&self, action: &str) -> (Code, String) {
+        self.ctx
+            .metrics
+            .rejected
+            .with_label_values(&["forbidden"])
+            .inc();
+        (
+            Code::Forbidden,
+            format!("this connection may not {action} that subject"),
+        )
+    }
+
     /// Carries out a request; `Ok(Some(subject))` acks with the subject.
     async fn handle(&mut self, request: Request) -> Result<Option<String>, (Code, String)> {
         match request {
@@ -521,15 +499,7 @@ where
                     .iter()
                     .any(|p| subject::covers(p, &subject))
                 {
-                    self.ctx
-                        .metrics
-                        .rejected
-                        .with_label_values(&["forbidden"])
-                        .inc();
-                    return Err((
-                        Code::Forbidden,
-                        "this connection may not subscribe to that subject".into(),
-                    ));
+                    return Err(self.forbidden("subscribe to"));
                 }
                 if self.subscriptions.contains_key(&subject) {
                     return Ok(Some(subject));
@@ -587,15 +557,7 @@ where
                     .iter()
                     .any(|p| subject::matches(p, &subject))
                 {
-                    self.ctx
-                        .metrics
-                        .rejected
-                        .with_label_values(&["forbidden"])
-                        .inc();
-                    return Err((
-                        Code::Forbidden,
-                        "this connection may not publish to that subject".into(),
-                    ));
+                    return Err(self.forbidden("publish to"));
                 }
                 if !self.bucket.take() {
                     self.ctx
