@@ -196,6 +196,7 @@ async fn outage(nats: &mut NatsServer, admin: std::net::SocketAddr, outage: Dura
     })
     .await;
     let until = Instant::now() + outage;
+    let poll_interval = Duration::from_millis(250);
     while Instant::now() < until {
         let ws = metric(admin, "fanfare_connections{transport=\"ws\"}")
             .await
@@ -208,7 +209,8 @@ async fn outage(nats: &mut NatsServer, admin: std::net::SocketAddr, outage: Dura
             held,
             "a client was disconnected during the outage"
         );
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Poll again until the outage window ends.
+        tokio::time::sleep(poll_interval).await;
     }
     nats.restart().await;
     wait_for(

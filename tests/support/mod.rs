@@ -36,7 +36,7 @@ where
     Fut: Future<Output = Option<T>>,
 {
     let start = Instant::now();
-    let mut pause = Duration::from_millis(5);
+    let mut poll_interval = Duration::from_millis(5);
     loop {
         if let Some(v) = check().await {
             return v;
@@ -45,8 +45,9 @@ where
             start.elapsed() < deadline,
             "timed out after {deadline:?} waiting for: {what}"
         );
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(200));
+        // Poll again soon (backing off to 200 ms) until the deadline.
+        tokio::time::sleep(poll_interval).await;
+        poll_interval = (poll_interval * 2).min(Duration::from_millis(200));
     }
 }
 
