@@ -8,14 +8,17 @@
 //! - [`edge`]: the pingora proxy (pass-through) and the accept loop.
 //! - [`realtime`]: realtime routes at the edge (matching, checks, handshakes).
 //! - [`hub`]: subject → clients, one broker subscription per subject, bounded queues.
-//! - [`transport`]: wire formats and per-client sessions (`sse`).
+//! - [`transport`]: wire formats and per-client sessions (`sse`, `ws`, the WS `protocol`).
+//! - [`drain`]: spreading the closes of held connections over the shutdown window.
 //! - [`route`], [`subject`]: path patterns and subject templates (injection-proof).
-//! - [`broker`]: NATS (async-nats) or the embedded single-instance broker.
+//! - [`broker`]: NATS (async-nats, JetStream replay) or the embedded broker.
 //! - [`admin`], [`publish`]: `/livez`, `/readyz`, `/metrics`, `POST /publish/{subject}`.
 //! - [`metrics`]: every Prometheus family, in an injected registry.
 //! - [`auth`], [`limits`]: handshake authorization (jwt, upstream) and connection quotas.
 //! - [`logging`]: subscriber set-up with credential redaction.
+//! - `src/bin/fanfare-bench.rs`: the load generator; `bench/`: comparison scripts.
 //! - `tests/support/`: the test harness (real nats-server on a free port, stub app).
+//! - `charts/fanfare/`: the Helm chart; `config/`: example configs (each loaded by a test).
 
 pub mod admin;
 pub mod auth;
