@@ -81,7 +81,7 @@ async fn sigterm_drains_1000_clients_spread_over_the_window() {
         || async move { (admin_get(admin, "/readyz").await.0 == 503).then_some(()) },
     )
     .await;
-    assert_eq!(metric(ff.admin, "fanfare_draining").await, Some(1.0));
+    wait_metric(ff.admin, "fanfare_draining", 1.0).await;
     let mut closes = Vec::new();
     for t in tasks {
         closes.push(

@@ -363,14 +363,19 @@ async fn mixed_ws_and_sse_clients_receive_everything_in_order() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), expected);
     }
-    assert_eq!(
-        metric(ff.admin_addr, "fanfare_deliveries_total{transport=\"ws\"}").await,
-        Some(150.0)
-    );
-    assert_eq!(
-        metric(ff.admin_addr, "fanfare_deliveries_total{transport=\"sse\"}").await,
-        Some(150.0)
-    );
+    // Counted just after each write: the last counts may trail the clients.
+    wait_metric(
+        ff.admin_addr,
+        "fanfare_deliveries_total{transport=\"ws\"}",
+        150.0,
+    )
+    .await;
+    wait_metric(
+        ff.admin_addr,
+        "fanfare_deliveries_total{transport=\"sse\"}",
+        150.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
