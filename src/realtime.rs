@@ -121,11 +121,10 @@ impl Realtime {
         };
         match self.serve(session, live, params).await {
             Ok(()) => {}
-            Err(Outcome::Refused(Refusal(status, code, reason))) => {
-                let body = serde_json::json!({ "error": code, "reason": reason }).to_string();
-                respond_json(session, status, &body).await?;
-            }
-            Err(Outcome::Denied(Denied::Json(status, code, reason))) => {
+            Err(
+                Outcome::Refused(Refusal(status, code, reason))
+                | Outcome::Denied(Denied::Json(status, code, reason)),
+            ) => {
                 let body = serde_json::json!({ "error": code, "reason": reason }).to_string();
                 respond_json(session, status, &body).await?;
             }

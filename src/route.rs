@@ -172,13 +172,6 @@ impl Routes {
             .collect::<Result<_, _>>()
             .map(Routes)
     }
-
-    /// The first route whose pattern matches `path`, with its parameters.
-    pub fn find(&self, path: &str) -> Option<(Arc<Route>, Result<Params, MatchError>)> {
-        self.0
-            .iter()
-            .find_map(|r| r.match_path(path).map(|m| (r.clone(), m)))
-    }
 }
 
 /// Decodes `%XX` escapes; `None` on a bad escape or invalid UTF-8.

@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::broker::{Broker, Message as BrokerMessage};
 use crate::config::WsConfig;
-use crate::hub::{ClientQueue, Event, Hub, Membership, TopicSpec};
+use crate::hub::{Batch, ClientQueue, Event, Hub, Membership, TopicSpec};
 use crate::metrics::Metrics;
 use crate::subject;
 use crate::transport::protocol::{self, Code, Request};
@@ -143,6 +143,25 @@ pub fn text_frame(payload: &[u8]) -> Bytes {
 /// The event's shared WebSocket frame.
 fn event_frame(e: &Event) -> &Bytes {
     e.ws_or_init(|e| text_frame(&protocol::message(e)))
+}
+
+/// A batch's frames in one buffer: resets first, then the events. A lone event's
+/// shared frame is written as is, without a copy (the common case at a steady rate).
+fn assemble(batch: &Batch) -> Bytes {
+    if batch.events.len() == 1 && batch.reset.is_none() && batch.dropped == 0 {
+        return event_frame(&batch.events[0]).clone();
+    }
+    let mut buf = BytesMut::new();
+    if let Some(reason) = batch.reset {
+        buf.put_slice(&text_frame(protocol::reset_reason(reason).as_bytes()));
+    }
+    if batch.dropped > 0 {
+        buf.put_slice(&text_frame(protocol::reset(batch.dropped).as_bytes()));
+    }
+    for e in &batch.events {
+        buf.put_slice(event_frame(e));
+    }
+    buf.freeze()
 }
 
 /// What a WebSocket session needs besides its socket.
@@ -316,20 +335,11 @@ where
                 Wake::Queue => {
                     let batch = self.queue.take();
                     let closed = batch.closed.is_some();
-                    let mut buf = BytesMut::new();
-                    if let Some(reason) = batch.reset {
-                        buf.put_slice(&text_frame(protocol::reset_reason(reason).as_bytes()));
-                    }
-                    if batch.dropped > 0 {
-                        buf.put_slice(&text_frame(protocol::reset(batch.dropped).as_bytes()));
-                    }
-                    for e in &batch.events {
-                        buf.put_slice(event_frame(e));
-                    }
+                    let buf = assemble(&batch);
                     if !buf.is_empty() {
                         let queue = self.queue.clone();
                         let ok = tokio::select! {
-                            ok = self.write_raw(buf.freeze()) => ok,
+                            ok = self.write_raw(buf) => ok,
                             _ = queue.closed(), if !closed => false,
                         };
                         if !ok {
