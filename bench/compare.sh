@@ -17,7 +17,8 @@ need=()
 command -v nats-server >/dev/null || need+=(nats-server)
 command -v nginx >/dev/null || need+=(nginx-light)
 [ -e /usr/lib/nginx/modules/ngx_nchan_module.so ] || need+=(libnginx-mod-nchan)
-[ "${PUSHPIN:-0}" = 1 ] && { command -v pushpin >/dev/null || need+=(pushpin); }
+command -v pushpin >/dev/null || need+=(pushpin)
+command -v zurl >/dev/null || need+=(zurl)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -35,10 +36,10 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 results="$work/results.jsonl"
 
-# run NAME PID TRANSPORT SUB_URL PUBLISH [PUBLISH_FORMAT]
+# run NAME PIDS TRANSPORT SUB_URL PUBLISH [PUBLISH_FORMAT] [EXTRA_BENCH_ARGS]
 run() {
-  local name=$1 pid=$2 transport=$3 url=$4 publish=$5 format=${6:-raw}
-  local common="--label $name --transport $transport --url $url --subject feed --publish $publish --publish-format $format --server-pid $pid"
+  local name=$1 pid=$2 transport=$3 url=$4 publish=$5 format=${6:-raw} extra=${7:-}
+  local common="--label $name --transport $transport --url $url --subject feed --publish $publish --publish-format $format --server-pid $pid $extra"
   $BENCH $common --scenario idle --connections "$IDLE_N" >> "$results" || echo "{\"label\":\"$name\",\"scenario\":\"idle\",\"error\":true}" >> "$results"
   $BENCH $common --scenario fanout --connections "$FANOUT_N" --messages "$MESSAGES" >> "$results" || echo "{\"label\":\"$name\",\"scenario\":\"fanout\",\"error\":true}" >> "$results"
   $BENCH $common --scenario fanout --connections 1000 --messages 300 --rate 100 | sed 's/"scenario":"fanout"/"scenario":"latency"/' >> "$results" || true
@@ -80,24 +81,29 @@ NXW=$(pgrep -P "$NX" | head -1)
 run nchan-ws "$NXW" ws "ws://127.0.0.1:$XP/sub/feed" "http://127.0.0.1:$XP/pub/{subject}"
 kill "$NX"
 
-# --- pushpin (SSE through GRIP) --- opt-in: PUSHPIN=1 bench/compare.sh
-# On this machine pushpin 1.36 started (condure, proxy, handler) but held requests got
-# no response from it; see the README.
-if [ "${PUSHPIN:-0}" = 1 ]; then
+# --- pushpin (SSE through GRIP) ---
+# pushpin is several processes: condure holds client connections, pushpin-proxy asks the
+# origin through zurl, pushpin-handler holds the subscriptions. All run on core 0 and
+# their RSS and CPU are summed.
 OP=$(port); HP=$(port); PP=$(port)
-python3 bench/peers/grip_origin.py "$OP" & pids+=($!)
+taskset -c 0 python3 bench/peers/grip_origin.py "$OP" & pids+=($!)
 mkdir -p "$work/run" "$work/log"
 echo "* 127.0.0.1:$OP" > "$work/routes"
+sed -e "s#WORKDIR#$work#g" bench/peers/zurl.conf > "$work/zurl.conf"
 sed -e "s#HTTP_PORT#$HP#; s#PUBLISH_PORT#$PP#; s#WORKDIR#$work#g" bench/peers/pushpin.conf > "$work/pushpin.conf"
+taskset -c 0 zurl --config="$work/zurl.conf" >"$work/zurl.out" 2>&1 & ZU=$!; pids+=($ZU)
 taskset -c 0 pushpin --config "$work/pushpin.conf" >"$work/pushpin.out" 2>&1 & PU=$!; pids+=($PU)
-if wait_port "$HP" && wait_port "$PP"; then
-  sleep 1
-  # condure holds the client connections.
-  CON=$(pgrep -f "condure.*" -n || echo "$PU")
-  run pushpin-sse "$CON" sse "http://127.0.0.1:$HP/feed" "http://127.0.0.1:$PP/publish/" pushpin
+if wait_port "$HP" && wait_port "$PP" && wait_port "$OP"; then
+  # The runner's children: condure, pushpin-proxy, pushpin-handler.
+  for _ in $(seq 100); do [ "$(pgrep -P "$PU" | wc -l)" -ge 3 ] && break; sleep 0.05; done
+  PUSHPIN_PIDS=$(echo $(pgrep -P "$PU") "$ZU" | tr ' ' ',')
+  # pushpin-proxy fails a request with 502 when more than about 100 wait on zurl, so
+  # the bench opens 64 at a time here (256 for the others).
+  run pushpin-sse "$PUSHPIN_PIDS" sse "http://127.0.0.1:$HP/feed" "http://127.0.0.1:$PP/publish/" pushpin "--concurrency 64"
+else
+  echo "pushpin did not start; its output:" >&2; cat "$work/pushpin.out" >&2
 fi
-kill "$PU" 2>/dev/null || true
-fi
+kill "$PU" "$ZU" 2>/dev/null || true
 
 python3 - "$results" <<'PY'
 import json, sys

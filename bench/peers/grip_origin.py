@@ -15,4 +15,9 @@ class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+class Server(http.server.ThreadingHTTPServer):
+    # socketserver's default backlog of 5 turns a connect burst into 502s from pushpin.
+    request_queue_size = 4096
+    daemon_threads = True
+
+Server(("127.0.0.1", int(sys.argv[1])), H).serve_forever()

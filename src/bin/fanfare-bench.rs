@@ -67,9 +67,11 @@ struct Args {
     /// Payload padding in bytes (on top of the sequence and timestamp).
     #[arg(long, default_value_t = 0)]
     payload: usize,
-    /// The server's PID: its RSS and CPU time are read from /proc.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// The server's PID: its RSS and CPU time are read from /proc. A comma-separated
+    /// list sums the processes (a server made of several, e.g. pushpin's condure,
+    /// proxy, handler and zurl).
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Connections opened at once.
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
@@ -131,6 +133,14 @@ fn now_ns() -> u128 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0)
+}
+
+/// Sums `read` over every PID; `None` when there is none or one can't be read.
+fn sum_over(pids: &[u32], read: fn(u32) -> Option<u64>) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| read(*p)).sum()
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -468,7 +478,7 @@ async fn main() {
         last_recv_ns: AtomicU64::new(0),
         origin: Instant::now(),
     });
-    let rss_before = args.server_pid.and_then(rss_kib);
+    let rss_before = sum_over(&args.server_pid, rss_kib);
 
     // Connect everyone, `concurrency` at a time.
     let t0 = Instant::now();
@@ -501,7 +511,7 @@ async fn main() {
     let connected = args.connections - failed;
     // Let the server settle before reading its RSS.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_after = args.server_pid.and_then(rss_kib);
+    let rss_after = sum_over(&args.server_pid, rss_kib);
     let rss_per_conn = match (rss_before, rss_after) {
         (Some(b), Some(a)) if connected > 0 => {
             Some((a.saturating_sub(b)) as f64 * 1024.0 / connected as f64)
@@ -540,7 +550,7 @@ async fn main() {
             )));
         }
         let publisher = Publisher::new(&args).await;
-        let cpu0 = args.server_pid.and_then(cpu_ticks);
+        let cpu0 = sum_over(&args.server_pid, cpu_ticks);
         let pub_start = Instant::now();
         let gap = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
         let mut next = tokio::time::Instant::now();
@@ -571,7 +581,7 @@ async fn main() {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let cpu1 = args.server_pid.and_then(cpu_ticks);
+        let cpu1 = sum_over(&args.server_pid, cpu_ticks);
         stop_tx.send_replace(true);
         let received = stats.received.load(Ordering::Relaxed);
         let (mut lost, mut dup) = (0u64, 0u64);
