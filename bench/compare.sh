@@ -4,6 +4,7 @@
 # table. Installs the Debian packages it needs when run as root.
 #
 # usage: bench/compare.sh [IDLE_N=10000] [FANOUT_N=10000] [MESSAGES=100]
+#   ONLY="fanfare nats nchan pushpin" (the default) picks which servers run.
 # Loopback only; every process it starts is stopped by PID at the end.
 # Servers run on core 0, fanfare-bench on core 1 (taskset).
 set -euo pipefail
@@ -35,6 +36,8 @@ trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 results="$work/results.jsonl"
+ONLY=${ONLY:-fanfare nats nchan pushpin}
+want() { [[ " $ONLY " == *" $1 "* ]]; }
 
 # run NAME PIDS TRANSPORT SUB_URL PUBLISH [PUBLISH_FORMAT] [EXTRA_BENCH_ARGS]
 run() {
@@ -45,6 +48,7 @@ run() {
   $BENCH $common --scenario fanout --connections 1000 --messages 300 --rate 100 | sed 's/"scenario":"fanout"/"scenario":"latency"/' >> "$results" || true
 }
 
+if want fanfare; then
 # --- fanfare (WebSocket), on its own nats-server, both on core 0 ---
 NP=$(port); EP=$(port); AP=$(port)
 taskset -c 0 nats-server -a 127.0.0.1 -p "$NP" >/dev/null 2>&1 & pids+=($!)
@@ -61,7 +65,9 @@ run fanfare-sse "$FF" sse "http://127.0.0.1:$EP/feed" "nats://127.0.0.1:$NP"
 # fanfare's own delivery lag (arrival to socket write), from its histogram.
 curl -s "http://127.0.0.1:$AP/metrics" | grep -E '^fanfare_delivery_lag_seconds_(bucket|count)' > "$work/lag.txt" || true
 kill "$FF"; wait "$FF" 2>/dev/null || true
+fi
 
+if want nats; then
 # --- nats-server websocket listener ---
 NP2=$(port); WP=$(port)
 sed -e "s/NATS_PORT/$NP2/; s/WS_PORT/$WP/" bench/peers/nats-ws.conf > "$work/nats-ws.conf"
@@ -69,7 +75,9 @@ taskset -c 0 nats-server -c "$work/nats-ws.conf" >/dev/null 2>&1 & NW=$!; pids+=
 wait_port "$WP"
 run nats-server-ws "$NW" nats-ws "ws://127.0.0.1:$WP/" "nats://127.0.0.1:$NP2"
 kill "$NW"
+fi
 
+if want nchan; then
 # --- nginx + nchan ---
 XP=$(port)
 sed -e "s#PORT#$XP#; s#WORKDIR#$work#g; s#MODULE#/usr/lib/nginx/modules/ngx_nchan_module.so#" bench/peers/nchan.conf > "$work/nchan.conf"
@@ -80,7 +88,9 @@ sleep 0.5
 NXW=$(pgrep -P "$NX" | head -1)
 run nchan-ws "$NXW" ws "ws://127.0.0.1:$XP/sub/feed" "http://127.0.0.1:$XP/pub/{subject}"
 kill "$NX"
+fi
 
+if want pushpin; then
 # --- pushpin (SSE through GRIP) ---
 # pushpin is several processes: condure holds client connections, pushpin-proxy asks the
 # origin through zurl, pushpin-handler holds the subscriptions. All run on core 0 and
@@ -104,6 +114,7 @@ else
   echo "pushpin did not start; its output:" >&2; cat "$work/pushpin.out" >&2
 fi
 kill "$PU" "$ZU" 2>/dev/null || true
+fi
 
 python3 - "$results" <<'PY'
 import json, sys

@@ -246,8 +246,14 @@ async fn connect(t: &Target, i: usize) -> std::io::Result<TcpStream> {
     Ok(stream)
 }
 
-/// Reads an HTTP response head; returns the status and any bytes after it.
-async fn read_head(s: &mut TcpStream) -> std::io::Result<(u16, Vec<u8>)> {
+/// An HTTP response head: the status and whether the body is chunked.
+struct Head {
+    status: u16,
+    chunked: bool,
+}
+
+/// Reads an HTTP response head; returns it and any bytes after it.
+async fn read_head(s: &mut TcpStream) -> std::io::Result<(Head, Vec<u8>)> {
     let mut buf = Vec::with_capacity(512);
     let mut b = [0u8; 1024];
     loop {
@@ -257,12 +263,17 @@ async fn read_head(s: &mut TcpStream) -> std::io::Result<(u16, Vec<u8>)> {
         }
         buf.extend_from_slice(&b[..n]);
         if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let status = std::str::from_utf8(&buf[..p])
-                .ok()
-                .and_then(|h| h.split(' ').nth(1))
+            let head = String::from_utf8_lossy(&buf[..p]).to_ascii_lowercase();
+            let status = head
+                .split(' ')
+                .nth(1)
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
-            return Ok((status, buf[p + 4..].to_vec()));
+            let chunked = head.lines().any(|l| {
+                l.strip_prefix("transfer-encoding:")
+                    .is_some_and(|v| v.contains("chunked"))
+            });
+            return Ok((Head { status, chunked }, buf[p + 4..].to_vec()));
         }
     }
 }
@@ -282,12 +293,59 @@ fn ws_mask(payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// Opens one subscriber and returns its stream plus bytes already read.
+/// Undoes HTTP/1.1 chunked framing. A server may cut one event across chunks (pushpin
+/// does, by flow-control credits); scanning the raw bytes would then read a chunk-size
+/// line in the middle of a number.
+#[derive(Default)]
+struct Dechunk {
+    /// Bytes left in the current chunk's data.
+    left: usize,
+    /// Bytes of the CRLF after a chunk's data still to skip.
+    skip: usize,
+    /// A size line not yet complete.
+    line: Vec<u8>,
+}
+
+impl Dechunk {
+    /// Appends the body bytes in `raw` to `out`.
+    fn feed(&mut self, mut raw: &[u8], out: &mut Vec<u8>) {
+        while !raw.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(raw.len());
+                self.skip -= n;
+                raw = &raw[n..];
+            } else if self.left > 0 {
+                let n = self.left.min(raw.len());
+                out.extend_from_slice(&raw[..n]);
+                self.left -= n;
+                raw = &raw[n..];
+                if self.left == 0 {
+                    self.skip = 2;
+                }
+            } else {
+                let Some(nl) = raw.iter().position(|b| *b == b'\n') else {
+                    self.line.extend_from_slice(raw);
+                    return;
+                };
+                self.line.extend_from_slice(&raw[..nl]);
+                raw = &raw[nl + 1..];
+                let line = String::from_utf8_lossy(&self.line).into_owned();
+                self.line.clear();
+                let size = line.split(';').next().unwrap_or("").trim();
+                // The last chunk (0) and trailers carry nothing for us.
+                self.left = usize::from_str_radix(size, 16).unwrap_or(0);
+            }
+        }
+    }
+}
+
+/// Opens one subscriber and returns its stream, bytes already read, and a de-chunker
+/// when the response body is chunked.
 async fn subscribe(
     args: &Args,
     i: usize,
     subject_index: usize,
-) -> std::io::Result<(TcpStream, Vec<u8>)> {
+) -> std::io::Result<(TcpStream, Vec<u8>, Option<Dechunk>)> {
     let t = target(&args.url, subject_index);
     let mut s = connect(&t, i).await?;
     let req = match args.transport {
@@ -305,15 +363,23 @@ async fn subscribe(
         }
     };
     s.write_all(req.as_bytes()).await?;
-    let (status, rest) = read_head(&mut s).await?;
+    let (head, raw) = read_head(&mut s).await?;
     let want = if args.transport == Transport::Sse {
         200
     } else {
         101
     };
-    if status != want {
-        return Err(std::io::Error::other(format!("status {status}")));
+    if head.status != want {
+        return Err(std::io::Error::other(format!("status {}", head.status)));
     }
+    let (rest, dechunk) = if head.chunked && args.transport == Transport::Sse {
+        let mut d = Dechunk::default();
+        let mut body = Vec::new();
+        d.feed(&raw, &mut body);
+        (body, Some(d))
+    } else {
+        (raw, None)
+    };
     if args.transport == Transport::NatsWs {
         let subject = args.subject.replace("{i}", &subject_index.to_string());
         let cmd = format!(
@@ -330,9 +396,9 @@ async fn subscribe(
             }
             acc.extend_from_slice(&b[..n]);
         }
-        return Ok((s, Vec::new()));
+        return Ok((s, Vec::new(), None));
     }
-    Ok((s, rest))
+    Ok((s, rest, dechunk))
 }
 
 /// Finds `"key":<digits>` in `text` from `from`.
@@ -341,6 +407,11 @@ fn find_num(text: &[u8], key: &[u8], from: usize) -> Option<(u64, usize)> {
     let mut end = pos;
     while end < text.len() && text[end].is_ascii_digit() {
         end += 1;
+    }
+    // Digits running to the end of what has arrived may be cut by a read boundary
+    // (servers that split a message across writes): wait for the rest.
+    if end == text.len() {
+        return None;
     }
     Some((
         std::str::from_utf8(&text[pos..end]).ok()?.parse().ok()?,
@@ -352,6 +423,7 @@ fn find_num(text: &[u8], key: &[u8], from: usize) -> Option<(u64, usize)> {
 async fn receive(
     mut s: TcpStream,
     mut buf: Vec<u8>,
+    mut dechunk: Option<Dechunk>,
     expected: usize,
     stats: Arc<Stats>,
     nats_ws: bool,
@@ -395,7 +467,10 @@ async fn receive(
         tokio::select! {
             r = s.read(&mut b) => match r {
                 Ok(0) | Err(_) => return seen,
-                Ok(n) => buf.extend_from_slice(&b[..n]),
+                Ok(n) => match dechunk.as_mut() {
+                    Some(d) => d.feed(&b[..n], &mut buf),
+                    None => buf.extend_from_slice(&b[..n]),
+                },
             },
             _ = stop.wait_for(|s| *s) => return seen,
         }
@@ -539,10 +614,11 @@ async fn main() {
     if matches!(args.scenario, Scenario::Fanout | Scenario::Subjects) {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut receivers = Vec::new();
-        for (stream, rest) in streams.into_iter().flatten() {
+        for (stream, rest, dechunk) in streams.into_iter().flatten() {
             receivers.push(tokio::spawn(receive(
                 stream,
                 rest,
+                dechunk,
                 args.messages,
                 stats.clone(),
                 args.transport == Transport::NatsWs,
@@ -675,5 +751,46 @@ fn print_human(r: &serde_json::Value) {
         if let Some(c) = r["server_cpu_us_per_delivery"].as_f64() {
             println!("  server CPU {c:.2} µs per delivery");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Dechunk, find_num};
+
+    #[test]
+    fn dechunk_joins_an_event_cut_across_chunks_and_reads() {
+        let body = b"data: {\"seq\":1,\"ts\":1234567}\n\n";
+        // The event split into chunks of 13 and the rest, then fed in 3-byte reads.
+        let (a, b) = body.split_at(13);
+        let mut wire = format!("{:x}\r\n", a.len()).into_bytes();
+        wire.extend_from_slice(a);
+        wire.extend_from_slice(format!("\r\n{:x};ext=1\r\n", b.len()).as_bytes());
+        wire.extend_from_slice(b);
+        wire.extend_from_slice(b"\r\n");
+        let mut d = Dechunk::default();
+        let mut out = Vec::new();
+        for piece in wire.chunks(3) {
+            d.feed(piece, &mut out);
+        }
+        assert_eq!(out, body);
+    }
+
+    #[test]
+    fn find_num_reads_a_complete_number() {
+        let text = br#"data: {"seq":42,"ts":1700000000123,"pad":""}"#;
+        let (seq, end) = find_num(text, b"\"seq\":", 0).expect("seq");
+        assert_eq!(seq, 42);
+        let (ts, _) = find_num(text, b"\"ts\":", end).expect("ts");
+        assert_eq!(ts, 1_700_000_000_123);
+    }
+
+    #[test]
+    fn find_num_waits_for_digits_cut_by_a_read() {
+        // A read boundary inside the number: parsing "17" would give a bogus latency.
+        let text = br#"data: {"seq":42,"ts":17"#;
+        let (_, end) = find_num(text, b"\"seq\":", 0).expect("seq");
+        assert_eq!(find_num(text, b"\"ts\":", end), None);
+        assert_eq!(find_num(br#"{"seq":4"#, b"\"seq\":", 0), None);
     }
 }
