@@ -5,12 +5,15 @@
 # http.server is too slow to show a proxy's cost). Loopback only; bounded by DURATION;
 # stops what it started.
 #
-# usage: bench/passthrough.sh [DURATION_S=10] [CONNECTIONS=50]
+# usage: bench/passthrough.sh [DURATION_S=10] [CONNECTIONS=50] [APP=static|python]
+#   static: nginx serving the file (the proxy's cost shows most; the default)
+#   python: bench/peers/app.py, a stand-in for a framework app at a few thousand req/s
 # Pinning: app + proxy on core 0 (they share a pod's CPU), wrk on core 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-10}
 CONNS=${2:-50}
+KIND=${3:-static}
 for bin in nginx wrk; do
   command -v $bin >/dev/null 2>&1 || [ -x /usr/sbin/$bin ] || {
     echo "missing $bin: apt-get install nginx-light wrk" >&2; exit 1; }
@@ -51,7 +54,11 @@ upstream: http://127.0.0.1:$APP
 admin: { listen: 127.0.0.1:$ADMIN }
 log: { level: warn }
 YML
-taskset -c 0 nginx -c "$work/nginx.conf" -g 'daemon off;' & NGINX_PID=$!
+if [ "$KIND" = python ]; then
+  taskset -c 0 python3 bench/peers/app.py "$APP" "$work/index.html" & NGINX_PID=$!
+else
+  taskset -c 0 nginx -c "$work/nginx.conf" -g 'daemon off;' & NGINX_PID=$!
+fi
 taskset -c 0 target/release/fanfare --config "$work/fanfare.yaml" 2>"$work/fanfare.log" & FF_PID=$!
 taskset -c 0 nginx -c "$work/proxy.conf" -g 'daemon off;' & PROXY_PID=$!
 trap 'kill $NGINX_PID $FF_PID $PROXY_PID 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
