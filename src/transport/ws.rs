@@ -32,8 +32,10 @@ use crate::metrics::Metrics;
 use crate::subject;
 use crate::transport::protocol::{self, Code, Request};
 
-/// Bytes tungstenite reads at once. Small: an idle connection keeps this buffer.
-const READ_BUFFER: usize = 1024;
+/// Bytes tungstenite reads at once. Small: an idle connection keeps this buffer, and
+/// what clients send (subscribe, publish, pong) is mostly under 256 bytes; a larger
+/// frame grows the buffer to its size (up to `ws.max_message`).
+const READ_BUFFER: usize = 256;
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
