@@ -4,6 +4,8 @@ pub mod protocol;
 pub mod sse;
 pub mod ws;
 
+use std::pin::Pin;
+
 /// How a held connection ended, for `fanfare_connections_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -38,5 +40,20 @@ impl Outcome {
             Outcome::Shutdown => "shutdown",
             Outcome::Expired => "expired",
         }
+    }
+}
+
+/// The timer of a credential's expiry, made once per connection: boxed, so a
+/// connection without an expiry carries no `Sleep`, and held outside the session's
+/// loop, so its timer is not registered again on every wake-up.
+pub fn expiry_timer(at: Option<tokio::time::Instant>) -> Option<Pin<Box<tokio::time::Sleep>>> {
+    at.map(|t| Box::pin(tokio::time::sleep_until(t)))
+}
+
+/// Waits for the expiry timer, or forever when there is none.
+pub async fn expired(timer: Option<&mut Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
     }
 }

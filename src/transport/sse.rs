@@ -168,14 +168,14 @@ impl Session {
         }
         let deliveries = self.metrics.deliveries.with_label_values(&["sse"]);
         let mut heartbeat_alive = true;
-        let mut expiry = crate::transport::ws::expiry_timer(self.expires);
+        let mut expiry = super::expiry_timer(self.expires);
         loop {
             let wake = tokio::select! {
                 _ = self.queue.ready() => Wake::Queue,
                 r = self.heartbeat.changed(), if heartbeat_alive => if r.is_ok() { Wake::Heartbeat } else { heartbeat_alive = false; continue },
                 _ = self.drain.turn(self.client) => Wake::Shutdown,
                 _ = sink.gone() => Wake::Gone,
-                _ = crate::transport::ws::expired(expiry.as_mut()) => Wake::Expired,
+                _ = super::expired(expiry.as_mut()) => Wake::Expired,
             };
             match wake {
                 Wake::Expired => {

@@ -11,7 +11,6 @@
 //! write the session flushes tungstenite (so no partial pong/close is pending), and
 //! while a raw write is under way nothing else touches the socket.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -326,14 +325,14 @@ where
         let mut last_heard = Instant::now();
         let mut idle_since = self.subscriptions.is_empty().then(Instant::now);
         let drain = self.ctx.drain.clone();
-        let mut expiry = expiry_timer(self.permissions.expires);
+        let mut expiry = super::expiry_timer(self.permissions.expires);
         loop {
             let wake = tokio::select! {
                 _ = self.queue.ready() => Wake::Queue,
                 f = self.ws.next() => Wake::Frame(f),
                 _ = tick.tick() => Wake::Tick,
                 _ = drain.turn(self.client) => Wake::Shutdown,
-                _ = expired(expiry.as_mut()) => Wake::Expired,
+                _ = super::expired(expiry.as_mut()) => Wake::Expired,
             };
             match wake {
                 Wake::Queue => {
@@ -600,21 +599,6 @@ where
                 Ok(None)
             }
         }
-    }
-}
-
-/// The timer of a credential's expiry, made once per connection: boxed, so a
-/// connection without an expiry carries no `Sleep`, and held outside the session's
-/// loop, so its timer is not registered again on every wake-up.
-pub fn expiry_timer(at: Option<tokio::time::Instant>) -> Option<Pin<Box<tokio::time::Sleep>>> {
-    at.map(|t| Box::pin(tokio::time::sleep_until(t)))
-}
-
-/// Waits for the expiry timer, or forever when there is none.
-pub async fn expired(timer: Option<&mut Pin<Box<tokio::time::Sleep>>>) {
-    match timer {
-        Some(t) => t.as_mut().await,
-        None => std::future::pending().await,
     }
 }
 
