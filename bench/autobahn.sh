@@ -18,15 +18,13 @@ if [ ! -x "$venv/bin/kosoku" ]; then
 fi
 cargo build --release --quiet
 work=$(mktemp -d)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 EDGE=$(free_port); ADMIN=$(free_port)
 sed -e "s/127.0.0.1:9001/127.0.0.1:$EDGE/" -e "s/127.0.0.1:9002/127.0.0.1:$ADMIN/" \
   config/autobahn.yaml > "$work/autobahn.yaml"
 target/release/fanfare --config "$work/autobahn.yaml" 2>"$work/fanfare.log" & FF=$!
 trap 'kill $FF 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
-for i in $(seq 100); do
-  (exec 3<>/dev/tcp/127.0.0.1/$EDGE) 2>/dev/null && break; sleep 0.1
-done
+wait_port "$EDGE"
 rm -rf "$out"
 "$venv/bin/kosoku" -p 2 -o "$out" \
   -i '1.*' -i '2.*' -i '3.*' -i '4.*' -i '5.*' -i '6.*' -i '7.*' -i '9.*' -i '10.*' \

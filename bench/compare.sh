@@ -33,8 +33,7 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+. bench/lib.sh
 results="$work/results.jsonl"
 ONLY=${ONLY:-fanfare nats nchan pushpin}
 want() { [[ " $ONLY " == *" $1 "* ]]; }
@@ -50,7 +49,7 @@ run() {
 
 if want fanfare; then
 # --- fanfare (WebSocket), on its own nats-server, both on core 0 ---
-NP=$(port); EP=$(port); AP=$(port)
+NP=$(free_port); EP=$(free_port); AP=$(free_port)
 taskset -c 0 nats-server -a 127.0.0.1 -p "$NP" >/dev/null 2>&1 & pids+=($!)
 wait_port "$NP"
 sed -e "s/EDGE_PORT/$EP/; s/ADMIN_PORT/$AP/; s/NATS_PORT/$NP/" bench/peers/fanfare.yaml > "$work/fanfare.yaml"
@@ -69,7 +68,7 @@ fi
 
 if want nats; then
 # --- nats-server websocket listener ---
-NP2=$(port); WP=$(port)
+NP2=$(free_port); WP=$(free_port)
 sed -e "s/NATS_PORT/$NP2/; s/WS_PORT/$WP/" bench/peers/nats-ws.conf > "$work/nats-ws.conf"
 taskset -c 0 nats-server -c "$work/nats-ws.conf" >/dev/null 2>&1 & NW=$!; pids+=($NW)
 wait_port "$WP"
@@ -79,7 +78,7 @@ fi
 
 if want nchan; then
 # --- nginx + nchan ---
-XP=$(port)
+XP=$(free_port)
 sed -e "s#PORT#$XP#; s#WORKDIR#$work#g; s#MODULE#/usr/lib/nginx/modules/ngx_nchan_module.so#" bench/peers/nchan.conf > "$work/nchan.conf"
 taskset -c 0 nginx -c "$work/nchan.conf" -g 'daemon off;' & NX=$!; pids+=($NX)
 wait_port "$XP"
@@ -95,7 +94,7 @@ if want pushpin; then
 # pushpin is several processes: condure holds client connections, pushpin-proxy asks the
 # origin through zurl, pushpin-handler holds the subscriptions. All run on core 0 and
 # their RSS and CPU are summed.
-OP=$(port); HP=$(port); PP=$(port)
+OP=$(free_port); HP=$(free_port); PP=$(free_port)
 taskset -c 0 python3 bench/peers/grip_origin.py "$OP" & pids+=($!)
 mkdir -p "$work/run" "$work/log"
 echo "* 127.0.0.1:$OP" > "$work/routes"

@@ -11,9 +11,8 @@ export PATH="$PATH:/usr/sbin"
 cargo build --release --quiet --bin fanfare --bin fanfare-bench
 work=$(mktemp -d); pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"' EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; return 1; }
-NP=$(port); EP=$(port); AP=$(port)
+. bench/lib.sh
+NP=$(free_port); EP=$(free_port); AP=$(free_port)
 taskset -c 0 nats-server -a 127.0.0.1 -p "$NP" >/dev/null 2>&1 & pids+=($!)
 wait_port "$NP"
 sed -e "s/EDGE_PORT/$EP/; s/ADMIN_PORT/$AP/; s/NATS_PORT/$NP/" bench/peers/fanfare.yaml > "$work/f.yaml"

@@ -21,7 +21,7 @@ done
 export PATH="$PATH:/usr/sbin"
 cargo build --release --quiet
 work=$(mktemp -d)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 APP=$(free_port); EDGE=$(free_port); ADMIN=$(free_port); NPROXY=$(free_port)
 head -c 1024 /dev/zero | tr '\0' 'x' > "$work/index.html"
 cat > "$work/nginx.conf" <<NGX
