@@ -85,11 +85,6 @@ impl Drain {
             std::future::pending::<()>().await;
         }
     }
-
-    /// Whether the drain has started.
-    pub fn is_draining(&self) -> bool {
-        *self.signal.borrow()
-    }
 }
 
 #[cfg(test)]

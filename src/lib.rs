@@ -30,11 +30,9 @@ pub mod hub;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
-pub mod publish;
-pub mod realtime;
-pub mod route;
-pub mod subject;
+pub mod routing;
 pub mod transport;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,12 +48,11 @@ use tokio::sync::watch;
 use crate::admin::{Admin, Readiness};
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::edge::realtime::{Realtime, Shared};
 use crate::edge::{Edge, InFlight};
 use crate::hub::Hub;
 use crate::limits::ConnectionLimits;
 use crate::metrics::Metrics;
-use crate::realtime::Realtime;
-use crate::route::Routes;
 
 /// Why fanfare could not start.
 #[derive(Debug, thiserror::Error)]
@@ -159,11 +156,6 @@ impl Handle {
         tracing::info!(?outcome, elapsed = ?started.elapsed(), "stopped");
         outcome
     }
-
-    /// Whether `/readyz` would answer 200 now.
-    pub fn is_ready(&self) -> bool {
-        self.readiness.reasons().is_empty()
-    }
 }
 
 /// fanfare does not create JetStream streams: a route naming a missing one is a
@@ -224,7 +216,6 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
 pub async fn run(config: Config) -> Result<Handle, StartError> {
     let metrics = Metrics::new(prometheus::Registry::new())?;
     let broker = Broker::start(config.nats.as_ref(), &metrics).await?;
-    let routes = Routes::new(&config.routes).map_err(StartError::Routes)?;
     check_streams(&broker, &config).await?;
 
     let edge_listener = bind("edge", config.listen.0).await?;
@@ -263,25 +254,25 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
     let limits = ConnectionLimits::new(&config.limits);
     let hub = Hub::new(broker.clone(), metrics.clone());
     let http = http_client().map_err(|e| StartError::Routes(format!("http client: {e}")))?;
-    let realtime = Arc::new(
-        Realtime::new(
-            routes,
-            hub.clone(),
-            broker.clone(),
-            metrics.clone(),
+    let realtime = Realtime::new(
+        config.routes,
+        Shared {
+            hub: hub.clone(),
+            broker: broker.clone(),
+            metrics: metrics.clone(),
             drain,
-            limits.clone(),
-            &config.upstream.to_string(),
+            limits: limits.clone(),
+            upstream_base: config.upstream.to_string(),
             http,
-        )
-        .map_err(StartError::Routes)?,
-    );
+        },
+    )
+    .map_err(StartError::Routes)?;
     let edge = Edge::new(
         config.upstream.clone(),
         config.proxy.clone(),
         metrics.clone(),
         inflight.clone(),
-        realtime,
+        Arc::new(realtime),
     );
     let mut proxy = pingora::proxy::http_proxy(&server_conf, edge);
     let mut options = HttpServerOptions::default();

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use crate::config::LimitsConfig;
 
@@ -87,6 +88,40 @@ impl Drop for Slot {
             if *n == 0 {
                 c.per_ip.remove(&ip);
             }
+        }
+    }
+}
+
+/// A token bucket for client publishes.
+pub struct Bucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    /// A full bucket refilled at `rate` per second up to `burst`.
+    pub fn new(rate: u32, burst: u32) -> Bucket {
+        Bucket {
+            tokens: f64::from(burst.max(1)),
+            rate: f64::from(rate),
+            burst: f64::from(burst.max(1)),
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes a token; `false` when there is none.
+    pub fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 }

@@ -19,7 +19,7 @@ use serde_json::Value;
 use super::{Grant, bearer, cookie, query};
 use crate::config::{AuthConfig, JwtAlgorithm};
 use crate::metrics::Metrics;
-use crate::subject::{CLAIM_PREFIX, is_valid_subscribe_subject};
+use crate::routing::subject::{CLAIM_PREFIX, is_valid_subscribe_subject};
 
 /// The largest token accepted, in bytes.
 const MAX_TOKEN: usize = 8 * 1024;

@@ -11,18 +11,22 @@
 //! Secrets, tokens and cookies never reach logs or metrics: refusals carry only a
 //! reason, and request summaries leave the query out.
 
+mod admit;
 pub mod jwt;
 pub mod upstream;
+
+pub use admit::{Admitted, admit};
 
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use bytes::Bytes;
+use http::StatusCode;
 use pingora::http::RequestHeader;
 
 use crate::config::{AuthConfig, AuthMode};
+use crate::edge::respond::Refusal;
 use crate::metrics::Metrics;
-use crate::route::query_param;
+use crate::routing::path::query_param;
 
 /// What an authorized connection may do.
 #[derive(Debug, Clone, Default)]
@@ -37,20 +41,15 @@ pub struct Grant {
     pub expires: Option<SystemTime>,
 }
 
-/// A refused handshake.
-#[derive(Debug)]
-pub enum Denied {
-    /// A JSON refusal: status, code, reason.
-    Json(u16, &'static str, String),
-    /// The app's own answer, passed through unchanged (upstream mode).
-    Raw {
-        /// Its status.
-        status: u16,
-        /// Its `Content-Type`, if any.
-        content_type: Option<String>,
-        /// Its body (bounded).
-        body: Bytes,
-    },
+/// What one connection may do, from its grant and its route.
+#[derive(Debug, Clone, Default)]
+pub struct Permissions {
+    /// Subject patterns it may subscribe to at run time.
+    pub subscribe: Vec<String>,
+    /// Subject patterns it may publish to.
+    pub publish: Vec<String>,
+    /// When its credential expires (the connection is closed then).
+    pub expires: Option<tokio::time::Instant>,
 }
 
 /// A route's authorizer.
@@ -90,23 +89,38 @@ impl Authorizer {
     }
 
     /// Authorizes a handshake.
-    pub async fn authorize(&self, req: &RequestHeader, metrics: &Metrics) -> Result<Grant, Denied> {
+    pub async fn authorize(
+        &self,
+        req: &RequestHeader,
+        metrics: &Metrics,
+    ) -> Result<Grant, Refusal> {
         let (result, label) = match self {
             Authorizer::None => (Ok(Grant::default()), "ok"),
             Authorizer::Jwt(j) => match j.verify_request(req) {
                 Ok(g) => (Ok(g), "ok"),
                 Err(("keys_unavailable", reason)) => (
-                    Err(Denied::Json(503, "auth_unavailable", reason)),
+                    Err(Refusal::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "auth_unavailable",
+                        reason,
+                    )),
                     "keys_unavailable",
                 ),
-                Err((label, reason)) => (Err(Denied::Json(401, "unauthorized", reason)), label),
+                Err((label, reason)) => (
+                    Err(Refusal::new(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        reason,
+                    )),
+                    label,
+                ),
             },
             Authorizer::Upstream(u) => {
                 let r = u.authorize(req).await;
                 let label = match &r {
                     Ok(_) => "ok",
-                    Err(Denied::Raw { .. }) => "denied",
-                    Err(Denied::Json(..)) => "unavailable",
+                    Err(Refusal::App { .. }) => "denied",
+                    Err(Refusal::Error { .. }) => "unavailable",
                 };
                 (r, label)
             }

@@ -15,9 +15,10 @@ use bytes::Bytes;
 use pingora::http::RequestHeader;
 use sha2::{Digest, Sha256};
 
-use super::{Denied, Grant};
+use super::Grant;
 use crate::config::AuthConfig;
-use crate::subject::is_valid_subscribe_subject;
+use crate::edge::respond::Refusal;
+use crate::routing::subject::is_valid_subscribe_subject;
 
 /// Cached grants at most (past it, expired entries go, then the whole cache).
 const CACHE_MAX: usize = 10_000;
@@ -81,7 +82,7 @@ impl UpstreamAuth {
     }
 
     /// Asks the app (or the cache).
-    pub async fn authorize(&self, req: &RequestHeader) -> Result<Grant, Denied> {
+    pub async fn authorize(&self, req: &RequestHeader) -> Result<Grant, Refusal> {
         let uri = req
             .uri
             .path_and_query()
@@ -107,10 +108,10 @@ impl UpstreamAuth {
         }
         let resp = call.send().await.map_err(|e| {
             tracing::warn!(error = %e.without_url(), "auth callout failed");
-            Denied::Json(
-                503,
+            Refusal::new(
+                http::StatusCode::SERVICE_UNAVAILABLE,
                 "auth_unavailable",
-                "the app's auth endpoint did not answer".into(),
+                "the app's auth endpoint did not answer",
             )
         })?;
         let status = resp.status();
@@ -124,8 +125,8 @@ impl UpstreamAuth {
             if body.len() > MAX_BODY {
                 body = Bytes::new();
             }
-            return Err(Denied::Raw {
-                status: status.as_u16(),
+            return Err(Refusal::App {
+                status,
                 content_type,
                 body,
             });

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 
 use super::Message;
-use crate::subject;
+use crate::routing::subject;
 
 /// Messages buffered per subscription before the embedded broker drops (like a NATS
 /// slow consumer). The hub drains its subscriptions without awaiting clients, so

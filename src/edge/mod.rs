@@ -6,10 +6,20 @@
 //! port into a clean start-up error instead of a panic in a service thread, and lets the
 //! process exit as soon as in-flight requests are done instead of sleeping the whole
 //! grace period.
+//!
+//! - [`proxy`]: the `ProxyHttp` pass-through; [`listener`]: the accept loop;
+//!   [`handoff`]: taking a held connection's raw stream out of pingora;
+//! - [`realtime`]: match -> gate -> admit -> hand to a transport; [`route`]: a route
+//!   compiled from config; [`cors`]: the Origin policy and response heads;
+//! - [`respond`]: the one refusal type and JSON writer (edge and admin).
 
+pub mod cors;
 mod handoff;
 pub mod listener;
 mod proxy;
+pub mod realtime;
+pub mod respond;
+pub mod route;
 
 pub use handoff::take_h1_stream;
-pub use proxy::{Edge, InFlight, respond_json};
+pub use proxy::{Edge, InFlight};

@@ -6,22 +6,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use pingora::http::{RequestHeader, ResponseHeader};
+use http::StatusCode;
+use pingora::http::RequestHeader;
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType, Result};
-use tokio::sync::Notify;
 
+use super::realtime::Realtime;
+use super::respond::Refusal;
 use crate::config::{ProxyConfig, Upstream};
 use crate::metrics::Metrics;
-use crate::realtime::Realtime;
 
 /// Counts proxied requests in flight so shutdown can wait for them.
 #[derive(Default)]
 pub struct InFlight {
     count: AtomicUsize,
-    idle: Notify,
 }
 
 impl InFlight {
@@ -34,26 +33,13 @@ impl InFlight {
     pub fn current(&self) -> usize {
         self.count.load(Ordering::Acquire)
     }
-
-    /// Resolves when no request is in flight.
-    pub async fn wait_idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            if self.current() == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
 }
 
 struct InFlightGuard(Arc<InFlight>);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -112,20 +98,6 @@ impl Edge {
             Error::explain(ErrorType::ConnectNoRoute, "upstream host has no address").into_up()
         })
     }
-}
-
-/// Writes a small JSON error response, unless a response has already started.
-pub async fn respond_json(session: &mut Session, status: u16, body: &str) -> Result<()> {
-    if session.response_written().is_some() {
-        return Ok(());
-    }
-    let body = Bytes::from(body.to_string());
-    let mut h = ResponseHeader::build(status, Some(3))?;
-    h.insert_header("content-type", "application/json")?;
-    h.insert_header("content-length", body.len().to_string())?;
-    h.insert_header("cache-control", "no-store")?;
-    session.write_response_header(Box::new(h), false).await?;
-    session.write_response_body(Some(body), true).await
 }
 
 #[async_trait]
@@ -199,26 +171,46 @@ impl ProxyHttp for Edge {
         e: &Error,
         _ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let (code, body) = match (e.esource(), e.etype()) {
-            (_, ErrorType::HTTPStatus(code)) => (*code, r#"{"error":"bad_request"}"#),
+        let refusal = match (e.esource(), e.etype()) {
+            (_, ErrorType::HTTPStatus(code)) => Some(Refusal::new(
+                StatusCode::from_u16(*code).unwrap_or(StatusCode::BAD_REQUEST),
+                "bad_request",
+                "the request could not be passed to the app",
+            )),
             (ErrorSource::Upstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => {
-                (504, r#"{"error":"upstream_timeout"}"#)
+                Some(Refusal::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    "the app did not answer in time",
+                ))
             }
-            (ErrorSource::Upstream, _) => (502, r#"{"error":"upstream_unavailable"}"#),
+            (ErrorSource::Upstream, _) => Some(Refusal::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                "the app is not reachable",
+            )),
             (
                 ErrorSource::Downstream,
                 ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
-            ) => (0, ""),
-            (ErrorSource::Downstream, _) => (400, r#"{"error":"bad_request"}"#),
-            _ => (500, r#"{"error":"internal"}"#),
+            ) => None,
+            (ErrorSource::Downstream, _) => Some(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the request is malformed",
+            )),
+            _ => Some(Refusal::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "fanfare failed to pass the request on",
+            )),
         };
-        if code > 0
-            && let Err(err) = respond_json(session, code, body).await
+        if let Some(r) = &refusal
+            && let Err(err) = r.write(session).await
         {
             tracing::debug!(error = %err, "could not send the error response");
         }
         FailToProxy {
-            error_code: code,
+            error_code: refusal.map_or(0, |r| r.status().as_u16()),
             can_reuse_downstream: false,
         }
     }

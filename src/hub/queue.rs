@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 use super::Event;
-use crate::config::{QueueConfig, SlowConsumer};
 
 #[derive(Default)]
 struct State {
@@ -30,6 +29,24 @@ struct State {
     #[allow(clippy::box_collection)]
     floor: Option<Box<std::collections::HashMap<String, u64>>>,
     closed: Option<Closed>,
+}
+
+/// A queue's bound: past either, the [`Policy`] applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    /// Events queued at most.
+    pub messages: usize,
+    /// Bytes of queued events at most (past the first event), by [`Event::cost`].
+    pub bytes: usize,
+}
+
+/// What happens to a client whose queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Drop the oldest events; the writer sends a reset before what follows.
+    DropOldest,
+    /// Close the queue for good; the client reconnects and resumes from its cursor.
+    Disconnect,
 }
 
 /// Why a queue was closed.
@@ -71,12 +88,12 @@ pub struct ClientQueue {
     closed: Notify,
     max_messages: usize,
     max_bytes: usize,
-    policy: SlowConsumer,
+    policy: Policy,
 }
 
 impl ClientQueue {
     /// An empty queue with the route's bound and policy.
-    pub fn new(bound: &QueueConfig, policy: SlowConsumer) -> ClientQueue {
+    pub fn new(bound: Bound, policy: Policy) -> ClientQueue {
         ClientQueue {
             state: Mutex::default(),
             ready: Notify::new(),
@@ -112,7 +129,7 @@ impl ClientQueue {
         let mut dropped = 0;
         if over(&s) {
             match self.policy {
-                SlowConsumer::Disconnect => {
+                Policy::Disconnect => {
                     s.events.clear();
                     s.bytes = 0;
                     s.closed = Some(Closed::SlowConsumer);
@@ -121,7 +138,7 @@ impl ClientQueue {
                     self.closed.notify_waiters();
                     return Pushed::Disconnected;
                 }
-                SlowConsumer::DropOldest => {
+                Policy::DropOldest => {
                     while over(&s) {
                         let Some(old) = s.events.pop_front() else {
                             break;
@@ -246,13 +263,13 @@ mod tests {
         ))
     }
 
-    fn queue(messages: usize, bytes: usize, policy: SlowConsumer) -> ClientQueue {
-        ClientQueue::new(&QueueConfig { messages, bytes }, policy)
+    fn queue(messages: usize, bytes: usize, policy: Policy) -> ClientQueue {
+        ClientQueue::new(Bound { messages, bytes }, policy)
     }
 
     #[test]
     fn drop_oldest_keeps_the_message_bound() {
-        let q = queue(3, 1 << 20, SlowConsumer::DropOldest);
+        let q = queue(3, 1 << 20, Policy::DropOldest);
         for _ in 0..3 {
             assert_eq!(q.push(event(10)), Pushed::Queued);
         }
@@ -266,7 +283,7 @@ mod tests {
 
     #[test]
     fn drop_oldest_keeps_the_byte_bound() {
-        let q = queue(1000, 1000, SlowConsumer::DropOldest);
+        let q = queue(1000, 1000, Policy::DropOldest);
         for _ in 0..100 {
             q.push(event(100));
             assert!(q.len().1 <= 1000, "{:?}", q.len());
@@ -278,7 +295,7 @@ mod tests {
 
     #[test]
     fn disconnect_closes_on_overflow() {
-        let q = queue(2, 1 << 20, SlowConsumer::Disconnect);
+        let q = queue(2, 1 << 20, Policy::Disconnect);
         q.push(event(1));
         q.push(event(1));
         assert_eq!(q.push(event(1)), Pushed::Disconnected);
@@ -295,7 +312,7 @@ mod tests {
 
     #[test]
     fn splice_puts_replay_first_without_duplicates() {
-        let q = queue(100, 1 << 20, SlowConsumer::DropOldest);
+        let q = queue(100, 1 << 20, Policy::DropOldest);
         for seq in [4, 5, 6] {
             q.push(numbered(seq));
         }
@@ -313,7 +330,7 @@ mod tests {
 
     #[tokio::test]
     async fn ready_wakes_on_push() {
-        let q = Arc::new(queue(2, 100, SlowConsumer::DropOldest));
+        let q = Arc::new(queue(2, 100, Policy::DropOldest));
         let q2 = q.clone();
         let waiter = tokio::spawn(async move { q2.ready().await });
         q.push(event(1));

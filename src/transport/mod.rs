@@ -1,10 +1,113 @@
-//! Client transports: wire formats and the per-client session loops.
+//! Per-client sessions only: SSE, WebSocket, long-poll and the diagnostic echo. The
+//! edge decides (match, authorize, admit) and hands each admitted connection here; the
+//! bytes on the wire come from `wire`, the events from `hub`.
+//!
+//! Every session of one route shares one [`RouteContext`] (an `Arc`: 8 bytes of a
+//! held connection).
 
-pub mod protocol;
+pub mod echo;
+pub mod poll;
 pub mod sse;
 pub mod ws;
 
 use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::broker::BrokerError;
+use crate::config::{PollConfig, WsConfig};
+use crate::drain::Drain;
+use crate::hub::{Bound, ClientQueue, Hub, Membership, Policy, TopicSpec};
+use crate::metrics::Metrics;
+
+/// What every session of one route shares.
+pub struct RouteContext {
+    /// The hub.
+    pub hub: Hub,
+    /// The broker, for client publishes.
+    pub broker: crate::broker::Broker,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// The shutdown drain; each session closes at its turn.
+    pub drain: Drain,
+    /// The route's path pattern (sent as `Fanfare-Route` on publishes).
+    pub path: String,
+    /// The route's topic settings (history); `subject` is filled per subscription.
+    pub topic: TopicSpec,
+    /// A client queue's bound on this route.
+    pub bound: Bound,
+    /// The slow-consumer policy on this route.
+    pub policy: Policy,
+    /// WebSocket settings.
+    pub ws: WsConfig,
+    /// Long-polling settings.
+    pub poll: PollConfig,
+    /// Ticks at the route's SSE heartbeat interval.
+    pub heartbeat: watch::Receiver<u64>,
+    /// The SSE `retry:` hint in milliseconds.
+    pub retry_ms: u128,
+}
+
+/// A new client's queue, subscribed to its subjects.
+pub struct Joined {
+    /// The client's id (its drain turn).
+    pub client: u64,
+    /// Its queue.
+    pub queue: Arc<ClientQueue>,
+    /// Its places in the topics, by subject; dropping one leaves that topic.
+    pub memberships: Vec<(String, Membership)>,
+}
+
+impl RouteContext {
+    /// The topic of `subject` on this route.
+    pub fn topic(&self, subject: &str) -> TopicSpec {
+        TopicSpec {
+            subject: subject.to_string(),
+            ..self.topic.clone()
+        }
+    }
+
+    /// Subscribes a new client's queue to `subjects` and, with a `cursor`, splices in
+    /// what it missed (or a reset) ahead of the live events.
+    pub async fn join(
+        &self,
+        subjects: &[String],
+        cursor: Option<&str>,
+    ) -> Result<Joined, BrokerError> {
+        let queue = Arc::new(ClientQueue::new(self.bound, self.policy));
+        let client = self.hub.client_id();
+        let mut memberships = Vec::with_capacity(subjects.len());
+        for subject in subjects {
+            let m = self
+                .hub
+                .join_spec(&self.topic(subject), client, queue.clone())
+                .await?;
+            memberships.push((subject.clone(), m));
+        }
+        if let Some(cursor) = cursor {
+            let specs: Vec<TopicSpec> = subjects.iter().map(|s| self.topic(s)).collect();
+            self.hub.resume(&specs, cursor, &queue).await?;
+        }
+        Ok(Joined {
+            client,
+            queue,
+            memberships,
+        })
+    }
+
+    /// Counts a held connection of `transport` while `f` runs, then its outcome.
+    pub async fn counted(&self, transport: &'static str, f: impl Future<Output = Outcome>) {
+        let gauge = self.metrics.connections.with_label_values(&[transport]);
+        gauge.inc();
+        let outcome = f.await;
+        gauge.dec();
+        self.metrics
+            .connections_total
+            .with_label_values(&[transport, outcome.label()])
+            .inc();
+    }
+}
 
 /// How a held connection ended, for `fanfare_connections_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +128,10 @@ pub enum Outcome {
     Shutdown,
     /// The client's token expired.
     Expired,
+    /// A poll answered with messages.
+    Delivered,
+    /// A poll answered empty after its wait.
+    Timeout,
 }
 
 impl Outcome {
@@ -39,6 +146,8 @@ impl Outcome {
             Outcome::SlowConsumer => "slow_consumer",
             Outcome::Shutdown => "shutdown",
             Outcome::Expired => "expired",
+            Outcome::Delivered => "delivered",
+            Outcome::Timeout => "timeout",
         }
     }
 }

@@ -1,11 +1,10 @@
-//! WebSocket: the RFC 6455 handshake check, server frame encoding, and the per-client
-//! session.
+//! The WebSocket session: fanfare's JSON protocol over one client's connection.
 //!
 //! The session reads with tokio-tungstenite (frame parsing, masking, fragmentation,
 //! UTF-8 checks, ping/pong and close) and writes data frames itself: a server frame is
 //! unmasked, so the bytes of a message frame are the same for every client and are
-//! encoded once per message ([`Event::ws_or_init`]); a client's queued frames go out in
-//! one write.
+//! encoded once per message ([`crate::hub::Event::ws_frame`]); a client's queued frames
+//! go out in one write.
 //!
 //! Invariant: raw writes never interleave with tungstenite's own frames. Before a raw
 //! write the session flushes tungstenite (so no partial pong/close is pending), and
@@ -14,22 +13,23 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
-use pingora::http::RequestHeader;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::broker::{Broker, Message as BrokerMessage};
+use super::{Joined, Outcome, RouteContext};
+use crate::auth::Permissions;
+use crate::broker::Message as BrokerMessage;
 use crate::config::WsConfig;
-use crate::hub::{Batch, ClientQueue, Event, Hub, Membership, TopicSpec};
-use crate::metrics::Metrics;
-use crate::subject;
-use crate::transport::protocol::{self, Code, Request};
+use crate::hub::{Batch, ClientQueue, Membership};
+use crate::limits::Bucket;
+use crate::routing::subject;
+use crate::wire::protocol::{self, Code, Failure, Request};
+use crate::wire::ws::{close, switching_protocols, text_frame};
 
 /// Bytes tungstenite reads at once. Small: an idle connection keeps this buffer, and
 /// what clients send (subscribe, publish, pong) is mostly under 256 bytes; a larger
@@ -38,120 +38,11 @@ const READ_BUFFER: usize = 256;
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Close codes fanfare sends (1xxx from RFC 6455, 4xxx fanfare's own).
-pub mod close {
-    /// Policy violation (authorization).
-    pub const POLICY: u16 = 1008;
-    /// A message over `ws.max_message`.
-    pub const TOO_BIG: u16 = 1009;
-    /// An internal error.
-    pub const INTERNAL: u16 = 1011;
-    /// fanfare is restarting (drain): reconnect elsewhere.
-    pub const RESTART: u16 = 1012;
-    /// Overload / slow consumer: try again later.
-    pub const TRY_AGAIN: u16 = 1013;
-    /// The client stopped answering pings.
-    pub const PING_TIMEOUT: u16 = 4002;
-    /// The client held no subscription for `ws.idle_timeout`.
-    pub const IDLE: u16 = 4003;
-    /// The client's token expired.
-    pub const TOKEN_EXPIRED: u16 = 4001;
-}
-
-/// Why an upgrade request is refused: (status, code, reason).
-pub type HandshakeError = (u16, &'static str, &'static str);
-
-/// Checks an RFC 6455 upgrade request and returns the `Sec-WebSocket-Accept` value.
-pub fn check_handshake(req: &RequestHeader) -> Result<String, HandshakeError> {
-    let get = |name: &str| {
-        req.headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    let has_token = |name: &str, token: &str| {
-        get(name)
-            .split(',')
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    if req.method != http::Method::GET {
-        return Err((
-            405,
-            "method_not_allowed",
-            "a WebSocket upgrade must be a GET",
-        ));
-    }
-    if req.version != http::Version::HTTP_11 {
-        return Err((400, "bad_handshake", "WebSocket needs HTTP/1.1"));
-    }
-    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
-        return Err((
-            400,
-            "bad_handshake",
-            "missing Upgrade: websocket / Connection: Upgrade",
-        ));
-    }
-    if get("sec-websocket-version").trim() != "13" {
-        return Err((
-            426,
-            "unsupported_version",
-            "Sec-WebSocket-Version must be 13",
-        ));
-    }
-    let key = get("sec-websocket-key");
-    let key = key.trim();
-    match base64::engine::general_purpose::STANDARD.decode(key) {
-        Ok(k) if k.len() == 16 => {}
-        _ => {
-            return Err((
-                400,
-                "bad_handshake",
-                "Sec-WebSocket-Key must be 16 bytes in base64",
-            ));
-        }
-    }
-    Ok(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
-}
-
-/// The raw `101 Switching Protocols` response head.
-pub fn switching_protocols(accept: &str) -> Bytes {
-    Bytes::from(format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {accept}\r\n\r\n"
-    ))
-}
-
-/// An unmasked server text frame (FIN set) carrying `payload`.
-pub fn text_frame(payload: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(payload.len() + 10);
-    b.put_u8(0x81);
-    match payload.len() {
-        n if n < 126 => b.put_u8(n as u8),
-        n if n <= u16::MAX as usize => {
-            b.put_u8(126);
-            b.put_u16(n as u16);
-        }
-        n => {
-            b.put_u8(127);
-            b.put_u64(n as u64);
-        }
-    }
-    b.put_slice(payload);
-    b.freeze()
-}
-
-/// The event's shared WebSocket frame.
-fn event_frame(e: &Event) -> &Bytes {
-    e.ws_or_init(|e| text_frame(&protocol::message(e)))
-}
-
 /// A batch's frames in one buffer: resets first, then the events. A lone event's
 /// shared frame is written as is, without a copy (the common case at a steady rate).
 fn assemble(batch: &Batch) -> Bytes {
     if batch.events.len() == 1 && batch.reset.is_none() && batch.dropped == 0 {
-        return event_frame(&batch.events[0]).clone();
+        return batch.events[0].ws_frame().clone();
     }
     let mut buf = BytesMut::new();
     if let Some(reason) = batch.reset {
@@ -161,27 +52,9 @@ fn assemble(batch: &Batch) -> Bytes {
         buf.put_slice(&text_frame(protocol::reset(batch.dropped).as_bytes()));
     }
     for e in &batch.events {
-        buf.put_slice(event_frame(e));
+        buf.put_slice(e.ws_frame());
     }
     buf.freeze()
-}
-
-/// What a WebSocket session needs besides its socket.
-pub struct Context {
-    /// The hub.
-    pub hub: Hub,
-    /// The broker, for client publishes.
-    pub broker: Broker,
-    /// Metrics.
-    pub metrics: Metrics,
-    /// The route's settings.
-    pub config: WsConfig,
-    /// The route's path (sent as `Fanfare-Route` on publishes).
-    pub route: String,
-    /// The route's topic settings (history); `subject` is filled per subscription.
-    pub topic: TopicSpec,
-    /// The shutdown drain; each session closes (1012) at its turn.
-    pub drain: crate::drain::Drain,
 }
 
 /// A connection's subscriptions: a few at most (`ws.max_subscriptions`), so a vector
@@ -207,52 +80,7 @@ impl Subscriptions {
     }
 }
 
-/// What one connection may do, from its grant.
-#[derive(Debug, Clone, Default)]
-pub struct Permissions {
-    /// Subject patterns it may subscribe to at run time.
-    pub subscribe: Vec<String>,
-    /// Subject patterns it may publish to.
-    pub publish: Vec<String>,
-    /// When its credential expires (closed with 4001 then).
-    pub expires: Option<tokio::time::Instant>,
-}
-
-/// A token bucket for client publishes.
-struct Bucket {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn new(rate: u32, burst: u32) -> Bucket {
-        Bucket {
-            tokens: f64::from(burst.max(1)),
-            rate: f64::from(rate),
-            burst: f64::from(burst.max(1)),
-            last: Instant::now(),
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-pub use super::Outcome;
-
-fn ws_config(max_message: usize) -> WebSocketConfig {
+pub(super) fn ws_config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
@@ -260,21 +88,44 @@ fn ws_config(max_message: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_message))
 }
 
-/// Wraps a socket whose 101 has been written.
-pub async fn accept<S>(stream: S, config: &WsConfig) -> Box<WebSocketStream<S>>
+/// Writes the `101` on a socket taken out of pingora and wraps it; `None` when the
+/// client is already gone.
+pub async fn accept<S>(
+    mut stream: S,
+    accept_key: &str,
+    config: &WsConfig,
+) -> Option<Box<WebSocketStream<S>>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    Box::new(
+    stream
+        .write_all(&switching_protocols(accept_key))
+        .await
+        .ok()?;
+    stream.flush().await.ok()?;
+    Some(Box::new(
         WebSocketStream::from_raw_socket(stream, Role::Server, Some(ws_config(config.max_message)))
             .await,
-    )
+    ))
+}
+
+/// Runs a client's connection after its `101`: counted in the connection metrics.
+pub async fn serve<S>(
+    ws: Box<WebSocketStream<S>>,
+    ctx: Arc<RouteContext>,
+    joined: Joined,
+    permissions: Permissions,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut session = Session::new(ws, ctx.clone(), joined, permissions);
+    ctx.counted("ws", session.run()).await;
 }
 
 /// One client's session.
 pub struct Session<S> {
     ws: Box<WebSocketStream<S>>,
-    ctx: Arc<Context>,
+    ctx: Arc<RouteContext>,
     queue: Arc<ClientQueue>,
     client: u64,
     subscriptions: Subscriptions,
@@ -297,19 +148,17 @@ where
     /// A session that already holds the route's subscriptions.
     pub fn new(
         ws: Box<WebSocketStream<S>>,
-        ctx: Arc<Context>,
-        queue: Arc<ClientQueue>,
-        client: u64,
-        subscriptions: Vec<(String, Membership)>,
+        ctx: Arc<RouteContext>,
+        joined: Joined,
         permissions: Permissions,
     ) -> Session<S> {
-        let bucket = Bucket::new(ctx.config.publish_rate, ctx.config.publish_burst);
+        let bucket = Bucket::new(ctx.ws.publish_rate, ctx.ws.publish_burst);
         Session {
             ws,
             ctx,
-            queue,
-            client,
-            subscriptions: Subscriptions(subscriptions),
+            queue: joined.queue,
+            client: joined.client,
+            subscriptions: Subscriptions(joined.memberships),
             permissions,
             bucket,
         }
@@ -319,19 +168,18 @@ where
     /// reason as `sse::Session::run`: a by-value argument is stored twice.
     pub async fn run(&mut self) -> Outcome {
         let deliveries = self.ctx.metrics.deliveries.with_label_values(&["ws"]);
-        let ping_every = self.ctx.config.ping_interval.0;
+        let ping_every = self.ctx.ws.ping_interval.0;
         let mut tick =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
         let mut last_heard = Instant::now();
         let mut idle_since = self.subscriptions.is_empty().then(Instant::now);
-        let drain = self.ctx.drain.clone();
         let mut expiry = super::expiry_timer(self.permissions.expires);
         loop {
             let wake = tokio::select! {
                 _ = self.queue.ready() => Wake::Queue,
                 f = self.ws.next() => Wake::Frame(f),
                 _ = tick.tick() => Wake::Tick,
-                _ = drain.turn(self.client) => Wake::Shutdown,
+                _ = self.ctx.drain.turn(self.client) => Wake::Shutdown,
                 _ = super::expired(expiry.as_mut()) => Wake::Expired,
             };
             match wake {
@@ -394,12 +242,12 @@ where
                     };
                 }
                 Wake::Tick => {
-                    if last_heard.elapsed() > ping_every + self.ctx.config.pong_timeout.0 {
+                    if last_heard.elapsed() > ping_every + self.ctx.ws.pong_timeout.0 {
                         return self
                             .close(close::PING_TIMEOUT, "ping timeout", Outcome::PingTimeout)
                             .await;
                     }
-                    if idle_since.is_some_and(|t| t.elapsed() >= self.ctx.config.idle_timeout.0) {
+                    if idle_since.is_some_and(|t| t.elapsed() >= self.ctx.ws.idle_timeout.0) {
                         return self
                             .close(close::IDLE, "no subscriptions", Outcome::Idle)
                             .await;
@@ -480,31 +328,34 @@ where
             // held connection's task (measured: ~7 KiB per idle WebSocket).
             Ok((request, reference)) => match Box::pin(self.handle(request)).await {
                 Ok(subject) => protocol::ack(reference.as_ref(), subject.as_deref()),
-                Err((code, reason)) => protocol::error(reference.as_ref(), code, &reason),
+                Err(f) => protocol::error(reference.as_ref(), f.code, &f.reason),
             },
         };
         self.send_text(reply).await;
     }
 
     /// A `forbidden` answer, counted in `fanfare_rejected_total`.
-    fn forbidden(&self, action: &str) -> (Code, String) {
+    fn forbidden(&self, action: &str) -> Failure {
         self.ctx
             .metrics
             .rejected
             .with_label_values(&["forbidden"])
             .inc();
-        (
+        Failure::new(
             Code::Forbidden,
             format!("this connection may not {action} that subject"),
         )
     }
 
     /// Carries out a request; `Ok(Some(subject))` acks with the subject.
-    async fn handle(&mut self, request: Request) -> Result<Option<String>, (Code, String)> {
+    async fn handle(&mut self, request: Request) -> Result<Option<String>, Failure> {
         match request {
             Request::Subscribe { subject, since } => {
                 if !subject::is_valid_subscribe_subject(&subject) {
-                    return Err((Code::InvalidSubject, "not a valid NATS subject".into()));
+                    return Err(Failure::new(
+                        Code::InvalidSubject,
+                        "not a valid NATS subject",
+                    ));
                 }
                 if !self
                     .permissions
@@ -517,41 +368,43 @@ where
                 if self.subscriptions.contains_key(&subject) {
                     return Ok(Some(subject));
                 }
-                if self.subscriptions.len() >= self.ctx.config.max_subscriptions {
+                if self.subscriptions.len() >= self.ctx.ws.max_subscriptions {
                     self.ctx
                         .metrics
                         .rejected
                         .with_label_values(&["too_many_subscriptions"])
                         .inc();
-                    return Err((
+                    return Err(Failure::new(
                         Code::TooManySubscriptions,
                         format!(
                             "at most {} subscriptions per connection",
-                            self.ctx.config.max_subscriptions
+                            self.ctx.ws.max_subscriptions
                         ),
                     ));
                 }
-                let spec = TopicSpec {
-                    subject: subject.clone(),
-                    ..self.ctx.topic.clone()
-                };
+                let spec = self.ctx.topic(&subject);
                 let m = self
                     .ctx
                     .hub
                     .join_spec(&spec, self.client, self.queue.clone())
                     .await
-                    .map_err(|e| (Code::Unavailable, e.to_string()))?;
+                    .map_err(|e| Failure::new(Code::Unavailable, e.to_string()))?;
                 if let Some(cursor) = since {
-                    crate::realtime::resume(&self.ctx.hub, &[spec], &cursor, &self.queue)
+                    self.ctx
+                        .hub
+                        .resume(&[spec], &cursor, &self.queue)
                         .await
-                        .map_err(|e| (Code::Unavailable, e.to_string()))?;
+                        .map_err(|e| Failure::new(Code::Unavailable, e.to_string()))?;
                 }
                 self.subscriptions.insert(subject.clone(), m);
                 Ok(Some(subject))
             }
             Request::Unsubscribe { subject } => match self.subscriptions.remove(&subject) {
                 Some(_) => Ok(Some(subject)),
-                None => Err((Code::NotSubscribed, "not subscribed to that subject".into())),
+                None => Err(Failure::new(
+                    Code::NotSubscribed,
+                    "not subscribed to that subject",
+                )),
             },
             Request::Publish {
                 subject,
@@ -559,9 +412,9 @@ where
                 event,
             } => {
                 if !subject::is_valid_publish_subject(&subject) {
-                    return Err((
+                    return Err(Failure::new(
                         Code::InvalidSubject,
-                        "publish needs a subject without wildcards".into(),
+                        "publish needs a subject without wildcards",
                     ));
                 }
                 if !self
@@ -578,111 +431,23 @@ where
                         .rejected
                         .with_label_values(&["rate_limited"])
                         .inc();
-                    return Err((
+                    return Err(Failure::new(
                         Code::RateLimited,
-                        format!(
-                            "at most {} publishes per second",
-                            self.ctx.config.publish_rate
-                        ),
+                        format!("at most {} publishes per second", self.ctx.ws.publish_rate),
                     ));
                 }
                 let mut msg = BrokerMessage::new(subject, payload);
                 msg.event = event;
-                msg.headers.push(("Fanfare-Route", self.ctx.route.clone()));
+                msg.headers.push(("Fanfare-Route", self.ctx.path.clone()));
                 msg.headers
                     .push(("Fanfare-Connection", format!("{:x}", self.client)));
                 self.ctx
                     .broker
                     .publish(msg)
                     .await
-                    .map_err(|e| (Code::Unavailable, e.to_string()))?;
+                    .map_err(|e| Failure::new(Code::Unavailable, e.to_string()))?;
                 Ok(None)
             }
         }
-    }
-}
-
-/// A test-only echo session for the Autobahn conformance suite: every data message is
-/// sent back as is.
-pub async fn echo<S>(mut ws: Box<WebSocketStream<S>>)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    while let Some(Ok(msg)) = ws.next().await {
-        if let Message::Close(_) = msg {
-            let _ = ws.flush().await;
-            return;
-        }
-        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-            return;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn upgrade(headers: &[(&str, &str)]) -> RequestHeader {
-        let mut r = RequestHeader::build("GET", b"/ws", None).unwrap();
-        for (k, v) in headers {
-            r.append_header(k.to_string(), *v).unwrap();
-        }
-        r
-    }
-
-    const GOOD: &[(&str, &str)] = &[
-        ("Upgrade", "WebSocket"),
-        ("Connection", "keep-alive, Upgrade"),
-        ("Sec-WebSocket-Version", "13"),
-        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
-    ];
-
-    #[test]
-    fn accepts_rfc_example() {
-        assert_eq!(
-            check_handshake(&upgrade(GOOD)).unwrap(),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
-    }
-
-    #[test]
-    fn refuses_bad_handshakes() {
-        let without = |skip: &str| {
-            upgrade(
-                &GOOD
-                    .iter()
-                    .copied()
-                    .filter(|(k, _)| *k != skip)
-                    .collect::<Vec<_>>(),
-            )
-        };
-        assert_eq!(check_handshake(&without("Upgrade")).unwrap_err().0, 400);
-        assert_eq!(check_handshake(&without("Connection")).unwrap_err().0, 400);
-        assert_eq!(
-            check_handshake(&without("Sec-WebSocket-Version"))
-                .unwrap_err()
-                .0,
-            426
-        );
-        assert_eq!(
-            check_handshake(&without("Sec-WebSocket-Key"))
-                .unwrap_err()
-                .0,
-            400
-        );
-        let mut short_key = GOOD.to_vec();
-        short_key[3] = ("Sec-WebSocket-Key", "c2hvcnQ=");
-        assert_eq!(check_handshake(&upgrade(&short_key)).unwrap_err().0, 400);
-    }
-
-    #[test]
-    fn frame_lengths() {
-        assert_eq!(&text_frame(b"hi")[..], &[0x81, 2, b'h', b'i']);
-        let f = text_frame(&[b'x'; 200]);
-        assert_eq!(&f[..4], &[0x81, 126, 0, 200]);
-        let f = text_frame(&vec![b'x'; 70_000]);
-        assert_eq!(&f[..2], &[0x81, 127]);
-        assert_eq!(u64::from_be_bytes(f[2..10].try_into().unwrap()), 70_000);
     }
 }

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::hub::Event;
+use super::sse::is_safe_field;
 
 /// A machine-readable error code sent in `{"type":"error"}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +52,26 @@ impl Code {
             Code::BinaryNotSupported => "binary_not_supported",
             Code::RateLimited => "rate_limited",
             Code::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// A request the session could not carry out: the code and reason of the
+/// `{"type":"error"}` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The code.
+    pub code: Code,
+    /// A human reason.
+    pub reason: String,
+}
+
+impl Failure {
+    /// A failure with `code` and `reason`.
+    pub fn new(code: Code, reason: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            reason: reason.into(),
         }
     }
 }
@@ -149,7 +169,7 @@ pub fn parse(text: &str) -> Result<(Request, Option<Value>), ParseError> {
                 (None, v) => Bytes::from(v.to_string()),
             };
             if let Some(e) = &raw.event
-                && !crate::publish::is_safe_field(e)
+                && !is_safe_field(e)
             {
                 return Err(fail(
                     Code::BadRequest,
@@ -199,17 +219,17 @@ pub fn reset_reason(reason: &str) -> String {
     format!(r#"{{"type":"reset","reason":"{reason}"}}"#)
 }
 
-/// The `message` JSON for an event.
-pub fn message(event: &Event) -> Vec<u8> {
-    let mut out = Vec::with_capacity(event.payload.len() + 96);
+/// The `message` JSON for an event on `subject` named `name` with cursor `id`.
+pub fn message(subject: &str, name: &str, id: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 96);
     out.extend_from_slice(br#"{"type":"message","subject":"#);
-    push_json_str(&mut out, &event.subject);
+    push_json_str(&mut out, subject);
     out.extend_from_slice(br#","event":"#);
-    push_json_str(&mut out, &event.name);
+    push_json_str(&mut out, name);
     out.extend_from_slice(br#","id":"#);
-    push_json_str(&mut out, &event.id);
+    push_json_str(&mut out, id);
     out.extend_from_slice(br#","data":"#);
-    let p = &event.payload[..];
+    let p = payload;
     if !p.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(p).is_ok() {
         out.extend_from_slice(p);
     } else if let Ok(s) = std::str::from_utf8(p) {
@@ -235,21 +255,14 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::Message;
 
-    fn event(payload: &[u8]) -> Event {
-        let mut m = Message::new("orders.42", payload.to_vec());
-        m.event = Some("created".into());
-        Event::new(m, 7, "ep-7".into())
-    }
-
-    fn json(b: Vec<u8>) -> Value {
-        serde_json::from_slice(&b).unwrap()
+    fn json(payload: &[u8]) -> Value {
+        serde_json::from_slice(&message("orders.42", "created", "ep-7", payload)).unwrap()
     }
 
     #[test]
     fn message_with_json_payload_embeds_it() {
-        let v = json(message(&event(br#"{"a":[1,2]}"#)));
+        let v = json(br#"{"a":[1,2]}"#);
         assert_eq!(
             v,
             serde_json::json!({"type":"message","subject":"orders.42","event":"created","id":"ep-7","data":{"a":[1,2]}})
@@ -258,9 +271,9 @@ mod tests {
 
     #[test]
     fn message_with_text_and_binary_payloads() {
-        assert_eq!(json(message(&event(b"hello \"x\"")))["data"], "hello \"x\"");
-        assert_eq!(json(message(&event(b"")))["data"], "");
-        let v = json(message(&event(&[0xff, 0x00, 0x10])));
+        assert_eq!(json(b"hello \"x\"")["data"], "hello \"x\"");
+        assert_eq!(json(b"")["data"], "");
+        let v = json(&[0xff, 0x00, 0x10]);
         assert_eq!(v["encoding"], "base64");
         assert_eq!(v["data"], "/wAQ");
     }
@@ -323,5 +336,27 @@ mod tests {
         let e: Value = serde_json::from_str(&error(None, Code::Forbidden, "no")).unwrap();
         assert_eq!(e["code"], "forbidden");
         assert!(e.get("ref").is_none());
+    }
+
+    #[test]
+    fn parse_errors_say_what_is_wrong() {
+        let reason = |t: &str| parse(t).unwrap_err().reason;
+        assert!(reason("[1]").starts_with("invalid JSON request"));
+        assert!(reason(r#"{"type":1}"#).starts_with("invalid JSON request"));
+        assert_eq!(reason(r#"{"subject":"a"}"#), "missing \"type\"");
+        assert_eq!(reason(r#"{"type":"unsubscribe"}"#), "missing \"subject\"");
+        assert_eq!(
+            reason(r#"{"type":"publish","subject":"a"}"#),
+            "missing \"data\""
+        );
+        assert_eq!(
+            reason(r#"{"type":"publish","subject":"a","data":1,"encoding":"base64"}"#),
+            "base64 \"data\" must be a string"
+        );
+        assert_eq!(
+            reason(r#"{"type":"publish","subject":"a","data":1,"encoding":"hex"}"#),
+            "unknown \"encoding\""
+        );
+        assert_eq!(reason(r#"{"type":"dance"}"#), "unknown type \"dance\"");
     }
 }

@@ -1,5 +1,8 @@
-//! The admin listener: `/livez`, `/readyz`, `/metrics` and `POST /publish/{subject}`.
+//! The admin listener: `/livez`, `/readyz`, `/metrics` and `POST /publish/{subject}`
+//! ([`publish`]).
 //! It keeps serving while the edge drains, so probes see the 503 and scrapes go on.
+
+pub mod publish;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +14,7 @@ use pingora::protocols::http::ServerSession;
 use tokio::sync::watch;
 
 use crate::broker::Broker;
+use crate::edge::respond::{Refusal, json_response};
 use crate::metrics::Metrics;
 
 /// What `/readyz` reports: ready only when every condition holds.
@@ -47,28 +51,17 @@ pub struct Admin {
     pub(crate) broker: Broker,
 }
 
-pub(crate) fn json_response(status: StatusCode, body: String) -> Response<Vec<u8>> {
-    let body = body.into_bytes();
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .header("content-length", body.len())
-        .header("cache-control", "no-store")
-        .body(body)
-        .expect("static response parts are valid")
-}
-
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
         match (method.as_str(), path.as_str()) {
-            ("GET", "/livez") => json_response(StatusCode::OK, r#"{"live":true}"#.to_string()),
+            ("GET", "/livez") => json_response(StatusCode::OK, r#"{"live":true}"#),
             ("GET", "/readyz") => {
                 let reasons = self.readiness.reasons();
                 if reasons.is_empty() {
-                    json_response(StatusCode::OK, r#"{"ready":true}"#.to_string())
+                    json_response(StatusCode::OK, r#"{"ready":true}"#)
                 } else {
                     let body = serde_json::json!({ "ready": false, "reasons": reasons });
                     json_response(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
@@ -84,12 +77,10 @@ impl ServeHttp for Admin {
                     .expect("static response parts are valid")
             }
             (_, p) if p.starts_with("/publish/") => {
-                crate::publish::handle(self, session, &method).await
+                publish::handle(&self.broker, &self.metrics, session, &method).await
             }
-            _ => json_response(
-                StatusCode::NOT_FOUND,
-                r#"{"error":"not_found"}"#.to_string(),
-            ),
+            _ => Refusal::new(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint")
+                .to_response(),
         }
     }
 }

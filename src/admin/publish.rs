@@ -6,26 +6,23 @@ use bytes::BytesMut;
 use http::{Method, Response, StatusCode};
 use pingora::protocols::http::ServerSession;
 
-use crate::admin::{Admin, json_response};
-use crate::broker::{BrokerError, EVENT_HEADER, MSG_ID_HEADER, Message};
-use crate::route::percent_decode;
-use crate::subject::is_valid_publish_subject;
+use crate::broker::{Broker, BrokerError, EVENT_HEADER, MSG_ID_HEADER, Message};
+use crate::edge::respond::{Refusal, json_response};
+use crate::metrics::Metrics;
+use crate::routing::path::percent_decode;
+use crate::routing::subject::is_valid_publish_subject;
+use crate::wire::sse::is_safe_field;
 
 /// The largest payload accepted by the publish endpoint (NATS' default max_payload).
 pub const MAX_PUBLISH_BYTES: usize = 1 << 20;
 
-fn error(status: StatusCode, code: &str, reason: &str) -> Response<Vec<u8>> {
-    let body = serde_json::json!({ "error": code, "reason": reason });
-    json_response(status, body.to_string())
-}
-
-/// Whether a header value may go on the SSE wire as an `event:` or `id:` field.
-pub fn is_safe_field(v: &str) -> bool {
-    !v.is_empty() && v.len() <= 256 && !v.contains(['\r', '\n', '\0'])
+fn error(status: StatusCode, code: &'static str, reason: &str) -> Response<Vec<u8>> {
+    Refusal::new(status, code, reason).to_response()
 }
 
 pub(crate) async fn handle(
-    admin: &Admin,
+    broker: &Broker,
+    metrics: &Metrics,
     session: &mut ServerSession,
     method: &Method,
 ) -> Response<Vec<u8>> {
@@ -85,8 +82,7 @@ pub(crate) async fn handle(
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
                 if body.len() + chunk.len() > MAX_PUBLISH_BYTES {
-                    admin
-                        .metrics
+                    metrics
                         .publish_total
                         .with_label_values(&["too_large"])
                         .inc();
@@ -107,14 +103,13 @@ pub(crate) async fn handle(
     let mut msg = Message::new(subject, body.freeze());
     msg.event = event;
     msg.msg_id = msg_id;
-    match admin.broker.publish(msg).await {
+    match broker.publish(msg).await {
         Ok(()) => {
-            admin.metrics.publish_total.with_label_values(&["ok"]).inc();
-            json_response(StatusCode::ACCEPTED, r#"{"published":true}"#.to_string())
+            metrics.publish_total.with_label_values(&["ok"]).inc();
+            json_response(StatusCode::ACCEPTED, r#"{"published":true}"#)
         }
         Err(BrokerError::Disconnected) => {
-            admin
-                .metrics
+            metrics
                 .publish_total
                 .with_label_values(&["unavailable"])
                 .inc();
@@ -125,11 +120,7 @@ pub(crate) async fn handle(
             )
         }
         Err(e) => {
-            admin
-                .metrics
-                .publish_total
-                .with_label_values(&["error"])
-                .inc();
+            metrics.publish_total.with_label_values(&["error"]).inc();
             error(StatusCode::BAD_GATEWAY, "publish_failed", &e.to_string())
         }
     }

@@ -1,0 +1,367 @@
+//! The YAML configuration: schema, defaults, `${VAR}` interpolation and validation.
+//!
+//! Every field has a default, so an empty file is a valid configuration (proxy
+//! `127.0.0.1:3000` on `0.0.0.0:8080`, embedded broker). Unknown keys are errors.
+//! String values may use `${VAR}` and `${VAR:-default}`; interpolation happens on the
+//! parsed value, after YAML parsing, so a secret holding YAML punctuation can never
+//! change the document's structure, and errors keep their line and column.
+//!
+//! Loading a file goes through [`Config::load`], which returns a [`ConfigError`]
+//! whose `Display` is `FILE:LINE:COL: reason` (or `FILE: reason` where no position
+//! is known).
+
+mod auth;
+mod route;
+mod value;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use auth::{AuthConfig, AuthMode, JwtAlgorithm};
+pub use route::{
+    HistoryConfig, PollConfig, QueueConfig, RouteConfig, SlowConsumer, Transport, WsConfig,
+};
+pub use value::{Addr, Dur, Upstream, interpolate};
+use value::{interpolated, interpolated_opt};
+
+/// A configuration that failed to load, with where it failed.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// The file the error is in.
+    pub file: PathBuf,
+    /// 1-based line and column, when the error has a position.
+    pub position: Option<(u64, u64)>,
+    /// What is wrong, on one line.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, col)) => write!(f, "{}:{line}:{col}: {}", self.file.display(), self.reason),
+            None => write!(f, "{}: {}", self.file.display(), self.reason),
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The public address: ordinary requests are proxied to `upstream`, realtime routes
+    /// are served here. Default `0.0.0.0:8080`.
+    pub listen: Addr,
+    /// The app's base URL (`http://host:port`). Default `http://127.0.0.1:3000`.
+    pub upstream: Upstream,
+    /// How requests are passed to the app.
+    pub proxy: ProxyConfig,
+    /// The admin listener: metrics, probes and the publish endpoint.
+    pub admin: AdminConfig,
+    /// The NATS server. Omit the key to run on the embedded single-instance broker.
+    pub nats: Option<NatsConfig>,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Process-wide connection limits.
+    pub limits: LimitsConfig,
+    /// Realtime routes.
+    pub routes: Vec<RouteConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: Addr("0.0.0.0:8080".parse().expect("literal address")),
+            upstream: Upstream::default(),
+            proxy: ProxyConfig::default(),
+            admin: AdminConfig::default(),
+            nats: None,
+            shutdown: ShutdownConfig::default(),
+            log: LogConfig::default(),
+            limits: LimitsConfig::default(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// Pass-through settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Time allowed to open a TCP connection to the app. Default `5s`.
+    pub connect_timeout: Dur,
+    /// Longest wait for the app between two reads (response header or body chunk).
+    /// Default `60s`.
+    pub read_timeout: Dur,
+    /// Longest wait to write a request chunk to the app. Default `60s`.
+    pub write_timeout: Dur,
+    /// How long an idle pooled connection to the app is kept. Default `60s`.
+    pub idle_timeout: Dur,
+    /// Idle keep-alive connections kept to the app. Default `128`.
+    pub keepalive_pool: usize,
+    /// Accept HTTP/2 over cleartext (h2c, prior knowledge) from clients. Default `true`.
+    pub h2c: bool,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            connect_timeout: Dur(Duration::from_secs(5)),
+            read_timeout: Dur(Duration::from_secs(60)),
+            write_timeout: Dur(Duration::from_secs(60)),
+            idle_timeout: Dur(Duration::from_secs(60)),
+            keepalive_pool: 128,
+            h2c: true,
+        }
+    }
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of `/metrics`, `/livez`, `/readyz` and `/publish`. Default `0.0.0.0:9090`.
+    /// Keep it off the public network: `/publish` is not authenticated.
+    pub listen: Addr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: Addr("0.0.0.0:9090".parse().expect("literal address")),
+        }
+    }
+}
+
+/// The NATS connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URL(s), comma separated: `nats://host:4222`. Credentials may be embedded
+    /// (`nats://user:pass@host:4222`); they are never logged.
+    #[serde(deserialize_with = "interpolated")]
+    pub url: String,
+    /// NATS authentication token. Use `${NATS_TOKEN}` rather than a literal.
+    #[serde(default, deserialize_with = "interpolated_opt")]
+    pub token: Option<String>,
+    /// The connection name shown by the server's monitoring. Default `fanfare`.
+    #[serde(default = "default_nats_name", deserialize_with = "interpolated")]
+    pub name: String,
+}
+
+fn default_nats_name() -> String {
+    "fanfare".to_string()
+}
+
+/// Graceful shutdown.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long in-flight requests get to finish after SIGTERM before the process exits
+    /// anyway. Keep it below Kubernetes' `terminationGracePeriodSeconds`. Default `25s`.
+    pub grace: Dur,
+    /// The window over which held connections are closed after SIGTERM, each at its
+    /// own moment, so reconnects reach the other pods gradually. Must be shorter than
+    /// `grace`. Default: four fifths of `grace` (20s with the default grace).
+    #[serde(default)]
+    pub drain: Option<Dur>,
+}
+
+impl ShutdownConfig {
+    /// The drain window in effect.
+    pub fn drain_window(&self) -> Duration {
+        self.drain.map_or(self.grace.0.mul_f64(0.8), |d| d.0)
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace: Dur(Duration::from_secs(25)),
+            drain: None,
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `plain` or `json`. Default `plain`.
+    pub format: LogFormat,
+    /// A tracing filter: `info`, `debug`, `fanfare=debug,warn`. Default `info`.
+    /// `RUST_LOG`, when set, wins.
+    #[serde(deserialize_with = "interpolated")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Plain,
+            level: "info".to_string(),
+        }
+    }
+}
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Process-wide abuse limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Held realtime connections in total; past it, `429 too_many_connections`.
+    /// Default `100000`.
+    pub max_connections: usize,
+    /// Held realtime connections per client IP; past it, `429`. Default `1000`.
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 100_000,
+            max_connections_per_ip: 1_000,
+        }
+    }
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            position: None,
+            reason: format!("cannot read the file: {e}"),
+        })?;
+        Config::parse(&text).map_err(|(position, reason)| ConfigError {
+            file: path.to_path_buf(),
+            position,
+            reason,
+        })
+    }
+
+    /// Parses and validates YAML text. The error is `(Some((line, column)), reason)`.
+    pub fn parse(text: &str) -> Result<Config, (Option<(u64, u64)>, String)> {
+        // An empty document (or only comments) means "all defaults".
+        let config: Config = if text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
+            Config::default()
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| {
+                let position = e.location().map(|l| (l.line(), l.column()));
+                (position, yaml_reason(&e))
+            })?
+        };
+        config
+            .validate()
+            .map_err(|reason| (locate(text, &reason), reason.message))
+    }
+
+    /// Checks what the types alone cannot.
+    fn validate(self) -> Result<Config, Invalid> {
+        if self.listen.0 == self.admin.listen.0 && self.listen.0.port() != 0 {
+            return Err(Invalid::at("admin", "admin.listen must differ from listen"));
+        }
+        if self.shutdown.grace.0.is_zero() {
+            return Err(Invalid::at("grace", "shutdown.grace must be more than 0s"));
+        }
+        if self.shutdown.drain_window() >= self.shutdown.grace.0 {
+            return Err(Invalid::at(
+                "drain",
+                "shutdown.drain must be shorter than shutdown.grace",
+            ));
+        }
+        if self.proxy.connect_timeout.0.is_zero() || self.proxy.read_timeout.0.is_zero() {
+            return Err(Invalid::at("proxy", "proxy timeouts must be more than 0s"));
+        }
+        if let Some(nats) = &self.nats {
+            for url in nats.url.split(',') {
+                let url = url.trim();
+                if !(url.starts_with("nats://")
+                    || url.starts_with("tls://")
+                    || url.starts_with("ws://")
+                    || url.starts_with("wss://"))
+                {
+                    return Err(Invalid::at(
+                        "url",
+                        "nats.url must start with nats://, tls://, ws:// or wss://",
+                    ));
+                }
+            }
+        }
+        if self.nats.is_none()
+            && let Some(r) = self.routes.iter().find(|r| r.history.jetstream.is_some())
+        {
+            return Err(Invalid::at(
+                "jetstream",
+                &format!("route {}: history.jetstream needs nats.url", r.path),
+            ));
+        }
+        let mut paths = BTreeSet::new();
+        for route in &self.routes {
+            route.validate().map_err(|m| Invalid::at(&route.path, &m))?;
+            if !paths.insert(route.path.clone()) {
+                return Err(Invalid::at(
+                    &route.path,
+                    &format!("route path {} is defined twice", route.path),
+                ));
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// A validation failure, with a text to look for so the error can point at a line.
+struct Invalid {
+    needle: String,
+    message: String,
+}
+
+impl Invalid {
+    fn at(needle: &str, message: &str) -> Invalid {
+        Invalid {
+            needle: needle.to_string(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Finds the first line holding the failing key or value, so that validation errors
+/// also carry a position.
+fn locate(text: &str, invalid: &Invalid) -> Option<(u64, u64)> {
+    text.lines().enumerate().find_map(|(i, line)| {
+        let code = line.split(" #").next().unwrap_or(line);
+        code.find(invalid.needle.as_str())
+            .map(|col| (i as u64 + 1, col as u64 + 1))
+    })
+}
+
+/// serde-saphyr's message without its snippet and position (we print our own).
+fn yaml_reason(e: &serde_saphyr::Error) -> String {
+    let rendered = e.without_snippet().to_string();
+    let first = rendered.lines().next().unwrap_or("invalid YAML").trim();
+    // Strip a trailing " at line X column Y" that the renderer may add.
+    let cut = first.find(" at line ").map_or(first, |i| &first[..i]);
+    cut.to_string()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,278 @@
+//! A realtime route's settings: path, transports, subjects, WebSocket, history,
+//! long-polling and the client queue.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::value::{Dur, interpolated_opt};
+use super::{AuthConfig, AuthMode};
+use crate::routing::{path::PathPattern, subject::Template};
+
+/// A realtime route: a path the edge serves itself instead of proxying.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The path, with `{name}` capturing one segment: `/orders/{order_id}/events`.
+    pub path: String,
+    /// Transports served on this path. Default `[sse]`.
+    #[serde(default = "default_transports")]
+    pub transports: Vec<Transport>,
+    /// Subject templates subscribed for every client: `orders.{order_id}`.
+    #[serde(default)]
+    pub subjects: Vec<String>,
+    /// Subject patterns (NATS wildcards) a WebSocket client may `subscribe` to at run
+    /// time. Default: none.
+    #[serde(default)]
+    pub allow_subscribe: Vec<String>,
+    /// Subject patterns a WebSocket client may `publish` to. Default: none.
+    #[serde(default)]
+    pub allow_publish: Vec<String>,
+    /// WebSocket settings.
+    #[serde(default)]
+    pub ws: WsConfig,
+    /// What a reconnecting client can be replayed.
+    #[serde(default)]
+    pub history: HistoryConfig,
+    /// Long-polling settings.
+    #[serde(default)]
+    pub poll: PollConfig,
+    /// Authorization. Required: a route without `auth` is refused (deny by default).
+    pub auth: AuthConfig,
+    /// What happens when a client's queue is full. Default `drop_oldest`.
+    #[serde(default)]
+    pub slow_consumer: SlowConsumer,
+    /// The per-client queue bound.
+    #[serde(default)]
+    pub queue: QueueConfig,
+    /// Origins allowed to read this route cross-site (CORS and the `Origin` check).
+    /// `"*"` allows any. Default: none (same-origin only).
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Whether a request without an `Origin` header (not a browser) is allowed.
+    /// Default `true`.
+    #[serde(default = "default_true")]
+    pub allow_missing_origin: bool,
+    /// SSE heartbeat comment interval. Default `15s`.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat: Dur,
+    /// The `retry:` hint (reconnect delay) sent to SSE clients. Default `2s`.
+    #[serde(default = "default_retry")]
+    pub retry: Dur,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_transports() -> Vec<Transport> {
+    vec![Transport::Sse]
+}
+
+fn default_heartbeat() -> Dur {
+    Dur(Duration::from_secs(15))
+}
+
+fn default_retry() -> Dur {
+    Dur(Duration::from_secs(2))
+}
+
+/// WebSocket settings of a route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WsConfig {
+    /// Largest message (and frame) a client may send, in bytes; larger closes with 1009.
+    /// Default `65536`.
+    pub max_message: usize,
+    /// Interval of server pings. Default `25s`.
+    pub ping_interval: Dur,
+    /// A client that has sent nothing (not even a pong) for `ping_interval + pong_timeout`
+    /// is closed (4002). Default `10s`.
+    pub pong_timeout: Dur,
+    /// A client with no subscription for this long is closed (4003). Default `60s`.
+    pub idle_timeout: Dur,
+    /// Subscriptions one connection may hold (route subjects included). Default `100`.
+    pub max_subscriptions: usize,
+    /// Publishes per second one connection may make (token bucket). Default `20`.
+    pub publish_rate: u32,
+    /// Publishes one connection may burst above the rate. Default `40`.
+    pub publish_burst: u32,
+    /// Diagnostic only: echo every frame back instead of speaking fanfare's protocol
+    /// (for the Autobahn conformance suite). Default `false`.
+    pub echo: bool,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            max_message: 64 * 1024,
+            ping_interval: Dur(Duration::from_secs(25)),
+            pong_timeout: Dur(Duration::from_secs(10)),
+            idle_timeout: Dur(Duration::from_secs(60)),
+            max_subscriptions: 100,
+            publish_rate: 20,
+            publish_burst: 40,
+            echo: false,
+        }
+    }
+}
+
+/// Resume history of a route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// A JetStream stream holding the route's subjects: cursors become stream
+    /// sequences and resume survives restarts and works across instances. fanfare does
+    /// not create streams; a missing one is a start-up error.
+    #[serde(deserialize_with = "interpolated_opt")]
+    pub jetstream: Option<String>,
+    /// Without JetStream: messages kept per subject in memory. `0` turns resume off.
+    /// Default `256`.
+    pub ring: usize,
+    /// Without JetStream: how long a kept message stays. Default `60s`.
+    pub max_age: Dur,
+    /// How long a subject stays subscribed (and its ring kept) after its last client
+    /// leaves, so a quick reconnect can resume. Default `10s`.
+    pub linger: Dur,
+    /// The most messages replayed on one resume; more is a reset. Default `10000`.
+    pub max_replay: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            jetstream: None,
+            ring: 256,
+            max_age: Dur(Duration::from_secs(60)),
+            linger: Dur(Duration::from_secs(10)),
+            max_replay: 10_000,
+        }
+    }
+}
+
+/// Long-polling settings of a route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PollConfig {
+    /// How long a poll is held when nothing is waiting. Default `25s`.
+    pub timeout: Dur,
+    /// Messages returned by one poll at most. Default `100`.
+    pub max_messages: usize,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        PollConfig {
+            timeout: Dur(Duration::from_secs(25)),
+            max_messages: 100,
+        }
+    }
+}
+
+/// A transport a route may serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Server-Sent Events.
+    Sse,
+    /// WebSocket.
+    Ws,
+    /// HTTP long-polling.
+    Poll,
+}
+
+/// The slow-consumer policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowConsumer {
+    /// Drop the oldest queued messages; the client later sees a `fanfare.reset` event.
+    #[default]
+    DropOldest,
+    /// End the client's stream; it reconnects and resumes from its cursor.
+    Disconnect,
+}
+
+/// A client queue's bound.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Messages queued for one client at most. Default `256`.
+    pub messages: usize,
+    /// Encoded bytes queued for one client at most. Default `1048576` (1 MiB).
+    pub bytes: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            messages: 256,
+            bytes: 1 << 20,
+        }
+    }
+}
+
+// === impl RouteConfig ===
+
+impl RouteConfig {
+    pub(super) fn validate(&self) -> Result<(), String> {
+        if !self.path.starts_with('/') {
+            return Err(format!("route path {} must start with /", self.path));
+        }
+        if self.transports.is_empty() {
+            return Err(format!("route {} lists no transports", self.path));
+        }
+        if self.subjects.is_empty() && !self.ws.echo && self.allow_subscribe.is_empty() {
+            return Err(format!(
+                "route {} lists no subjects (and allows no run-time subscribe)",
+                self.path
+            ));
+        }
+        if self.ws.echo && self.transports != [Transport::Ws] {
+            return Err(format!(
+                "route {}: ws.echo needs transports: [ws]",
+                self.path
+            ));
+        }
+        let claims = self.auth.mode == AuthMode::Jwt;
+        for p in self.allow_subscribe.iter().chain(&self.allow_publish) {
+            Template::parse_with(p, &[], claims)
+                .map_err(|e| format!("route {}: pattern {p}: {e}", self.path))?;
+        }
+        if self.ws.max_message < 16 || self.ws.max_subscriptions == 0 {
+            return Err(format!(
+                "route {}: ws.max_message must be at least 16 and ws.max_subscriptions above 0",
+                self.path
+            ));
+        }
+        if self.ws.ping_interval.0.is_zero() || self.ws.idle_timeout.0.is_zero() {
+            return Err(format!("route {}: ws timeouts must be above 0s", self.path));
+        }
+        let params = PathPattern::parse(&self.path)?.params();
+        for subject in &self.subjects {
+            Template::parse_with(subject, &params, claims)
+                .map_err(|e| format!("route {}: subject {subject}: {e}", self.path))?;
+        }
+        self.auth
+            .validate()
+            .map_err(|e| format!("route {}: auth: {e}", self.path))?;
+        if self.queue.messages == 0 || self.queue.bytes == 0 {
+            return Err(format!("route {}: queue bounds must be above 0", self.path));
+        }
+        if self.heartbeat.0.is_zero() {
+            return Err(format!("route {}: heartbeat must be above 0s", self.path));
+        }
+        if self.poll.timeout.0.is_zero() || self.poll.max_messages == 0 {
+            return Err(format!(
+                "route {}: poll timeout and max_messages must be above 0",
+                self.path
+            ));
+        }
+        if self.history.jetstream.as_deref() == Some("") {
+            return Err(format!(
+                "route {}: history.jetstream names no stream",
+                self.path
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,341 @@
+//! Realtime routes at the edge: match -> gate -> admit -> hand to a transport.
+//!
+//! Order of checks for a request whose path is a realtime route: `Origin`, method
+//! (OPTIONS is a CORS preflight), path parameters, transport, connection quota,
+//! authorization, subjects (injection, grant), then the hub subscription; only then is
+//! the response header written. Every refusal is a [`Refusal`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use pingora::prelude::Session;
+use tokio::sync::watch;
+
+use super::cors;
+use super::handoff::take_h1_stream;
+use super::respond::Refusal;
+use super::route::Route;
+use crate::auth::{self, Admitted, Authorizer};
+use crate::broker::{Broker, BrokerError};
+use crate::config::{RouteConfig, Transport};
+use crate::drain::Drain;
+use crate::hub::Hub;
+use crate::limits::{ConnectionLimits, Refused};
+use crate::metrics::Metrics;
+use crate::routing::path::{MatchError, Params, query_param};
+use crate::transport::sse::{PingoraSink, RawSink, Sink};
+use crate::transport::{Joined, RouteContext, echo, poll, sse, ws};
+use crate::wire::ws::check_handshake;
+
+struct LiveRoute {
+    route: Route,
+    ctx: Arc<RouteContext>,
+    auth: Authorizer,
+}
+
+/// What the realtime side needs from the rest of fanfare.
+pub struct Shared {
+    /// The hub.
+    pub hub: Hub,
+    /// The broker (client publishes).
+    pub broker: Broker,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// The shutdown drain.
+    pub drain: Drain,
+    /// Connection quotas.
+    pub limits: Arc<ConnectionLimits>,
+    /// The app's base URL (upstream auth).
+    pub upstream_base: String,
+    /// The HTTP client for auth callouts and JWKS.
+    pub http: reqwest::Client,
+}
+
+/// The realtime side of the edge.
+pub struct Realtime {
+    routes: Vec<LiveRoute>,
+    metrics: Metrics,
+    limits: Arc<ConnectionLimits>,
+}
+
+impl Realtime {
+    /// Builds every route; starts one heartbeat ticker per route (and JWKS refreshers
+    /// for routes that use them).
+    pub fn new(configs: Vec<RouteConfig>, shared: Shared) -> Result<Realtime, String> {
+        let routes = configs
+            .into_iter()
+            .map(|config| {
+                let (route, auth) = Route::new(config)?;
+                let auth = Authorizer::new(
+                    &auth,
+                    &shared.upstream_base,
+                    shared.http.clone(),
+                    &shared.metrics,
+                )
+                .map_err(|e| format!("route {}: {e}", route.config.path))?;
+                let (bound, policy) = route.queue();
+                let ctx = Arc::new(RouteContext {
+                    hub: shared.hub.clone(),
+                    broker: shared.broker.clone(),
+                    metrics: shared.metrics.clone(),
+                    drain: shared.drain.clone(),
+                    path: route.config.path.clone(),
+                    topic: route.topic(""),
+                    bound,
+                    policy,
+                    ws: route.config.ws.clone(),
+                    poll: route.config.poll.clone(),
+                    heartbeat: ticker(route.config.heartbeat.0),
+                    retry_ms: route.config.retry.0.as_millis(),
+                });
+                Ok(LiveRoute { route, ctx, auth })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Realtime {
+            routes,
+            metrics: shared.metrics,
+            limits: shared.limits,
+        })
+    }
+
+    /// Serves `session` when its path is a realtime route; `Ok(false)` passes it on to
+    /// the app.
+    pub async fn handle(&self, session: &mut Session) -> pingora::Result<bool> {
+        let path = session.req_header().uri.path().to_string();
+        let Some((live, params)) = self
+            .routes
+            .iter()
+            .find_map(|l| l.route.match_path(&path).map(|p| (l, p)))
+        else {
+            return Ok(false);
+        };
+        if let Err(refusal) = self.serve(session, live, params).await {
+            refusal.write(session).await?;
+        }
+        Ok(true)
+    }
+
+    fn reject(&self, reason: &'static str, refusal: Refusal) -> Refusal {
+        self.metrics.rejected.with_label_values(&[reason]).inc();
+        refusal
+    }
+
+    async fn serve(
+        &self,
+        session: &mut Session,
+        live: &LiveRoute,
+        params: Result<Params, MatchError>,
+    ) -> Result<(), Refusal> {
+        let route = &live.route;
+        let allowed_origin = match header(session, "origin") {
+            None if route.config.allow_missing_origin => None,
+            None => {
+                return Err(self.reject(
+                    "origin_missing",
+                    Refusal::new(
+                        StatusCode::FORBIDDEN,
+                        "origin_required",
+                        "this route needs an Origin header",
+                    ),
+                ));
+            }
+            Some(o) if cors::origin_allowed(route, &o, header(session, "host").as_deref()) => {
+                Some(o)
+            }
+            Some(_) => {
+                return Err(self.reject(
+                    "origin_not_allowed",
+                    Refusal::new(
+                        StatusCode::FORBIDDEN,
+                        "origin_not_allowed",
+                        "this Origin may not use this route",
+                    ),
+                ));
+            }
+        };
+        let method = session.req_header().method.clone();
+        if method == http::Method::OPTIONS {
+            return cors::preflight(session, allowed_origin.as_deref())
+                .await
+                .map_err(Refusal::internal);
+        }
+        if method != http::Method::GET {
+            return Err(Refusal::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "realtime routes answer GET",
+            ));
+        }
+        let params = params.map_err(|e| {
+            Refusal::new(StatusCode::BAD_REQUEST, "bad_path_parameter", e.to_string())
+        })?;
+        let transport = requested_transport(session);
+        if !route.serves(transport) {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "transport_not_allowed",
+                format!("this route does not serve {transport:?}"),
+            ));
+        }
+        let ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let slot = self.limits.acquire(ip).map_err(|r| {
+            let (reason, text) = match r {
+                Refused::Total => (
+                    "too_many_connections",
+                    "fanfare holds its maximum of connections",
+                ),
+                Refused::PerIp => (
+                    "too_many_connections_per_ip",
+                    "too many connections from this address",
+                ),
+            };
+            self.reject(
+                reason,
+                Refusal::new(StatusCode::TOO_MANY_REQUESTS, reason, text),
+            )
+        })?;
+        let grant = live
+            .auth
+            .authorize(session.req_header(), &self.metrics)
+            .await?;
+        let admitted = auth::admit(route, params, grant, &self.metrics)?;
+        let ctx = live.ctx.clone();
+        let origin = allowed_origin.as_deref();
+        match transport {
+            Transport::Ws => {
+                let accept = check_handshake(session.req_header())
+                    .map_err(|e| Refusal::new(e.status(), e.code(), e.to_string()))?;
+                let joined = if ctx.ws.echo {
+                    None
+                } else {
+                    let cursor = query_param(session.req_header().uri.query(), "last_event_id");
+                    Some(join(&ctx, &admitted, cursor.as_deref()).await?)
+                };
+                let stream = take_h1_stream(session).await.ok_or_else(|| {
+                    Refusal::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_handshake",
+                        "WebSocket needs HTTP/1.1",
+                    )
+                })?;
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let Some(socket) = ws::accept(stream, &accept, &ctx.ws).await else {
+                        return;
+                    };
+                    match joined {
+                        Some(joined) => {
+                            ws::serve(socket, ctx, joined, admitted.permissions).await;
+                        }
+                        None => echo::echo(socket).await,
+                    }
+                });
+            }
+            Transport::Sse => {
+                let cursor = header(session, "last-event-id")
+                    .or_else(|| query_param(session.req_header().uri.query(), "last_event_id"));
+                let joined = join(&ctx, &admitted, cursor.as_deref()).await?;
+                let expires = admitted.permissions.expires;
+                let mut sse_session =
+                    sse::Session::new(ctx.clone(), joined.queue, joined.client, expires);
+                let memberships = joined.memberships;
+                if let Some(mut stream) = take_h1_stream(session).await {
+                    let head = cors::sse_head_h1(origin);
+                    tokio::spawn(async move {
+                        let _slot = slot;
+                        let mut sink = RawSink(&mut stream);
+                        if sink.write(head).await.is_ok() {
+                            ctx.counted("sse", sse_session.run(&mut sink)).await;
+                        }
+                        drop(memberships);
+                    });
+                    return Ok(());
+                }
+                let head = cors::sse_head(origin).map_err(Refusal::internal)?;
+                session
+                    .write_response_header(Box::new(head), false)
+                    .await
+                    .map_err(Refusal::internal)?;
+                ctx.counted("sse", sse_session.run(&mut PingoraSink(session)))
+                    .await;
+                drop((memberships, slot));
+            }
+            Transport::Poll => {
+                let cursor = query_param(session.req_header().uri.query(), "cursor")
+                    .filter(|c| !c.is_empty());
+                let first = ctx.topic(admitted.subjects.first().map_or("", String::as_str));
+                // "Now", taken before anything can be queued: if this poll returns
+                // nothing, the next one resumes from here and misses nothing.
+                let now = ctx.hub.cursor_now(&first).await.map_err(unavailable)?;
+                let joined = join(&ctx, &admitted, cursor.as_deref()).await?;
+                let head = cors::ok_head(origin).map_err(Refusal::internal)?;
+                poll::serve(session, &ctx, joined, cursor, now, head)
+                    .await
+                    .map_err(Refusal::internal)?;
+                drop(slot);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Joins a new client to its subjects (and resumes from `cursor`).
+async fn join(
+    ctx: &RouteContext,
+    admitted: &Admitted,
+    cursor: Option<&str>,
+) -> Result<Joined, Refusal> {
+    ctx.join(&admitted.subjects, cursor)
+        .await
+        .map_err(unavailable)
+}
+
+fn unavailable(e: BrokerError) -> Refusal {
+    Refusal::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "nats_unavailable",
+        e.to_string(),
+    )
+}
+
+fn header(session: &Session, name: &str) -> Option<String> {
+    session
+        .req_header()
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// The transport a request asks for.
+fn requested_transport(session: &Session) -> Transport {
+    let upgrade = header(session, "upgrade").unwrap_or_default();
+    if upgrade.eq_ignore_ascii_case("websocket") {
+        return Transport::Ws;
+    }
+    if query_param(session.req_header().uri.query(), "transport").as_deref() == Some("poll") {
+        return Transport::Poll;
+    }
+    Transport::Sse
+}
+
+/// A watch that ticks every `every` while anyone holds a receiver.
+fn ticker(every: Duration) -> watch::Receiver<u64> {
+    let (tx, rx) = watch::channel(0u64);
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await;
+        loop {
+            tokio::select! {
+                _ = interval.tick() => { tx.send_modify(|n| *n += 1); }
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    rx
+}

@@ -1,0 +1,114 @@
+//! One message as clients get it: its cursor, its payload, and its encodings, each
+//! made on first use by a transport that has a client and then shared by every client
+//! of that transport. A WebSocket-only route never builds the SSE bytes; long-polling
+//! reuses the JSON inside the WebSocket frame.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::broker::Message;
+use crate::wire::{protocol, sse, ws};
+
+/// Bytes counted per event on top of its payload (framing, id, event name).
+const EVENT_OVERHEAD: usize = 64;
+
+/// One message as delivered to clients.
+pub struct Event {
+    /// The concrete subject.
+    pub subject: String,
+    /// The event name (`Fanfare-Event`, default `message`).
+    pub name: String,
+    /// The cursor: `<epoch>-<seq>` in memory, the stream sequence with JetStream.
+    pub id: String,
+    /// The sequence behind the cursor (process-wide, or the stream's).
+    pub seq: u64,
+    /// The payload, unchanged.
+    pub payload: Bytes,
+    /// When fanfare received it.
+    pub received: Instant,
+    sse: OnceLock<Bytes>,
+    ws: OnceLock<Bytes>,
+}
+
+impl Event {
+    /// Builds the event for `msg` with sequence `seq` and cursor `id`. Nothing is
+    /// encoded yet.
+    pub fn new(msg: Message, seq: u64, id: String) -> Event {
+        Event {
+            subject: msg.subject,
+            name: msg.event.unwrap_or_else(|| "message".to_string()),
+            id,
+            seq,
+            payload: msg.payload,
+            received: msg.received,
+            sse: OnceLock::new(),
+            ws: OnceLock::new(),
+        }
+    }
+
+    /// The SSE encoding, made on first use.
+    pub fn sse(&self) -> &Bytes {
+        self.sse
+            .get_or_init(|| sse::encode_event(&self.id, &self.name, &self.payload))
+    }
+
+    /// The WebSocket text frame carrying the `message` JSON, made on first use.
+    pub fn ws_frame(&self) -> &Bytes {
+        self.ws.get_or_init(|| {
+            ws::text_frame(&protocol::message(
+                &self.subject,
+                &self.name,
+                &self.id,
+                &self.payload,
+            ))
+        })
+    }
+
+    /// The `message` JSON (long-polling): the WebSocket frame without its header, so
+    /// both transports share one encoding.
+    pub fn json(&self) -> Bytes {
+        ws::frame_payload(self.ws_frame())
+    }
+
+    /// What the event counts against a client's byte bound.
+    pub fn cost(&self) -> usize {
+        self.payload.len() + EVENT_OVERHEAD
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(payload: &[u8]) -> Event {
+        let mut m = Message::new("orders.42", payload.to_vec());
+        m.event = Some("created".into());
+        Event::new(m, 7, "ep-7".into())
+    }
+
+    #[test]
+    fn encodings_are_lazy_and_shared() {
+        let e = event(b"{}");
+        assert!(e.sse.get().is_none() && e.ws.get().is_none());
+        let a = e.sse().clone();
+        assert!(
+            e.ws.get().is_none(),
+            "SSE does not build the WebSocket frame"
+        );
+        assert_eq!(a.as_ptr(), e.sse().as_ptr(), "built once");
+        assert_eq!(&a[..], b"id: ep-7\nevent: created\ndata: {}\n\n");
+    }
+
+    #[test]
+    fn json_is_the_frame_payload_for_every_length_class() {
+        for n in [0, 50, 200, 70_000] {
+            let e = event(&vec![b'a'; n]);
+            let json = e.json();
+            let expect = protocol::message("orders.42", "created", "ep-7", &vec![b'a'; n]);
+            assert_eq!(&json[..], &expect[..], "{n}");
+            assert_eq!(e.ws_frame().len(), json.len() + ws::header_len(json.len()));
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! Topics: the registry of subscribed subjects, one broker subscription per topic,
+//! its members, its ring, and the task that fans each message out to every member's
+//! queue.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::event::Event;
+use super::history::{Ring, expire};
+use super::queue::{ClientQueue, Pushed};
+use crate::broker::{Broker, Message};
+use crate::metrics::Metrics;
+use crate::wire::sse::is_safe_field;
+
+/// Why a message was refused before fan-out.
+pub(super) fn refuse_reason(msg: &Message) -> Option<&'static str> {
+    match &msg.event {
+        Some(e) if !is_safe_field(e) => Some("bad_event_name"),
+        _ => None,
+    }
+}
+
+/// What to subscribe to, and how much history to keep.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    /// The subject (or pattern).
+    pub subject: String,
+    /// The JetStream stream to follow, if the route has one.
+    pub stream: Option<String>,
+    /// Memory history: events kept (0: none).
+    pub ring: usize,
+    /// Memory history: how long an event is kept.
+    pub max_age: Duration,
+    /// How long the topic outlives its last client.
+    pub linger: Duration,
+    /// The most events one resume replays.
+    pub max_replay: usize,
+}
+
+impl TopicSpec {
+    /// A live-only topic on `subject` (no history, no linger).
+    pub fn live(subject: &str) -> TopicSpec {
+        TopicSpec {
+            subject: subject.to_string(),
+            stream: None,
+            ring: 0,
+            max_age: Duration::ZERO,
+            linger: Duration::ZERO,
+            max_replay: 0,
+        }
+    }
+
+    pub(super) fn key(&self) -> String {
+        match &self.stream {
+            Some(s) => format!("{s}\u{0}{}", self.subject),
+            None => self.subject.clone(),
+        }
+    }
+}
+
+pub(super) struct Members {
+    pub(super) clients: HashMap<u64, Arc<ClientQueue>>,
+    pub(super) ring: Option<Ring>,
+    /// Bumped on every join, so a lingering removal knows it was overtaken.
+    pub(super) generation: u64,
+}
+
+pub(super) struct Topic {
+    pub(super) spec: TopicSpec,
+    members: Mutex<Members>,
+    pub(super) ready: watch::Receiver<Option<Result<(), String>>>,
+    task: OnceLock<tokio::task::JoinHandle<()>>,
+}
+
+impl Topic {
+    pub(super) fn members(&self) -> std::sync::MutexGuard<'_, Members> {
+        self.members.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Topic {
+    /// Ends the subscription task: the broker unsubscribes.
+    fn abort(&self) {
+        if let Some(t) = self.task.get() {
+            t.abort();
+        }
+    }
+}
+
+pub(super) struct Inner {
+    pub(super) broker: Broker,
+    pub(super) metrics: Metrics,
+    pub(super) epoch: String,
+    pub(super) seq: AtomicU64,
+    pub(super) next_client: AtomicU64,
+    topics: Mutex<HashMap<String, Arc<Topic>>>,
+}
+
+impl Inner {
+    pub(super) fn new(broker: Broker, metrics: Metrics, epoch: String) -> Inner {
+        Inner {
+            broker,
+            metrics,
+            epoch,
+            seq: AtomicU64::new(0),
+            next_client: AtomicU64::new(1),
+            topics: Mutex::default(),
+        }
+    }
+
+    pub(super) fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Topic>>> {
+        self.topics.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Creates the topic and starts its subscription task. Called with the topic map
+    /// locked.
+    pub(super) fn open(this: &Arc<Inner>, spec: TopicSpec) -> Arc<Topic> {
+        let (ready_tx, ready_rx) = watch::channel(None);
+        let ring = (spec.stream.is_none() && spec.ring > 0).then(|| Ring {
+            events: VecDeque::new(),
+            since: this.seq.load(Ordering::Acquire),
+            evicted: 0,
+        });
+        let topic = Arc::new(Topic {
+            spec: spec.clone(),
+            members: Mutex::new(Members {
+                clients: HashMap::new(),
+                ring,
+                generation: 0,
+            }),
+            ready: ready_rx,
+            task: OnceLock::new(),
+        });
+        let weak_topic = Arc::downgrade(&topic);
+        let hub = Arc::downgrade(this);
+        let broker = this.broker.clone();
+        let task = tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            // JetStream topics remember the last stream sequence delivered, so after a
+            // NATS outage the consumer is re-created right after it: nothing lost, nothing
+            // twice (async-nats' own ordered-consumer recovery does not survive a server
+            // restart, whose in-memory consumers are gone).
+            let mut last: Option<u64> = None;
+            let mut connected = broker.connected();
+            let mut gauge = None;
+            loop {
+                let sub = match &spec.stream {
+                    Some(stream) => {
+                        broker
+                            .subscribe_stream(stream, &spec.subject, last.map(|l| l + 1))
+                            .await
+                    }
+                    None => broker.subscribe(&spec.subject).await,
+                };
+                let mut sub = match sub {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "subscribe failed");
+                        if let Some(tx) = ready_tx.take() {
+                            tx.send_replace(Some(Err(e.to_string())));
+                            if let Some(hub) = hub.upgrade() {
+                                hub.close_failed(&spec.key(), &weak_topic);
+                            }
+                            return;
+                        }
+                        // A re-subscription after an outage: try again shortly.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                if let Some(tx) = ready_tx.take() {
+                    if let Some(hub) = hub.upgrade() {
+                        hub.metrics.subscriptions.inc();
+                    }
+                    tx.send_replace(Some(Ok(())));
+                    gauge = Some(SubscriptionGauge(hub.clone()));
+                }
+                let resubscribe = loop {
+                    tokio::select! {
+                        msg = sub.next() => {
+                            let Some(msg) = msg else { break spec.stream.is_some() };
+                            let (Some(hub), Some(topic)) = (hub.upgrade(), weak_topic.upgrade()) else {
+                                break false;
+                            };
+                            if let Some(seq) = msg.seq {
+                                if last.is_some_and(|l| seq <= l) {
+                                    continue;
+                                }
+                                last = Some(seq);
+                            }
+                            hub.fan_out(&topic, msg);
+                        }
+                        _ = reconnected(&mut connected), if spec.stream.is_some() => break true,
+                    }
+                };
+                if !resubscribe {
+                    break;
+                }
+                tracing::info!("re-creating a JetStream consumer after a reconnect");
+            }
+            drop(gauge);
+        });
+        let _ = topic.task.set(task);
+        topic
+    }
+
+    /// Delivers one message to every client of `topic`.
+    fn fan_out(&self, topic: &Topic, msg: Message) {
+        self.metrics.messages_received.inc();
+        if let Some(reason) = refuse_reason(&msg) {
+            tracing::warn!(reason, "message refused");
+            self.metrics.dropped.with_label_values(&[reason]).inc();
+            return;
+        }
+        let mut m = topic.members();
+        let event = match msg.seq {
+            Some(seq) => Arc::new(Event::new(msg, seq, seq.to_string())),
+            None => {
+                // Numbered under the topic lock, so a ring is always in sequence order.
+                let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
+                Arc::new(Event::new(msg, seq, format!("{}-{seq}", self.epoch)))
+            }
+        };
+        if let Some(ring) = m.ring.as_mut() {
+            ring.events.push_back(event.clone());
+            while ring.events.len() > topic.spec.ring {
+                if let Some(old) = ring.events.pop_front() {
+                    ring.evicted = ring.evicted.max(old.seq);
+                }
+            }
+            expire(ring, topic.spec.max_age);
+        }
+        for queue in m.clients.values() {
+            match queue.push(event.clone()) {
+                Pushed::Queued | Pushed::AlreadyClosed => {}
+                Pushed::DroppedOldest(n) => {
+                    self.metrics
+                        .dropped
+                        .with_label_values(&["slow_consumer"])
+                        .inc_by(n);
+                }
+                Pushed::Disconnected => {
+                    self.metrics
+                        .dropped
+                        .with_label_values(&["slow_consumer_disconnect"])
+                        .inc();
+                }
+            }
+        }
+    }
+
+    pub(super) fn leave(this: &Arc<Inner>, key: &str, client: u64) {
+        let mut topics = this.topics();
+        let Some(topic) = topics.get(key) else {
+            return;
+        };
+        let (empty, generation) = {
+            let mut m = topic.members();
+            m.clients.remove(&client);
+            (m.clients.is_empty(), m.generation)
+        };
+        if !empty {
+            return;
+        }
+        let linger = topic.spec.linger;
+        if linger.is_zero() {
+            if let Some(topic) = topics.remove(key) {
+                topic.abort();
+            }
+            return;
+        }
+        // Keep the subscription (and its ring) for a quick reconnect.
+        let hub = Arc::downgrade(this);
+        let key = key.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(linger).await;
+            let Some(hub) = hub.upgrade() else { return };
+            let mut topics = hub.topics();
+            let idle = topics.get(&key).is_some_and(|t| {
+                let m = t.members();
+                m.clients.is_empty() && m.generation == generation
+            });
+            if idle && let Some(topic) = topics.remove(&key) {
+                topic.abort();
+            }
+        });
+    }
+
+    /// Removes a topic whose subscription failed, if it is still the current one.
+    fn close_failed(&self, key: &str, topic: &Weak<Topic>) {
+        let mut topics = self.topics();
+        if let Some(current) = topics.get(key)
+            && Weak::ptr_eq(&Arc::downgrade(current), topic)
+        {
+            topics.remove(key);
+        }
+    }
+}
+
+/// Resolves when the broker connection has dropped and come back.
+async fn reconnected(connected: &mut watch::Receiver<bool>) {
+    if connected.wait_for(|c| !*c).await.is_err() {
+        return std::future::pending().await;
+    }
+    if connected.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Decrements `fanfare_subscriptions` when the subscription task ends (or is aborted).
+struct SubscriptionGauge(Weak<Inner>);
+
+impl Drop for SubscriptionGauge {
+    fn drop(&mut self) {
+        if let Some(hub) = self.0.upgrade() {
+            hub.metrics.subscriptions.dec();
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Leaves of the realtime routing: path patterns (and the query string) and subject
+//! templates. Nothing here imports the rest of fanfare.
+
+pub mod path;
+pub mod subject;

@@ -1,0 +1,238 @@
+//! WebSocket bytes: the RFC 6455 upgrade check, the `101` response head, server frames
+//! and fanfare's close codes. Pure functions, no I/O.
+//!
+//! Server frames are unmasked, so the bytes of a message frame are the same for every
+//! client: the hub builds each one once and every session writes the same `Bytes`.
+
+use base64::Engine;
+use bytes::{BufMut, Bytes, BytesMut};
+use http::StatusCode;
+
+/// Close codes fanfare sends (1xxx from RFC 6455, 4xxx fanfare's own).
+pub mod close {
+    /// Policy violation (authorization).
+    pub const POLICY: u16 = 1008;
+    /// A message over `ws.max_message`.
+    pub const TOO_BIG: u16 = 1009;
+    /// An internal error.
+    pub const INTERNAL: u16 = 1011;
+    /// fanfare is restarting (drain): reconnect elsewhere.
+    pub const RESTART: u16 = 1012;
+    /// Overload / slow consumer: try again later.
+    pub const TRY_AGAIN: u16 = 1013;
+    /// The client's token expired.
+    pub const TOKEN_EXPIRED: u16 = 4001;
+    /// The client stopped answering pings.
+    pub const PING_TIMEOUT: u16 = 4002;
+    /// The client held no subscription for `ws.idle_timeout`.
+    pub const IDLE: u16 = 4003;
+}
+
+/// Why an upgrade request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    /// Not a GET.
+    #[error("a WebSocket upgrade must be a GET")]
+    NotGet,
+    /// Not HTTP/1.1 (WebSocket over HTTP/2 is not offered).
+    #[error("WebSocket needs HTTP/1.1")]
+    NotHttp11,
+    /// `Upgrade: websocket` or `Connection: Upgrade` is missing.
+    #[error("missing Upgrade: websocket / Connection: Upgrade")]
+    NotUpgrade,
+    /// `Sec-WebSocket-Version` is not 13.
+    #[error("Sec-WebSocket-Version must be 13")]
+    Version,
+    /// `Sec-WebSocket-Key` is not 16 bytes in base64.
+    #[error("Sec-WebSocket-Key must be 16 bytes in base64")]
+    Key,
+}
+
+impl HandshakeError {
+    /// The HTTP status that answers it.
+    pub fn status(self) -> StatusCode {
+        match self {
+            HandshakeError::NotGet => StatusCode::METHOD_NOT_ALLOWED,
+            HandshakeError::Version => StatusCode::UPGRADE_REQUIRED,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The machine-readable code.
+    pub fn code(self) -> &'static str {
+        match self {
+            HandshakeError::NotGet => "method_not_allowed",
+            HandshakeError::Version => "unsupported_version",
+            _ => "bad_handshake",
+        }
+    }
+}
+
+/// Checks an RFC 6455 upgrade request and returns the `Sec-WebSocket-Accept` value.
+pub fn check_handshake(req: &http::request::Parts) -> Result<String, HandshakeError> {
+    let get = |name: &str| {
+        req.headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let has_token = |name: &str, token: &str| {
+        get(name)
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if req.method != http::Method::GET {
+        return Err(HandshakeError::NotGet);
+    }
+    if req.version != http::Version::HTTP_11 {
+        return Err(HandshakeError::NotHttp11);
+    }
+    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+        return Err(HandshakeError::NotUpgrade);
+    }
+    if get("sec-websocket-version").trim() != "13" {
+        return Err(HandshakeError::Version);
+    }
+    let key = get("sec-websocket-key");
+    let key = key.trim();
+    match base64::engine::general_purpose::STANDARD.decode(key) {
+        Ok(k) if k.len() == 16 => {}
+        _ => return Err(HandshakeError::Key),
+    }
+    Ok(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
+}
+
+/// The raw `101 Switching Protocols` response head.
+pub fn switching_protocols(accept: &str) -> Bytes {
+    Bytes::from(format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    ))
+}
+
+/// The length of the header [`text_frame`] puts before a payload of `len` bytes.
+pub fn header_len(len: usize) -> usize {
+    match len {
+        n if n < 126 => 2,
+        n if n <= u16::MAX as usize => 4,
+        _ => 10,
+    }
+}
+
+/// An unmasked server text frame (FIN set) carrying `payload`.
+pub fn text_frame(payload: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(payload.len() + header_len(payload.len()));
+    b.put_u8(0x81);
+    match payload.len() {
+        n if n < 126 => b.put_u8(n as u8),
+        n if n <= u16::MAX as usize => {
+            b.put_u8(126);
+            b.put_u16(n as u16);
+        }
+        n => {
+            b.put_u8(127);
+            b.put_u64(n as u64);
+        }
+    }
+    b.put_slice(payload);
+    b.freeze()
+}
+
+/// The payload of a frame made by [`text_frame`], without a copy.
+pub fn frame_payload(frame: &Bytes) -> Bytes {
+    let header = match frame.get(1).map(|b| b & 0x7f) {
+        Some(n) if n < 126 => 2,
+        Some(126) => 4,
+        _ => 10,
+    };
+    frame.slice(header.min(frame.len())..)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upgrade(headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = http::Request::get("/ws");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    const GOOD: &[(&str, &str)] = &[
+        ("Upgrade", "WebSocket"),
+        ("Connection", "keep-alive, Upgrade"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+
+    #[test]
+    fn accepts_rfc_example() {
+        assert_eq!(
+            check_handshake(&upgrade(GOOD)).unwrap(),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn refuses_bad_handshakes() {
+        let without = |skip: &str| {
+            upgrade(
+                &GOOD
+                    .iter()
+                    .copied()
+                    .filter(|(k, _)| *k != skip)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let err = |r: http::request::Parts| check_handshake(&r).unwrap_err();
+        assert_eq!(err(without("Upgrade")), HandshakeError::NotUpgrade);
+        assert_eq!(err(without("Connection")), HandshakeError::NotUpgrade);
+        assert_eq!(
+            err(without("Sec-WebSocket-Version")),
+            HandshakeError::Version
+        );
+        assert_eq!(
+            err(without("Sec-WebSocket-Version")).status(),
+            StatusCode::UPGRADE_REQUIRED
+        );
+        assert_eq!(err(without("Sec-WebSocket-Key")), HandshakeError::Key);
+        let mut short_key = GOOD.to_vec();
+        short_key[3] = ("Sec-WebSocket-Key", "c2hvcnQ=");
+        assert_eq!(err(upgrade(&short_key)), HandshakeError::Key);
+        let mut post = upgrade(GOOD);
+        post.method = http::Method::POST;
+        assert_eq!(err(post).status(), StatusCode::METHOD_NOT_ALLOWED);
+        let mut h2 = upgrade(GOOD);
+        h2.version = http::Version::HTTP_2;
+        assert_eq!(err(h2), HandshakeError::NotHttp11);
+    }
+
+    #[test]
+    fn frame_header_for_each_length_class() {
+        assert_eq!(&text_frame(b"hi")[..], &[0x81, 2, b'h', b'i']);
+        assert_eq!(&text_frame(&[b'x'; 125])[..2], &[0x81, 125]);
+        let f = text_frame(&[b'x'; 126]);
+        assert_eq!(&f[..4], &[0x81, 126, 0, 126]);
+        let f = text_frame(&vec![b'x'; 65_535]);
+        assert_eq!(&f[..4], &[0x81, 126, 0xff, 0xff]);
+        let f = text_frame(&vec![b'x'; 65_536]);
+        assert_eq!(&f[..2], &[0x81, 127]);
+        assert_eq!(u64::from_be_bytes(f[2..10].try_into().unwrap()), 65_536);
+        for n in [0, 125, 126, 65_535, 65_536] {
+            let f = text_frame(&vec![b'x'; n]);
+            assert_eq!(f.len(), n + header_len(n), "{n}");
+            assert_eq!(frame_payload(&f).len(), n, "{n}");
+        }
+    }
+
+    #[test]
+    fn switching_protocols_head() {
+        let h = switching_protocols("abc=");
+        assert!(h.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(h.ends_with(b"Sec-WebSocket-Accept: abc=\r\n\r\n"));
+    }
+}
