@@ -27,7 +27,7 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "missing: ${need[*]} (sudo apt-get install ${need[*]})" >&2; exit 1
   fi
 fi
-cargo build --release --quiet --bin fanfare --bin fanfare-bench
+cargo build --release --quiet --workspace --bins
 BENCH="taskset -c 1 target/release/fanfare-bench --json --timeout 120"
 work=$(mktemp -d)
 pids=()

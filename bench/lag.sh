@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000}; T=${2:-ws}
 export PATH="$PATH:/usr/sbin"
-cargo build --release --quiet --bin fanfare --bin fanfare-bench
+cargo build --release --quiet --workspace --bins
 work=$(mktemp -d); pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 . bench/lib.sh

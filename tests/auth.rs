@@ -21,10 +21,10 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn hs256(claims: Value) -> String {
+fn hs256(claims: &Value) -> String {
     encode(
         &Header::new(Algorithm::HS256),
-        &claims,
+        claims,
         &EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .unwrap()
@@ -85,10 +85,10 @@ async fn jwt_refusals() {
     )
     .unwrap();
     let expired =
-        hs256(json!({"exp": now() - 5, "aud": "shop", "fanfare_subscribe": ["orders.1"]}));
+        hs256(&json!({"exp": now() - 5, "aud": "shop", "fanfare_subscribe": ["orders.1"]}));
     let wrong_aud =
-        hs256(json!({"exp": now() + 60, "aud": "blog", "fanfare_subscribe": ["orders.1"]}));
-    let no_exp = hs256(json!({"aud": "shop", "fanfare_subscribe": ["orders.1"]}));
+        hs256(&json!({"exp": now() + 60, "aud": "blog", "fanfare_subscribe": ["orders.1"]}));
+    let no_exp = hs256(&json!({"aud": "shop", "fanfare_subscribe": ["orders.1"]}));
     let cases: Vec<(&str, Option<String>, &str)> = vec![
         ("no token", None, "missing_token"),
         ("bad signature", Some(wrong_key), "invalid_token"),
@@ -112,7 +112,7 @@ async fn jwt_refusals() {
         );
     }
     // The same token is fine, and a subject outside its grant is 403.
-    let ok = hs256(good);
+    let ok = hs256(&good);
     assert_eq!(
         get(&url, &[("authorization", &format!("Bearer {ok}"))])
             .await
@@ -137,7 +137,7 @@ fn base64_url(b: &[u8]) -> String {
 async fn jwt_from_query_cookie_and_claim_templates() {
     let ff = start_fanfare(&(base_yaml("http://127.0.0.1:1", None) + &jwt_routes())).await;
     let t =
-        hs256(json!({"exp": now() + 60, "aud": "shop", "fanfare_subscribe": "orders.1 orders.2"}));
+        hs256(&json!({"exp": now() + 60, "aud": "shop", "fanfare_subscribe": "orders.1 orders.2"}));
     let client = http_client();
     // EventSource cannot set headers: the query parameter works.
     let mut q = sse_connect(
@@ -160,7 +160,7 @@ async fn jwt_from_query_cookie_and_claim_templates() {
     assert_eq!(c.next_event().await.unwrap().2, "two");
 
     // A subject built from a claim: users.<sub>.
-    let me = hs256(json!({"exp": now() + 60, "sub": "u7"}));
+    let me = hs256(&json!({"exp": now() + 60, "sub": "u7"}));
     let mut m = sse_connect(
         &client,
         &format!("http://{}/me?access_token={me}", ff.edge_addr),
@@ -170,7 +170,7 @@ async fn jwt_from_query_cookie_and_claim_templates() {
     assert_eq!(m.next_event().await.unwrap().2, "mine");
     // A claim that would inject tokens is refused.
     for evil in ["u7.>", ">", "a.b", "*"] {
-        let bad = hs256(json!({"exp": now() + 60, "sub": evil}));
+        let bad = hs256(&json!({"exp": now() + 60, "sub": evil}));
         let (status, body) = get(
             &format!("http://{}/me?access_token={bad}", ff.edge_addr),
             &[],
@@ -187,7 +187,7 @@ async fn jwt_from_query_cookie_and_claim_templates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_grants_and_publish_rate() {
     let ff = start_fanfare(&(base_yaml("http://127.0.0.1:1", None) + &jwt_routes())).await;
-    let t = hs256(json!({"exp": now() + 60, "sub": "u1", "fanfare_subscribe": ["news.*"]}));
+    let t = hs256(&json!({"exp": now() + 60, "sub": "u1", "fanfare_subscribe": ["news.*"]}));
     let mut ws = ws_connect(ff.edge_addr, &format!("/me?access_token={t}")).await;
     ws_send(
         &mut ws,
@@ -239,7 +239,7 @@ async fn ws_grants_and_publish_rate() {
 async fn held_connections_close_when_the_token_expires() {
     let ff = start_fanfare(&(base_yaml("http://127.0.0.1:1", None) + &jwt_routes())).await;
     let exp = now() + 2;
-    let t = hs256(json!({"exp": exp, "sub": "u9"}));
+    let t = hs256(&json!({"exp": exp, "sub": "u9"}));
     let mut sse = sse_connect(
         &http_client(),
         &format!("http://{}/me?access_token={t}", ff.edge_addr),
@@ -342,26 +342,33 @@ async fn upstream_auth_app_down_is_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_auth_cache_honours_its_ttl() {
     let app = StubApp::start().await;
+    // Two routes: one whose cache cannot expire during the test (so the hit is checked
+    // in every run, however slow), one whose short TTL is waited out.
     let yaml = base_yaml(&app.url(), None)
-        + "routes:\n  - path: /o/{id}\n    subjects: [\"orders.{id}\"]\n    auth: { mode: upstream, path: /auth, cache_ttl: 400ms }\n";
+        + "routes:\n  - path: /o/{id}\n    subjects: [\"orders.{id}\"]\n    auth: { mode: upstream, path: /auth, cache_ttl: 1h }\n"
+        + "  - path: /p/{id}\n    subjects: [\"orders.{id}\"]\n    auth: { mode: upstream, path: /auth, cache_ttl: 300ms }\n";
     let ff = start_fanfare(&yaml).await;
-    let url = format!("http://{}/o/1", ff.edge_addr);
+    let calls = || *app.auth_calls.lock().unwrap();
     let alice = [("cookie", "session=alice")];
+
+    let long = format!("http://{}/o/1", ff.edge_addr);
+    assert_eq!(get(&long, &alice).await.0, 200);
+    assert_eq!(get(&long, &alice).await.0, 200);
+    assert_eq!(
+        calls(),
+        1,
+        "the second handshake within the TTL used the cache"
+    );
+    // Different credentials are a different cache entry (and a refusal is not cached).
+    assert_eq!(get(&long, &[("cookie", "session=carol")]).await.0, 401);
+    assert_eq!(calls(), 2);
+
+    let short = format!("http://{}/p/1", ff.edge_addr);
     let first = Instant::now();
-    assert_eq!(get(&url, &alice).await.0, 200);
-    assert_eq!(get(&url, &alice).await.0, 200);
-    let calls = *app.auth_calls.lock().unwrap();
-    if first.elapsed() < Duration::from_millis(400) {
-        assert_eq!(
-            calls, 1,
-            "the second handshake within the TTL used the cache"
-        );
-    }
-    // Different credentials are a different cache entry.
-    assert_eq!(get(&url, &[("cookie", "session=carol")]).await.0, 401);
-    let before = *app.auth_calls.lock().unwrap();
+    assert_eq!(get(&short, &alice).await.0, 200);
+    let before = calls();
     wait_for("the cached grant to expire", DEADLINE, || {
-        let url = url.clone();
+        let url = short.clone();
         let calls = app.auth_calls.clone();
         async move {
             assert_eq!(get(&url, &alice).await.0, 200);
@@ -370,7 +377,7 @@ async fn upstream_auth_cache_honours_its_ttl() {
     })
     .await;
     assert!(
-        first.elapsed() >= Duration::from_millis(400),
+        first.elapsed() >= Duration::from_millis(300),
         "the app was asked again only after the TTL"
     );
 }
@@ -387,10 +394,10 @@ fn es256_key(seed: u8) -> (EncodingKey, Value) {
     (encoding, jwk)
 }
 
-fn es256(key: &EncodingKey, kid: &str, claims: Value) -> String {
+fn es256(key: &EncodingKey, kid: &str, claims: &Value) -> String {
     let mut h = Header::new(Algorithm::ES256);
     h.kid = Some(kid.to_string());
-    encode(&h, &claims, key).unwrap()
+    encode(&h, claims, key).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,8 +414,8 @@ async fn jwks_rotation() {
     let ff = start_fanfare(&yaml).await;
     let url = format!("http://{}/o/1", ff.edge_addr);
     let claims = json!({"exp": now() + 60, "fanfare_subscribe": ["orders.1"]});
-    let token_a = es256(&key_a, "key-7", claims.clone());
-    let token_b = es256(&key_b, "key-9", claims);
+    let token_a = es256(&key_a, "key-7", &claims);
+    let token_b = es256(&key_b, "key-9", &claims);
     let bearer = |t: &str| format!("Bearer {t}");
     wait_for("key A to be loaded", DEADLINE, || {
         let (url, auth) = (url.clone(), bearer(&token_a));
@@ -531,7 +538,7 @@ async fn no_token_cookie_or_secret_reaches_the_log() {
         + "  - path: /u/{id}\n    subjects: [\"orders.{id}\"]\n    auth: { mode: upstream, path: /auth }\nlog: { format: json, level: debug }\n";
     let ff = FanfareProcess::start(&yaml).await;
     let valid = hs256(
-        json!({"exp": now() + 60, "aud": "shop", "fanfare_subscribe": ["orders.1"], "sub": "secret-subject"}),
+        &json!({"exp": now() + 60, "aud": "shop", "fanfare_subscribe": ["orders.1"], "sub": "secret-subject"}),
     );
     let forged = format!("{}x", &valid[..valid.len() - 1]);
     let cookie = "session=mallory-cookie-value-123";

@@ -35,7 +35,7 @@ async fn wait_nats_subs(nats: &NatsServer, n: u64) {
         DEADLINE,
         || async move { (nats.subscription_count().await == n).then_some(()) },
     )
-    .await
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

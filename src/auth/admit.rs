@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
 
-use super::{Grant, Permissions};
+use super::grant::{Grant, Permissions};
 use crate::edge::respond::Refusal;
 use crate::edge::route::Route;
 use crate::metrics::Metrics;

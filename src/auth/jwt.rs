@@ -16,7 +16,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use pingora::http::RequestHeader;
 use serde_json::Value;
 
-use super::{Grant, bearer, cookie, query};
+use super::credential::{bearer, cookie, query};
+use super::grant::Grant;
 use crate::config::{AuthConfig, JwtAlgorithm};
 use crate::metrics::Metrics;
 use crate::routing::subject::{CLAIM_PREFIX, is_valid_subscribe_subject};
@@ -180,7 +181,7 @@ impl JwtAuth {
         let mut last = ("invalid_token", "invalid signature".to_string());
         for key in candidates {
             match jsonwebtoken::decode::<HashMap<String, Value>>(token, key, &self.validation) {
-                Ok(data) => return Ok(self.grant(data.claims)),
+                Ok(data) => return Ok(self.grant(&data.claims)),
                 Err(e) => {
                     last = match e.kind() {
                         ErrorKind::ExpiredSignature => ("expired", "token expired".into()),
@@ -206,7 +207,7 @@ impl JwtAuth {
         Err(last)
     }
 
-    fn grant(&self, claims: HashMap<String, Value>) -> Grant {
+    fn grant(&self, claims: &HashMap<String, Value>) -> Grant {
         let patterns = |name: &str| -> Vec<String> {
             let list: Vec<String> = match claims.get(name) {
                 Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
@@ -326,7 +327,7 @@ mod tests {
             .as_secs()
     }
 
-    fn token(claims: serde_json::Value, secret: &str) -> String {
+    fn token(claims: &serde_json::Value, secret: &str) -> String {
         encode(
             &Header::new(Algorithm::HS256),
             &claims,
@@ -339,7 +340,7 @@ mod tests {
     fn valid_token_grants_claims() {
         let a = auth("");
         let t = token(
-            serde_json::json!({"sub":"u1","exp":now()+60,"fanfare_subscribe":["orders.*","bad pattern"],"fanfare_publish":"chat.a chat.b"}),
+            &serde_json::json!({"sub":"u1","exp":now()+60,"fanfare_subscribe":["orders.*","bad pattern"],"fanfare_publish":"chat.a chat.b"}),
             SECRET,
         );
         let g = a.verify(&t).unwrap();
@@ -353,16 +354,16 @@ mod tests {
     fn refusals() {
         let a = auth(", audience: [app], leeway: 0s");
         let ok = serde_json::json!({"exp":now()+60,"aud":"app"});
-        assert!(a.verify(&token(ok.clone(), SECRET)).is_ok());
+        assert!(a.verify(&token(&ok, SECRET)).is_ok());
         assert_eq!(
-            a.verify(&token(ok.clone(), "another-secret-another-secret-another"))
+            a.verify(&token(&ok, "another-secret-another-secret-another"))
                 .unwrap_err()
                 .0,
             "invalid_token"
         );
         assert_eq!(
             a.verify(&token(
-                serde_json::json!({"exp":now()-10,"aud":"app"}),
+                &serde_json::json!({"exp":now()-10,"aud":"app"}),
                 SECRET
             ))
             .unwrap_err()
@@ -371,7 +372,7 @@ mod tests {
         );
         assert_eq!(
             a.verify(&token(
-                serde_json::json!({"exp":now()+60,"aud":"other"}),
+                &serde_json::json!({"exp":now()+60,"aud":"other"}),
                 SECRET
             ))
             .unwrap_err()
@@ -379,7 +380,7 @@ mod tests {
             "wrong_audience"
         );
         assert_eq!(
-            a.verify(&token(serde_json::json!({"aud":"app"}), SECRET))
+            a.verify(&token(&serde_json::json!({"aud":"app"}), SECRET))
                 .unwrap_err()
                 .0,
             "invalid_token"

@@ -12,13 +12,13 @@
 //! reason, and request summaries leave the query out.
 
 mod admit;
+pub mod credential;
+mod grant;
 pub mod jwt;
 pub mod upstream;
 
 pub use admit::{Admitted, admit};
-
-use std::collections::HashMap;
-use std::time::SystemTime;
+pub use grant::{Grant, Permissions};
 
 use http::StatusCode;
 use pingora::http::RequestHeader;
@@ -26,31 +26,6 @@ use pingora::http::RequestHeader;
 use crate::config::{AuthConfig, AuthMode};
 use crate::edge::respond::Refusal;
 use crate::metrics::Metrics;
-use crate::routing::path::query_param;
-
-/// What an authorized connection may do.
-#[derive(Debug, Clone, Default)]
-pub struct Grant {
-    /// Subject patterns it may subscribe to.
-    pub subscribe: Vec<String>,
-    /// Subject patterns it may publish to.
-    pub publish: Vec<String>,
-    /// String claims by placeholder name (`claims.sub` → `u1`).
-    pub claims: HashMap<String, String>,
-    /// When the credential expires; the connection is closed then.
-    pub expires: Option<SystemTime>,
-}
-
-/// What one connection may do, from its grant and its route.
-#[derive(Debug, Clone, Default)]
-pub struct Permissions {
-    /// Subject patterns it may subscribe to at run time.
-    pub subscribe: Vec<String>,
-    /// Subject patterns it may publish to.
-    pub publish: Vec<String>,
-    /// When its credential expires (the connection is closed then).
-    pub expires: Option<tokio::time::Instant>,
-}
 
 /// A route's authorizer.
 pub enum Authorizer {
@@ -133,65 +108,5 @@ impl Authorizer {
             tracing::debug!(mode = self.mode(), result = label, path = %req.uri.path(), "handshake refused");
         }
         result
-    }
-}
-
-/// The value of cookie `name` in the request's `Cookie` headers.
-pub fn cookie(req: &RequestHeader, name: &str) -> Option<String> {
-    req.headers
-        .get_all("cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|kv| {
-            let (k, v) = kv.trim().split_once('=')?;
-            (k == name).then(|| v.trim_matches('"').to_string())
-        })
-}
-
-/// The bearer token of `Authorization: Bearer …`.
-pub fn bearer(req: &RequestHeader) -> Option<String> {
-    let v = req.headers.get("authorization")?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_string())
-}
-
-/// A query parameter of the request.
-pub fn query(req: &RequestHeader, name: &str) -> Option<String> {
-    if name.is_empty() {
-        return None;
-    }
-    query_param(req.uri.query(), name)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn req(headers: &[(&str, &str)], uri: &str) -> RequestHeader {
-        let mut r = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
-        for (k, v) in headers {
-            r.append_header(k.to_string(), *v).unwrap();
-        }
-        r
-    }
-
-    #[test]
-    fn token_sources() {
-        let r = req(
-            &[
-                ("Authorization", "Bearer abc"),
-                ("Cookie", "a=1; tok=xyz; b=2"),
-            ],
-            "/x?access_token=q1&y=2",
-        );
-        assert_eq!(bearer(&r).as_deref(), Some("abc"));
-        assert_eq!(cookie(&r, "tok").as_deref(), Some("xyz"));
-        assert_eq!(cookie(&r, "zzz"), None);
-        assert_eq!(query(&r, "access_token").as_deref(), Some("q1"));
-        assert_eq!(query(&r, ""), None);
-        assert_eq!(bearer(&req(&[("Authorization", "Basic abc")], "/")), None);
     }
 }

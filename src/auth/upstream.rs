@@ -15,7 +15,7 @@ use bytes::Bytes;
 use pingora::http::RequestHeader;
 use sha2::{Digest, Sha256};
 
-use super::Grant;
+use super::grant::Grant;
 use crate::config::AuthConfig;
 use crate::edge::respond::Refusal;
 use crate::routing::subject::is_valid_subscribe_subject;
@@ -83,14 +83,17 @@ impl UpstreamAuth {
 
     /// Asks the app (or the cache).
     pub async fn authorize(&self, req: &RequestHeader) -> Result<Grant, Refusal> {
-        let uri = req
-            .uri
-            .path_and_query()
-            .map_or_else(|| req.uri.path().to_string(), |p| p.to_string());
+        let uri = req.uri.path_and_query().map_or_else(
+            || req.uri.path().to_string(),
+            std::string::ToString::to_string,
+        );
         let creds = self.credentials(req);
         let key = Self::cache_key(&creds, &uri);
         if !self.ttl.is_zero() {
-            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let cache = self
+                .cache
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some((at, grant)) = cache.get(&key)
                 && at.elapsed() < self.ttl
             {
@@ -154,7 +157,10 @@ impl UpstreamAuth {
             expires,
         };
         if !self.ttl.is_zero() && grant.expires.is_none_or(|e| e > SystemTime::now()) {
-            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let mut cache = self
+                .cache
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if cache.len() >= CACHE_MAX {
                 let ttl = self.ttl;
                 cache.retain(|_, (at, _)| at.elapsed() < ttl);

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
 
-use super::Message;
+use super::message::Message;
 use crate::routing::subject;
 
 /// Messages buffered per subscription before the embedded broker drops (like a NATS
@@ -57,7 +57,10 @@ impl MemoryBroker {
 
     pub(super) fn subscribe(&self, pattern: &str) -> MemorySubscription {
         let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         inner.next_id += 1;
         let id = inner.next_id;
         inner.entries.push(Entry {
@@ -72,8 +75,11 @@ impl MemoryBroker {
         }
     }
 
-    pub(super) fn publish(&self, msg: Message) {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+    pub(super) fn publish(&self, msg: &Message) {
+        let inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for e in inner
             .entries
             .iter()
@@ -89,7 +95,7 @@ impl MemoryBroker {
     pub fn subscription_count(&self) -> usize {
         self.inner
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entries
             .len()
     }
@@ -110,7 +116,10 @@ impl MemorySubscription {
 
 impl Drop for MemorySubscription {
     fn drop(&mut self) {
-        let mut inner = self.broker.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = self
+            .broker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         inner.entries.retain(|e| e.id != self.id);
     }
 }
@@ -124,8 +133,8 @@ mod tests {
         let b = MemoryBroker::new();
         let mut exact = b.subscribe("orders.1");
         let mut wild = b.subscribe("orders.*");
-        b.publish(Message::new("orders.1", "a"));
-        b.publish(Message::new("orders.2", "b"));
+        b.publish(&Message::new("orders.1", "a"));
+        b.publish(&Message::new("orders.2", "b"));
         assert_eq!(exact.next().await.unwrap().payload, "a");
         assert_eq!(wild.next().await.unwrap().payload, "a");
         assert_eq!(wild.next().await.unwrap().payload, "b");

@@ -5,68 +5,17 @@
 //! [`Broker::connected`] (a watch that readiness and `fanfare_nats_connected` follow).
 
 mod memory;
+mod message;
 mod nats;
 
-use std::time::Instant;
-
-use bytes::Bytes;
 use tokio::sync::watch;
 
 pub use memory::MemoryBroker;
+pub use message::{BrokerError, EVENT_HEADER, MSG_ID_HEADER, Message, Replay};
 pub use nats::NatsBroker;
 
 use crate::config::NatsConfig;
 use crate::metrics::Metrics;
-
-/// The NATS header naming the event (SSE `event:`, WS `"event"`).
-pub const EVENT_HEADER: &str = "Fanfare-Event";
-/// The NATS header carrying a message id.
-pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
-
-/// A message from or to the broker.
-#[derive(Debug, Clone)]
-pub struct Message {
-    /// The concrete subject it was published to.
-    pub subject: String,
-    /// The payload, unchanged.
-    pub payload: Bytes,
-    /// The `Fanfare-Event` header, if any.
-    pub event: Option<String>,
-    /// The `Nats-Msg-Id` header, if any.
-    pub msg_id: Option<String>,
-    /// Other headers to publish with it (`Fanfare-Route`, `Fanfare-Connection`).
-    pub headers: Vec<(&'static str, String)>,
-    /// The JetStream stream sequence, for messages read from a stream.
-    pub seq: Option<u64>,
-    /// When fanfare received it (for `fanfare_delivery_lag_seconds`).
-    pub received: Instant,
-}
-
-impl Message {
-    /// A message to publish.
-    pub fn new(subject: impl Into<String>, payload: impl Into<Bytes>) -> Message {
-        Message {
-            subject: subject.into(),
-            payload: payload.into(),
-            event: None,
-            msg_id: None,
-            headers: Vec::new(),
-            seq: None,
-            received: Instant::now(),
-        }
-    }
-}
-
-/// Broker failures.
-#[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    /// The broker is not connected right now.
-    #[error("the broker is not connected")]
-    Disconnected,
-    /// NATS refused or failed the operation.
-    #[error("nats: {0}")]
-    Nats(String),
-}
 
 /// The broker in use.
 #[derive(Clone)]
@@ -85,16 +34,6 @@ pub enum Subscription {
     Memory(memory::MemorySubscription),
     /// A JetStream ordered consumer (new messages only); carries stream sequences.
     JetStream(Box<async_nats::jetstream::consumer::pull::Ordered>),
-}
-
-/// What a replay from a cursor found.
-#[derive(Debug)]
-pub enum Replay {
-    /// The messages after the cursor, in order (possibly none).
-    Messages(Vec<Message>),
-    /// The cursor is older than what is kept, or there is more than the replay bound:
-    /// the client must refetch its state.
-    Reset(&'static str),
 }
 
 impl Subscription {
@@ -198,7 +137,7 @@ impl Broker {
         match self {
             Broker::Nats(n) => n.publish(msg).await,
             Broker::Memory(m) => {
-                m.publish(msg);
+                m.publish(&msg);
                 Ok(())
             }
         }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use async_nats::{ConnectOptions, Event, HeaderMap};
 use tokio::sync::watch;
 
-use super::{BrokerError, EVENT_HEADER, MSG_ID_HEADER, Message};
+use super::message::{BrokerError, EVENT_HEADER, MSG_ID_HEADER, Message, Replay};
 use crate::config::NatsConfig;
 use crate::metrics::Metrics;
 
@@ -149,7 +149,7 @@ impl NatsBroker {
         subject: &str,
         after: u64,
         max: usize,
-    ) -> Result<super::Replay, BrokerError> {
+    ) -> Result<Replay, BrokerError> {
         use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
         use futures::StreamExt;
         let s = self.stream(stream).await?;
@@ -159,13 +159,13 @@ impl NatsBroker {
             .map_err(|e| BrokerError::Nats(e.to_string()))?
             .state;
         if after > state.last_sequence {
-            return Ok(super::Replay::Reset("cursor_unknown"));
+            return Ok(Replay::Reset("cursor_unknown"));
         }
         if state.messages > 0 && after + 1 < state.first_sequence {
-            return Ok(super::Replay::Reset("cursor_too_old"));
+            return Ok(Replay::Reset("cursor_too_old"));
         }
         if after == state.last_sequence {
-            return Ok(super::Replay::Messages(Vec::new()));
+            return Ok(Replay::Messages(Vec::new()));
         }
         let consumer = s
             .create_consumer(pull::Config {
@@ -187,7 +187,7 @@ impl NatsBroker {
         let name = consumer.cached_info().name.clone();
         if pending > max {
             let _ = s.delete_consumer(&name).await;
-            return Ok(super::Replay::Reset("too_many_to_replay"));
+            return Ok(Replay::Reset("too_many_to_replay"));
         }
         let mut out = Vec::with_capacity(pending);
         if pending > 0 {
@@ -210,7 +210,7 @@ impl NatsBroker {
         if out.len() < pending {
             return Err(BrokerError::Nats("replay ended early".into()));
         }
-        Ok(super::Replay::Messages(out))
+        Ok(Replay::Messages(out))
     }
 
     pub(super) async fn publish(&self, msg: Message) -> Result<(), BrokerError> {

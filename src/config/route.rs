@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::auth::{AuthConfig, AuthMode};
 use super::value::{Dur, interpolated_opt};
-use super::{AuthConfig, AuthMode};
 use crate::routing::{path::PathPattern, subject::Template};
 
 /// A realtime route: a path the edge serves itself instead of proxying.

@@ -158,7 +158,13 @@ impl ProxyHttp for Edge {
             .get("host")
             .and_then(|h| h.to_str().ok())
             .map(str::to_string)
-            .or_else(|| session.req_header().uri.authority().map(|a| a.to_string()));
+            .or_else(|| {
+                session
+                    .req_header()
+                    .uri
+                    .authority()
+                    .map(std::string::ToString::to_string)
+            });
         if let Some(host) = host {
             req.insert_header("x-forwarded-host", host)?;
         }

@@ -181,7 +181,7 @@ impl Realtime {
         let ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+            .map(std::net::SocketAddr::ip);
         let slot = self.limits.acquire(ip).map_err(|r| {
             let (reason, text) = match r {
                 Refused::Total => (
@@ -270,7 +270,11 @@ impl Realtime {
                 let first = ctx.topic(admitted.subjects.first().map_or("", String::as_str));
                 // "Now", taken before anything can be queued: if this poll returns
                 // nothing, the next one resumes from here and misses nothing.
-                let now = ctx.hub.cursor_now(&first).await.map_err(unavailable)?;
+                let now = ctx
+                    .hub
+                    .cursor_now(&first)
+                    .await
+                    .map_err(|e| unavailable(&e))?;
                 let joined = join(&ctx, &admitted, cursor.as_deref()).await?;
                 let head = cors::ok_head(origin).map_err(Refusal::internal)?;
                 poll::serve(session, &ctx, joined, cursor, now, head)
@@ -291,10 +295,10 @@ async fn join(
 ) -> Result<Joined, Refusal> {
     ctx.join(&admitted.subjects, cursor)
         .await
-        .map_err(unavailable)
+        .map_err(|e| unavailable(&e))
 }
 
-fn unavailable(e: BrokerError) -> Refusal {
+fn unavailable(e: &BrokerError) -> Refusal {
     Refusal::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "nats_unavailable",

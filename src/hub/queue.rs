@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use super::Event;
+use super::event::Event;
 
 #[derive(Default)]
 struct State {
@@ -107,7 +107,9 @@ impl ClientQueue {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the queue inconsistent
         // (every update is a few field writes), so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Appends `event` without waiting, applying the slow-consumer policy past the bound.

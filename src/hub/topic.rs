@@ -78,7 +78,9 @@ pub(super) struct Topic {
 
 impl Topic {
     pub(super) fn members(&self) -> std::sync::MutexGuard<'_, Members> {
-        self.members.lock().unwrap_or_else(|p| p.into_inner())
+        self.members
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -113,7 +115,9 @@ impl Inner {
     }
 
     pub(super) fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Topic>>> {
-        self.topics.lock().unwrap_or_else(|p| p.into_inner())
+        self.topics
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
     /// Creates the topic and starts its subscription task. Called with the topic map
     /// locked.

@@ -280,7 +280,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn params(names: &[&str]) -> Vec<String> {
-        names.iter().map(|s| s.to_string()).collect()
+        names.iter().map(std::string::ToString::to_string).collect()
     }
 
     fn values(pairs: &[(&str, &str)]) -> HashMap<String, String> {

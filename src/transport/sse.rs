@@ -127,7 +127,7 @@ impl Session {
                 Wake::Queue => {
                     let batch = self.queue.take();
                     let closed = batch.closed;
-                    let (buf, n, oldest) = assemble(batch);
+                    let (buf, n, oldest) = assemble(&batch);
                     if !buf.is_empty() {
                         let queue = self.queue.clone();
                         let written = tokio::select! {
@@ -160,7 +160,7 @@ impl Session {
 
 /// Concatenates a batch (reset first, if there was a gap) into one buffer.
 /// Returns the buffer, the number of events, and the oldest event's arrival time.
-fn assemble(batch: Batch) -> (Bytes, u64, Option<Instant>) {
+fn assemble(batch: &Batch) -> (Bytes, u64, Option<Instant>) {
     let mut reset = (batch.dropped > 0).then(|| encode_reset(batch.dropped));
     if let Some(reason) = batch.reset {
         let r = encode_reset_reason(reason);
@@ -169,7 +169,7 @@ fn assemble(batch: Batch) -> (Bytes, u64, Option<Instant>) {
             None => r,
         });
     }
-    let len = reset.as_ref().map_or(0, |r| r.len())
+    let len = reset.as_ref().map_or(0, bytes::Bytes::len)
         + batch.events.iter().map(|e| e.sse().len()).sum::<usize>();
     let oldest = batch.events.front().map(|e| e.received);
     let n = batch.events.len() as u64;

@@ -1,0 +1,66 @@
+//! What travels through the broker: a message with its fanfare headers, a replay's
+//! outcome, and the broker's errors.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+/// The NATS header naming the event (SSE `event:`, WS `"event"`).
+pub const EVENT_HEADER: &str = "Fanfare-Event";
+/// The NATS header carrying a message id.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+/// A message from or to the broker.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// The concrete subject it was published to.
+    pub subject: String,
+    /// The payload, unchanged.
+    pub payload: Bytes,
+    /// The `Fanfare-Event` header, if any.
+    pub event: Option<String>,
+    /// The `Nats-Msg-Id` header, if any.
+    pub msg_id: Option<String>,
+    /// Other headers to publish with it (`Fanfare-Route`, `Fanfare-Connection`).
+    pub headers: Vec<(&'static str, String)>,
+    /// The JetStream stream sequence, for messages read from a stream.
+    pub seq: Option<u64>,
+    /// When fanfare received it (for `fanfare_delivery_lag_seconds`).
+    pub received: Instant,
+}
+
+impl Message {
+    /// A message to publish.
+    pub fn new(subject: impl Into<String>, payload: impl Into<Bytes>) -> Message {
+        Message {
+            subject: subject.into(),
+            payload: payload.into(),
+            event: None,
+            msg_id: None,
+            headers: Vec::new(),
+            seq: None,
+            received: Instant::now(),
+        }
+    }
+}
+
+/// Broker failures.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker is not connected right now.
+    #[error("the broker is not connected")]
+    Disconnected,
+    /// NATS refused or failed the operation.
+    #[error("nats: {0}")]
+    Nats(String),
+}
+
+/// What a replay from a cursor found.
+#[derive(Debug)]
+pub enum Replay {
+    /// The messages after the cursor, in order (possibly none).
+    Messages(Vec<Message>),
+    /// The cursor is older than what is kept, or there is more than the replay bound:
+    /// the client must refetch its state.
+    Reset(&'static str),
+}

@@ -1,0 +1,132 @@
+//! A real nats-server on free ports.
+
+use super::{DEADLINE, free_port, http_client, wait_for};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// Where the `nats-server` binary is: `NATS_SERVER_BIN`, then `PATH`, then /usr/sbin.
+pub fn nats_server_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("NATS_SERVER_BIN") {
+        return PathBuf::from(p);
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    let dirs = path
+        .split(':')
+        .map(PathBuf::from)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/usr/local/bin"].map(PathBuf::from));
+    for d in dirs {
+        let c = d.join("nats-server");
+        if c.is_file() {
+            return c;
+        }
+    }
+    panic!(
+        "nats-server not found (set NATS_SERVER_BIN or install it: `sudo apt-get install nats-server`, \
+         or run scripts/test, which installs it)"
+    );
+}
+
+/// A real nats-server on free ports, killed on drop.
+pub struct NatsServer {
+    child: Option<Child>,
+    /// Client port.
+    pub port: u16,
+    /// HTTP monitoring port (`/subsz`, `/connz`).
+    pub monitor_port: u16,
+    jetstream: Option<tempfile::TempDir>,
+}
+
+impl NatsServer {
+    /// Starts a plain nats-server and waits until it accepts connections.
+    pub async fn start() -> NatsServer {
+        Self::start_with(false).await
+    }
+
+    /// Starts a nats-server with JetStream enabled (storage in a temp dir).
+    pub async fn start_jetstream() -> NatsServer {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(jetstream: bool) -> NatsServer {
+        let mut s = NatsServer {
+            child: None,
+            port: free_port(),
+            monitor_port: free_port(),
+            jetstream: jetstream.then(|| tempfile::tempdir().expect("tempdir")),
+        };
+        s.spawn().await;
+        s
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) {
+        let mut cmd = Command::new(nats_server_bin());
+        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-m", &self.monitor_port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(dir) = &self.jetstream {
+            cmd.arg("-js").arg("-sd").arg(dir.path());
+        }
+        self.child = Some(cmd.spawn().expect("spawn nats-server"));
+        let port = self.port;
+        wait_for(
+            "nats-server to accept connections",
+            DEADLINE,
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+            },
+        )
+        .await;
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same ports.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+
+    /// The subscriptions fanfare's connections (named `fanfare`) hold at the server,
+    /// from the monitoring endpoint `/connz`.
+    pub async fn subscription_count(&self) -> u64 {
+        let url = format!("http://127.0.0.1:{}/connz", self.monitor_port);
+        let v: serde_json::Value = http_client()
+            .get(url)
+            .send()
+            .await
+            .expect("connz")
+            .json()
+            .await
+            .expect("connz json");
+        v["connections"]
+            .as_array()
+            .map(|conns| {
+                conns
+                    .iter()
+                    .filter(|c| c["name"] == "fanfare")
+                    .map(|c| c["subscriptions"].as_u64().unwrap_or(0))
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,60 @@
+//! WebSocket clients (tokio-tungstenite).
+
+use std::net::SocketAddr;
+
+use super::DEADLINE;
+
+/// A WebSocket client connection.
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Opens a WebSocket to `path` with tokio-tungstenite's client handshake.
+pub async fn ws_connect(addr: SocketAddr, path: &str) -> Ws {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (ws, resp) = tokio_tungstenite::client_async(format!("ws://{addr}{path}"), tcp)
+        .await
+        .unwrap_or_else(|e| panic!("WebSocket handshake to {path}: {e}"));
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// Sends a JSON text frame.
+pub async fn ws_send(ws: &mut Ws, v: serde_json::Value) {
+    use futures::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::text(v.to_string()))
+        .await
+        .unwrap();
+}
+
+/// The next frame the server sends, within [`DEADLINE`].
+pub async fn ws_next(ws: &mut Ws) -> Option<tokio_tungstenite::tungstenite::Message> {
+    use futures::StreamExt;
+    tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .expect("a WebSocket frame within the deadline")
+        .map(|r| r.expect("no WebSocket error"))
+}
+
+/// The next JSON text message, skipping pings.
+pub async fn ws_json(ws: &mut Ws) -> serde_json::Value {
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match ws_next(ws).await.expect("the connection stays open") {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Reads until a close frame and returns its code.
+pub async fn ws_close_code(ws: &mut Ws) -> u16 {
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match ws_next(ws).await {
+            Some(Message::Close(Some(f))) => return u16::from(f.code),
+            Some(Message::Close(None)) => return 1005,
+            Some(_) => continue,
+            None => panic!("the connection ended without a close frame"),
+        }
+    }
+}
