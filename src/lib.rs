@@ -3,22 +3,34 @@
 //! out the messages the app publishes on NATS to every client allowed to see them.
 //!
 //! # Layout
-//! - `main.rs`: the thin binary: CLI → config → [`run`] → wait for a signal → drain.
-//! - [`config`]: the YAML schema, defaults, `${VAR}` interpolation, validation.
-//! - [`edge`]: the pingora proxy (pass-through) and the accept loop.
-//! - [`realtime`]: realtime routes at the edge (matching, checks, handshakes).
-//! - [`hub`]: subject → clients, one broker subscription per subject, bounded queues.
-//! - [`transport`]: wire formats and per-client sessions (`sse`, `ws`, the WS `protocol`).
-//! - [`drain`]: spreading the closes of held connections over the shutdown window.
-//! - [`route`], [`subject`]: path patterns and subject templates (injection-proof).
-//! - [`broker`]: NATS (async-nats, JetStream replay) or the embedded broker.
-//! - [`admin`], [`publish`]: `/livez`, `/readyz`, `/metrics`, `POST /publish/{subject}`.
-//! - [`metrics`]: every Prometheus family, in an injected registry.
-//! - [`auth`], [`limits`]: handshake authorization (jwt, upstream) and connection quotas.
-//! - [`logging`]: subscriber set-up with credential redaction.
-//! - `src/bin/fanfare-bench.rs`: the load generator; `bench/`: comparison scripts.
-//! - `tests/support/`: the test harness (real nats-server on a free port, stub app).
-//! - `charts/fanfare/`: the Helm chart; `config/`: example configs (each loaded by a test).
+//! ```text
+//! src/main.rs, lib.rs             thin CLI; this map; run() -> Handle
+//! src/config/                     mod (Config, load, validate), route, auth, value (durations,
+//!                                 addresses, ${VAR}), tests
+//! src/wire/                       pure bytes, no I/O: sse (events, field safety), ws (frames,
+//!                                 the 101, close codes), protocol (fanfare's JSON over WS)
+//! src/routing/                    leaves: path (patterns, query), subject (templates, matching)
+//! src/hub/                        mod (Hub: join, resume), topic (registry, subscription task,
+//!                                 fan-out), event (lazy shared encodings), history (cursors,
+//!                                 ring), queue (ClientQueue with its own Bound/Policy)
+//! src/broker/                     mod (Broker), message, nats (async-nats, JetStream), memory
+//! src/auth/                       mod (Authorizer), grant, credential, admit, jwt, upstream
+//! src/transport/                  per-client sessions only: mod (RouteContext, join, Outcome),
+//!                                 sse, ws, poll, echo
+//! src/edge/                       the pingora side: proxy, listener, handoff, realtime (match ->
+//!                                 gate -> admit -> transport), route, cors, respond (THE one
+//!                                 refusal type and JSON writer)
+//! src/admin/                      mod (probes, /metrics), publish
+//! src/{drain,limits,metrics,logging}.rs   control
+//! bench/fanfare-bench/            the load tool (a workspace member); bench/*.sh comparisons
+//! tests/support/                  mod, nats, app, instance (fanfare in-process or binary), sse, ws
+//! tests/layout.rs                 checks the rules below by reading src/
+//! charts/fanfare/, config/        the Helm chart; example configs (each loaded by a test)
+//! ```
+//! Rules (checked by `tests/layout.rs`): `wire/` and `routing/` import nothing of fanfare
+//! but each other; `hub/` never imports `transport/`, `edge/` or `admin/`; `transport/`
+//! never imports `edge/`; no import circle between any two files (a `mod.rs` may use its
+//! children, a child never its `mod.rs`); no file under `src/` above 500 lines.
 
 pub mod admin;
 pub mod auth;

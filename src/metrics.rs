@@ -242,14 +242,19 @@ impl Metrics {
     }
 
     /// The response class label for an HTTP status.
-    pub fn class(status: u16) -> &'static str {
-        match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            500..=599 => "5xx",
-            _ => "error",
+    pub fn class(status: http::StatusCode) -> &'static str {
+        if status.is_informational() {
+            "1xx"
+        } else if status.is_success() {
+            "2xx"
+        } else if status.is_redirection() {
+            "3xx"
+        } else if status.is_client_error() {
+            "4xx"
+        } else if status.is_server_error() {
+            "5xx"
+        } else {
+            "error"
         }
     }
 }

@@ -233,7 +233,7 @@ impl ProxyHttp for Edge {
             return;
         }
         let class = match session.response_written() {
-            Some(r) => Metrics::class(r.status.as_u16()),
+            Some(r) => Metrics::class(r.status),
             None => "error",
         };
         self.metrics
