@@ -201,12 +201,17 @@ async fn check_streams(broker: &Broker, config: &Config) -> Result<(), StartErro
     Ok(())
 }
 
-/// The HTTP client for JWKS fetches and upstream auth callouts. reqwest uses rustls;
-/// ring is the provider async-nats already brings (installing it twice is harmless:
-/// the first one wins).
+/// The HTTP client for JWKS fetches and upstream auth callouts. It never follows a
+/// redirect: an auth endpoint that answers an anonymous user `302 -> /login` must
+/// refuse that user, not grant them what the login page's 200 would. reqwest uses
+/// rustls; ring is the provider async-nats already brings (installing it twice is
+/// harmless: the first one wins).
 pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder().no_proxy().build()
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -276,6 +281,7 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
             limits: limits.clone(),
             upstream_base: config.upstream.to_string(),
             http,
+            trusted: config.limits.trusted_proxies.clone(),
         },
     )
     .map_err(StartError::Routes)?;
@@ -296,6 +302,7 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
         metrics: metrics.clone(),
         readiness: readiness.clone(),
         broker: broker.clone(),
+        publish: admin::publish::Access::new(admin_addr, config.admin.publish_token.as_deref()),
     }));
 
     tokio::spawn(edge::listener::serve(

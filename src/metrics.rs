@@ -209,6 +209,7 @@ impl Metrics {
             "rate_limited",
             "too_many_subscriptions",
             "message_too_big",
+            "reserved_subject",
         ] {
             m.rejected.with_label_values(&[reason]);
         }
@@ -218,7 +219,14 @@ impl Metrics {
         for result in ["replayed", "reset"] {
             m.resumes.with_label_values(&[result]);
         }
-        for result in ["ok", "too_large", "unavailable", "error"] {
+        for result in [
+            "ok",
+            "too_large",
+            "unavailable",
+            "error",
+            "reserved_subject",
+            "unauthorized",
+        ] {
             m.publish_total.with_label_values(&[result]);
         }
         for result in ["ok", "error"] {

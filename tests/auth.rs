@@ -408,7 +408,7 @@ async fn jwks_rotation() {
     *app.jwks.lock().unwrap() = json!({"keys": [jwk_a]}).to_string();
     let yaml = base_yaml(&app.url(), None)
         + &format!(
-            "routes:\n  - path: /o/{{id}}\n    subjects: [\"orders.{{id}}\"]\n    auth: {{ mode: jwt, algorithms: [ES256], jwks_url: \"{}/jwks\", jwks_refresh: 200ms }}\n",
+            "routes:\n  - path: /o/{{id}}\n    subjects: [\"orders.{{id}}\"]\n    auth: {{ mode: jwt, algorithms: [ES256], jwks_url: \"{}/jwks\", jwks_refresh: 200ms, allow_insecure_jwks: true }}\n",
             app.url()
         );
     let ff = start_fanfare(&yaml).await;

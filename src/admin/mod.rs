@@ -49,6 +49,7 @@ pub struct Admin {
     pub(crate) metrics: Metrics,
     pub(crate) readiness: Arc<Readiness>,
     pub(crate) broker: Broker,
+    pub(crate) publish: publish::Access,
 }
 
 #[async_trait]
@@ -77,7 +78,7 @@ impl ServeHttp for Admin {
                     .expect("static response parts are valid")
             }
             (_, p) if p.starts_with("/publish/") => {
-                publish::handle(&self.broker, &self.metrics, session, &method).await
+                publish::handle(&self.publish, &self.broker, &self.metrics, session, &method).await
             }
             _ => Refusal::new(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint")
                 .to_response(),

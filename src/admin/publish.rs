@@ -5,12 +5,13 @@
 use bytes::BytesMut;
 use http::{Method, Response, StatusCode};
 use pingora::protocols::http::ServerSession;
+use sha2::{Digest, Sha256};
 
 use crate::broker::{Broker, BrokerError, EVENT_HEADER, MSG_ID_HEADER, Message};
 use crate::edge::respond::{Refusal, json_response};
 use crate::metrics::Metrics;
 use crate::routing::path::percent_decode;
-use crate::routing::subject::is_valid_publish_subject;
+use crate::routing::subject::{is_reserved, is_valid_publish_subject};
 use crate::wire::sse::is_safe_field;
 
 /// The largest payload accepted by the publish endpoint (NATS' default max_payload).
@@ -20,12 +21,78 @@ fn error(status: StatusCode, code: &'static str, reason: &str) -> Response<Vec<u
     Refusal::new(status, code, reason).to_response()
 }
 
+/// Who may publish through the admin listener.
+pub enum Access {
+    /// Anyone who reaches it (the admin listener is on loopback).
+    Open,
+    /// Requests with `Authorization: Bearer <token>`; the token's SHA-256 is kept.
+    Token([u8; 32]),
+    /// Nobody: the listener is not on loopback and no token is set (404).
+    Off,
+}
+
+impl Access {
+    /// The access for an admin listener on `listen` with `token`.
+    pub fn new(listen: std::net::SocketAddr, token: Option<&str>) -> Access {
+        match token {
+            Some(t) => Access::Token(Sha256::digest(t.as_bytes()).into()),
+            None if listen.ip().is_loopback() => Access::Open,
+            None => {
+                tracing::warn!(
+                    admin = %listen,
+                    "POST /publish is off: the admin listener is not on loopback and admin.publish_token is not set"
+                );
+                Access::Off
+            }
+        }
+    }
+
+    /// Whether `authorization` (the header value) is allowed to publish. The token is
+    /// compared as SHA-256 digests, every byte, so the time taken says nothing about it.
+    fn allows(&self, authorization: Option<&str>) -> bool {
+        match self {
+            Access::Open => true,
+            Access::Off => false,
+            Access::Token(want) => {
+                let Some(given) = authorization.and_then(|v| {
+                    let (scheme, t) = v.split_once(' ')?;
+                    scheme.eq_ignore_ascii_case("bearer").then_some(t.trim())
+                }) else {
+                    return false;
+                };
+                let got: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+                got.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+            }
+        }
+    }
+}
+
 pub(crate) async fn handle(
+    access: &Access,
     broker: &Broker,
     metrics: &Metrics,
     session: &mut ServerSession,
     method: &Method,
 ) -> Response<Vec<u8>> {
+    if matches!(access, Access::Off) {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint");
+    }
+    let authorization = session
+        .req_header()
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !access.allows(authorization) {
+        metrics
+            .publish_total
+            .with_label_values(&["unauthorized"])
+            .inc();
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "POST /publish needs Authorization: Bearer <admin.publish_token>",
+        );
+    }
     if method != Method::POST {
         return error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -46,6 +113,17 @@ pub(crate) async fn handle(
             StatusCode::BAD_REQUEST,
             "bad_subject",
             "subject must be dot-separated non-empty tokens without wildcards or whitespace",
+        );
+    }
+    if is_reserved(&subject) {
+        metrics
+            .publish_total
+            .with_label_values(&["reserved_subject"])
+            .inc();
+        return error(
+            StatusCode::FORBIDDEN,
+            "reserved_subject",
+            "subjects starting with $ or _INBOX. belong to NATS",
         );
     }
     let header = |name: &str| {
@@ -123,5 +201,24 @@ pub(crate) async fn handle(
             metrics.publish_total.with_label_values(&["error"]).inc();
             error(StatusCode::BAD_GATEWAY, "publish_failed", &e.to_string())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_by_address_and_token() {
+        let lo: std::net::SocketAddr = "127.0.0.1:9090".parse().unwrap();
+        let any: std::net::SocketAddr = "0.0.0.0:9090".parse().unwrap();
+        assert!(matches!(Access::new(lo, None), Access::Open));
+        assert!(matches!(Access::new(any, None), Access::Off));
+        let t = Access::new(any, Some("0123456789abcdef"));
+        assert!(t.allows(Some("Bearer 0123456789abcdef")));
+        assert!(t.allows(Some("bearer 0123456789abcdef")));
+        assert!(!t.allows(Some("Bearer 0123456789abcdeF")));
+        assert!(!t.allows(Some("0123456789abcdef")));
+        assert!(!t.allows(None));
     }
 }

@@ -61,11 +61,13 @@ pub fn admit(
             ));
         }
     }
-    let expires = grant.expires.map(|at| {
+    // Bounded by MAX_EXPIRY_SECS, so this cannot overflow; an instant past what the
+    // clock holds would mean "never" within this process's life anyway.
+    let expires = grant.expires.and_then(|at| {
         let left = at
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
-        tokio::time::Instant::now() + left
+        tokio::time::Instant::now().checked_add(left)
     });
     Ok(Admitted {
         subjects: subjects.into_iter().map(|(s, _)| s).collect(),

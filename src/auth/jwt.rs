@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use jsonwebtoken::errors::ErrorKind;
@@ -17,7 +17,7 @@ use pingora::http::RequestHeader;
 use serde_json::Value;
 
 use super::credential::{bearer, cookie, query};
-use super::grant::Grant;
+use super::grant::{Grant, expiry_at};
 use crate::config::{AuthConfig, JwtAlgorithm};
 use crate::metrics::Metrics;
 use crate::routing::subject::{CLAIM_PREFIX, is_valid_subscribe_subject};
@@ -104,14 +104,18 @@ impl JwtAuth {
         validation.algorithms = algorithms.clone();
         validation.leeway = config.leeway.0.as_secs();
         validation.validate_nbf = true;
+        // A configured audience or issuer is required, not only checked when present: a
+        // token without `aud` must not pass a route that names its audience.
         validation.required_spec_claims = ["exp".to_string()].into_iter().collect();
         if config.audience.is_empty() {
             validation.validate_aud = false;
         } else {
             validation.set_audience(&config.audience);
+            validation.required_spec_claims.insert("aud".to_string());
         }
         if !config.issuer.is_empty() {
             validation.set_issuer(&config.issuer);
+            validation.required_spec_claims.insert("iss".to_string());
         }
         Ok(JwtAuth {
             algorithms,
@@ -181,7 +185,7 @@ impl JwtAuth {
         let mut last = ("invalid_token", "invalid signature".to_string());
         for key in candidates {
             match jsonwebtoken::decode::<HashMap<String, Value>>(token, key, &self.validation) {
-                Ok(data) => return Ok(self.grant(&data.claims)),
+                Ok(data) => return self.grant(&data.claims),
                 Err(e) => {
                     last = match e.kind() {
                         ErrorKind::ExpiredSignature => ("expired", "token expired".into()),
@@ -207,7 +211,7 @@ impl JwtAuth {
         Err(last)
     }
 
-    fn grant(&self, claims: &HashMap<String, Value>) -> Grant {
+    fn grant(&self, claims: &HashMap<String, Value>) -> Result<Grant, (&'static str, String)> {
         let patterns = |name: &str| -> Vec<String> {
             let list: Vec<String> = match claims.get(name) {
                 Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
@@ -221,11 +225,14 @@ impl JwtAuth {
                 .filter(|p| is_valid_subscribe_subject(p))
                 .collect()
         };
-        let expires = claims
-            .get("exp")
-            .and_then(Value::as_u64)
-            .map(|s| UNIX_EPOCH + Duration::from_secs(s));
-        Grant {
+        // `exp` is required and was validated as a time in the future; a fraction is
+        // honoured (the connection closes at that instant), a value past any real
+        // clock is refused rather than overflowing one.
+        let expires = match claims.get("exp").and_then(Value::as_f64).map(expiry_at) {
+            Some(Some(at)) => Some(at),
+            _ => return Err(("invalid_token", "exp is not a usable time".into())),
+        };
+        Ok(Grant {
             subscribe: patterns(&self.subscribe_claim),
             publish: patterns(&self.publish_claim),
             claims: claims
@@ -236,9 +243,12 @@ impl JwtAuth {
                 })
                 .collect(),
             expires,
-        }
+        })
     }
 }
+
+/// The largest JWKS document fanfare reads.
+const MAX_JWKS: usize = 1 << 20;
 
 fn spawn_jwks_refresher(
     url: String,
@@ -282,9 +292,18 @@ async fn fetch_jwks(http: &reqwest::Client, url: &str) -> Result<Keys, String> {
     if !resp.status().is_success() {
         return Err(format!("status {}", resp.status()));
     }
-    let body = resp.bytes().await.map_err(|e| format!("read: {e}"))?;
-    if body.len() > 1 << 20 {
+    // Read at most MAX_JWKS bytes, chunk by chunk: a key server that streams without
+    // end (or announces a huge body) costs at most the cap, never the whole body.
+    if resp.content_length().is_some_and(|n| n > MAX_JWKS as u64) {
         return Err("JWKS document over 1 MiB".into());
+    }
+    let mut resp = resp;
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("read: {e}"))? {
+        if body.len() + chunk.len() > MAX_JWKS {
+            return Err("JWKS document over 1 MiB".into());
+        }
+        body.extend_from_slice(&chunk);
     }
     let set: JwkSet = serde_json::from_slice(&body).map_err(|e| format!("parse: {e}"))?;
     let keys: Keys = set
@@ -322,7 +341,7 @@ mod tests {
 
     fn now() -> u64 {
         SystemTime::now()
-            .duration_since(UNIX_EPOCH)
+            .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs()
     }

@@ -18,7 +18,7 @@ pub mod jwt;
 pub mod upstream;
 
 pub use admit::{Admitted, admit};
-pub use grant::{Grant, Permissions};
+pub use grant::{Grant, Permissions, expiry_at};
 
 use http::StatusCode;
 use pingora::http::RequestHeader;

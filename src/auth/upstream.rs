@@ -9,15 +9,15 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use pingora::http::RequestHeader;
 use sha2::{Digest, Sha256};
 
-use super::grant::Grant;
+use super::grant::{Grant, expiry_at};
 use crate::config::AuthConfig;
-use crate::edge::respond::Refusal;
+use crate::edge::respond::{Refusal, app_headers};
 use crate::routing::subject::is_valid_subscribe_subject;
 
 /// Cached grants at most (past it, expired entries go, then the whole cache).
@@ -119,18 +119,14 @@ impl UpstreamAuth {
         })?;
         let status = resp.status();
         if !status.is_success() {
-            let content_type = resp
-                .headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
+            let headers = app_headers(resp.headers());
             let mut body = resp.bytes().await.unwrap_or_default();
             if body.len() > MAX_BODY {
                 body = Bytes::new();
             }
             return Err(Refusal::App {
                 status,
-                content_type,
+                headers,
                 body,
             });
         }
@@ -144,12 +140,27 @@ impl UpstreamAuth {
                 .filter(|p| is_valid_subscribe_subject(p))
                 .collect()
         };
-        let expires = resp
-            .headers()
-            .get("fanfare-expires")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|s| UNIX_EPOCH + Duration::from_secs(s));
+        let expires = match resp.headers().get("fanfare-expires") {
+            None => None,
+            Some(v) => match v
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .and_then(expiry_at)
+            {
+                Some(at) => Some(at),
+                None => {
+                    tracing::warn!(
+                        "the auth endpoint sent a Fanfare-Expires that is not a unix time"
+                    );
+                    return Err(Refusal::new(
+                        http::StatusCode::BAD_GATEWAY,
+                        "bad_auth_answer",
+                        "the app's auth endpoint sent an unusable Fanfare-Expires",
+                    ));
+                }
+            },
+        };
         let grant = Grant {
             subscribe: list("fanfare-subscribe"),
             publish: list("fanfare-publish"),

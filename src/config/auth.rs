@@ -34,6 +34,10 @@ pub struct AuthConfig {
     /// JWKS refresh interval. Default `5m`.
     #[serde(default = "default_jwks_refresh")]
     pub jwks_refresh: Dur,
+    /// Allow a `jwks_url` over plain `http://` (a key server inside the cluster).
+    /// Default `false`: the keys that decide who gets in travel over https.
+    #[serde(default)]
+    pub allow_insecure_jwks: bool,
     /// Accepted `aud` values; empty: `aud` is not checked (jwt).
     #[serde(default)]
     pub audience: Vec<String>,
@@ -135,6 +139,16 @@ pub enum JwtAlgorithm {
 // === impl AuthConfig ===
 
 impl AuthConfig {
+    /// Whether the mode reads the browser's cookies (upstream always forwards them; jwt
+    /// when `cookie` names one): such a route must never answer `*` to any Origin.
+    pub fn reads_cookies(&self) -> bool {
+        match self.mode {
+            AuthMode::Upstream => true,
+            AuthMode::Jwt => self.cookie.is_some(),
+            AuthMode::None => false,
+        }
+    }
+
     /// The settings of `mode` with every other key at its default (no secret).
     pub fn mode_only(mode: AuthMode) -> AuthConfig {
         AuthConfig {
@@ -145,6 +159,7 @@ impl AuthConfig {
             public_key: None,
             jwks_url: None,
             jwks_refresh: default_jwks_refresh(),
+            allow_insecure_jwks: false,
             audience: Vec::new(),
             issuer: Vec::new(),
             leeway: default_leeway(),
@@ -201,13 +216,22 @@ impl AuthConfig {
                 if (self.public_key.is_some() || self.jwks_url.is_some()) && hmac {
                     return Err("public_key and jwks_url are for RS256/ES256".into());
                 }
-                if let Some(u) = &self.jwks_url
-                    && !(u.starts_with("https://") || u.starts_with("http://"))
-                {
-                    return Err("jwks_url must be an http(s) URL".into());
+                if let Some(u) = &self.jwks_url {
+                    if u.starts_with("http://") && !self.allow_insecure_jwks {
+                        return Err("jwks_url over http:// needs allow_insecure_jwks: true (the signing keys would travel unprotected)".into());
+                    }
+                    if !(u.starts_with("https://") || u.starts_with("http://")) {
+                        return Err("jwks_url must be an https URL".into());
+                    }
+                    if self.jwks_refresh.0.is_zero() {
+                        return Err("jwks_refresh must be above 0s".into());
+                    }
                 }
                 if self.path.is_some() {
                     return Err("path is for mode upstream".into());
+                }
+                if self.allow_insecure_jwks && self.jwks_url.is_none() {
+                    return Err("allow_insecure_jwks goes with jwks_url".into());
                 }
             }
             AuthMode::Upstream => {

@@ -25,7 +25,7 @@ pub use auth::{AuthConfig, AuthMode, JwtAlgorithm};
 pub use route::{
     HistoryConfig, PollConfig, QueueConfig, RouteConfig, SlowConsumer, Transport, WsConfig,
 };
-pub use value::{Addr, Dur, Upstream, interpolate};
+pub use value::{Addr, Cidr, Dur, Upstream, interpolate};
 use value::{interpolated, interpolated_opt};
 
 /// A configuration that failed to load, with where it failed.
@@ -125,15 +125,22 @@ impl Default for ProxyConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Address of `/metrics`, `/livez`, `/readyz` and `/publish`. Default `0.0.0.0:9090`.
-    /// Keep it off the public network: `/publish` is not authenticated.
+    /// Address of `/metrics`, `/livez`, `/readyz` and `/publish`. Default `0.0.0.0:9090`
+    /// (kubelet probes and Prometheus reach the pod's address). Keep it off the public
+    /// network.
     pub listen: Addr,
+    /// A bearer token `POST /publish` must carry (`Authorization: Bearer <token>`).
+    /// Write `${FANFARE_PUBLISH_TOKEN}`, never a literal; at least 16 bytes. Without
+    /// it, `/publish` answers only when `listen` is a loopback address (404 otherwise).
+    #[serde(deserialize_with = "interpolated_opt")]
+    pub publish_token: Option<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: Addr("0.0.0.0:9090".parse().expect("literal address")),
+            publish_token: None,
         }
     }
 }
@@ -226,8 +233,25 @@ pub struct LimitsConfig {
     /// Held realtime connections in total; past it, `429 too_many_connections`.
     /// Default `100000`.
     pub max_connections: usize,
-    /// Held realtime connections per client IP; past it, `429`. Default `1000`.
+    /// Held realtime connections per client IP (per /64 for IPv6); past it, `429`.
+    /// Default `1000`.
     pub max_connections_per_ip: usize,
+    /// Proxies (address ranges) whose `X-Forwarded-For` and `X-Forwarded-Proto` are
+    /// believed: the client is the right-most forwarded address that is not itself a
+    /// trusted proxy. Nobody else's forwarded headers are believed. Default: none.
+    pub trusted_proxies: Vec<Cidr>,
+    /// The longest a client may take to send a request head (and the time an idle
+    /// keep-alive connection waits for its next one); past it the connection is
+    /// closed. Default `10s`.
+    pub request_head_timeout: Dur,
+    /// Connections per client IP (per /64 for IPv6) that have not yet sent a whole
+    /// request head; past it, new connections from that address are closed at once.
+    /// Default `64`.
+    pub max_pending_per_ip: usize,
+    /// Topics (subscribed subjects, lingering ones included) one process holds; past
+    /// it, a new subject is refused (`503 too_many_topics`, WS `too_many_topics`).
+    /// Default `100000`.
+    pub max_topics: usize,
 }
 
 impl Default for LimitsConfig {
@@ -235,6 +259,10 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_connections: 100_000,
             max_connections_per_ip: 1_000,
+            trusted_proxies: Vec::new(),
+            request_head_timeout: Dur(Duration::from_secs(10)),
+            max_pending_per_ip: 64,
+            max_topics: 100_000,
         }
     }
 }
@@ -280,6 +308,17 @@ impl Config {
         if self.listen.0 == self.admin.listen.0 && self.listen.0.port() != 0 {
             return Err(Invalid::at("admin", "admin.listen must differ from listen"));
         }
+        if self
+            .admin
+            .publish_token
+            .as_ref()
+            .is_some_and(|t| t.len() < 16)
+        {
+            return Err(Invalid::at(
+                "publish_token",
+                "admin.publish_token must be at least 16 bytes",
+            ));
+        }
         if self.shutdown.grace.0.is_zero() {
             return Err(Invalid::at("grace", "shutdown.grace must be more than 0s"));
         }
@@ -289,8 +328,22 @@ impl Config {
                 "shutdown.drain must be shorter than shutdown.grace",
             ));
         }
-        if self.proxy.connect_timeout.0.is_zero() || self.proxy.read_timeout.0.is_zero() {
-            return Err(Invalid::at("proxy", "proxy timeouts must be more than 0s"));
+        for (key, d) in [
+            ("connect_timeout", self.proxy.connect_timeout),
+            ("read_timeout", self.proxy.read_timeout),
+            ("write_timeout", self.proxy.write_timeout),
+            ("idle_timeout", self.proxy.idle_timeout),
+            ("request_head_timeout", self.limits.request_head_timeout),
+        ] {
+            if d.0.is_zero() {
+                return Err(Invalid::at(key, &format!("{key} must be more than 0s")));
+            }
+        }
+        if self.limits.max_pending_per_ip == 0 || self.limits.max_topics == 0 {
+            return Err(Invalid::at(
+                "limits",
+                "limits.max_pending_per_ip and limits.max_topics must be above 0",
+            ));
         }
         if let Some(nats) = &self.nats {
             for url in nats.url.split(',') {

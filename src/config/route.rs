@@ -258,6 +258,21 @@ impl RouteConfig {
         if self.queue.messages == 0 || self.queue.bytes == 0 {
             return Err(format!("route {}: queue bounds must be above 0", self.path));
         }
+        if self.allowed_origins.iter().any(|o| o == "*") && self.auth.reads_cookies() {
+            return Err(format!(
+                "route {}: allowed_origins [\"*\"] would let any site read a signed-in user's stream (this auth reads cookies); list the origins instead",
+                self.path
+            ));
+        }
+        if self.ws.pong_timeout.0.is_zero() {
+            return Err(format!(
+                "route {}: ws.pong_timeout must be above 0s",
+                self.path
+            ));
+        }
+        if self.retry.0.is_zero() {
+            return Err(format!("route {}: retry must be above 0s", self.path));
+        }
         if self.heartbeat.0.is_zero() {
             return Err(format!("route {}: heartbeat must be above 0s", self.path));
         }

@@ -124,3 +124,20 @@ fn route_with_unknown_param_is_refused() {
     assert!(reason.contains("oid"), "{reason}");
     assert_eq!(pos.map(|p| p.0), Some(2), "{reason}");
 }
+
+#[test]
+fn cidr_ranges() {
+    let c = |s: &str| Cidr::parse(s).unwrap();
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    assert!(c("10.0.0.0/8").contains(ip("10.200.1.2")));
+    assert!(!c("10.0.0.0/8").contains(ip("11.0.0.1")));
+    assert!(c("10.1.2.3").contains(ip("10.1.2.3")));
+    assert!(!c("10.1.2.3").contains(ip("10.1.2.4")));
+    assert!(c("0.0.0.0/0").contains(ip("192.0.2.1")));
+    assert!(!c("0.0.0.0/0").contains(ip("2001:db8::1")));
+    assert!(c("fd00::/8").contains(ip("fd12::1")));
+    assert!(c("127.0.0.0/8").contains(ip("::ffff:127.0.0.1")));
+    for bad in ["10.0.0.0/33", "fd00::/129", "nope", "10.0.0.0/x"] {
+        assert!(Cidr::parse(bad).is_err(), "{bad}");
+    }
+}

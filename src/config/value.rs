@@ -90,6 +90,60 @@ impl<'de> Deserialize<'de> for Upstream {
     }
 }
 
+/// An address range, `10.0.0.0/8`, `fd00::/8`, or a single address (`/32` or `/128`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `ADDR` or `ADDR/PREFIX`.
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let err = || format!("invalid address range {s:?}: expected e.g. 10.0.0.0/8 or fd00::/8");
+        let (addr, prefix) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p.parse::<u8>().map_err(|_| err())?)),
+            None => (s.trim(), None),
+        };
+        let net: std::net::IpAddr = addr.parse().map_err(|_| err())?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(err());
+        }
+        Ok(Cidr { net, prefix })
+    }
+
+    /// Whether `ip` is in the range (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let bits = |a: IpAddr| -> u128 {
+            match a {
+                IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
+                IpAddr::V6(v) => u128::from(v),
+            }
+        };
+        if ip.is_ipv4() != self.net.is_ipv4() {
+            return false;
+        }
+        // Both sit in the top bits of a u128 (IPv4 in the top 32): compare the top
+        // `prefix` bits.
+        let shift = 128 - u32::from(self.prefix);
+        shift == 128 || (bits(ip) >> shift) == (bits(self.net) >> shift)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = interpolated(d)?;
+        Cidr::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A duration written with a unit: `500ms`, `25s`, `2m`, `1h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dur(pub Duration);

@@ -7,12 +7,14 @@
 //! process exit as soon as in-flight requests are done instead of sleeping the whole
 //! grace period.
 //!
-//! - [`proxy`]: the `ProxyHttp` pass-through; [`listener`]: the accept loop;
-//!   [`handoff`]: taking a held connection's raw stream out of pingora;
+//! - `proxy`: the `ProxyHttp` pass-through; [`listener`]: the accept loop;
+//!   `handoff`: taking a held connection's raw stream out of pingora;
 //! - [`realtime`]: match -> gate -> admit -> hand to a transport; [`route`]: a route
 //!   compiled from config; [`cors`]: the Origin policy and response heads;
+//!   [`client`]: the client's address and scheme (trusted proxies);
 //! - [`respond`]: the one refusal type and JSON writer (edge and admin).
 
+pub mod client;
 pub mod cors;
 mod handoff;
 pub mod listener;

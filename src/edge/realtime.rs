@@ -12,13 +12,14 @@ use http::StatusCode;
 use pingora::prelude::Session;
 use tokio::sync::watch;
 
-use super::cors;
+use super::client::Client;
+use super::cors::{self, OriginCheck};
 use super::handoff::take_h1_stream;
 use super::respond::Refusal;
 use super::route::Route;
 use crate::auth::{self, Admitted, Authorizer};
 use crate::broker::{Broker, BrokerError};
-use crate::config::{RouteConfig, Transport};
+use crate::config::{Cidr, RouteConfig, Transport};
 use crate::drain::Drain;
 use crate::hub::Hub;
 use crate::limits::{ConnectionLimits, Refused};
@@ -50,6 +51,8 @@ pub struct Shared {
     pub upstream_base: String,
     /// The HTTP client for auth callouts and JWKS.
     pub http: reqwest::Client,
+    /// Proxies whose forwarded headers are believed.
+    pub trusted: Vec<Cidr>,
 }
 
 /// The realtime side of the edge.
@@ -57,6 +60,7 @@ pub struct Realtime {
     routes: Vec<LiveRoute>,
     metrics: Metrics,
     limits: Arc<ConnectionLimits>,
+    trusted: Vec<Cidr>,
 }
 
 impl Realtime {
@@ -96,6 +100,7 @@ impl Realtime {
             routes,
             metrics: shared.metrics,
             limits: shared.limits,
+            trusted: shared.trusted,
         })
     }
 
@@ -128,9 +133,15 @@ impl Realtime {
         params: Result<Params, MatchError>,
     ) -> Result<(), Refusal> {
         let route = &live.route;
-        let allowed_origin = match header(session, "origin") {
-            None if route.config.allow_missing_origin => None,
-            None => {
+        let client = Client::of(session, &self.trusted);
+        let allowed_origin = match cors::check(
+            route,
+            session.req_header().headers.get("origin"),
+            header(session, "host").as_deref(),
+            client.https,
+        ) {
+            OriginCheck::Missing if route.config.allow_missing_origin => None,
+            OriginCheck::Missing => {
                 return Err(self.reject(
                     "origin_missing",
                     Refusal::new(
@@ -140,10 +151,8 @@ impl Realtime {
                     ),
                 ));
             }
-            Some(o) if cors::origin_allowed(route, &o, header(session, "host").as_deref()) => {
-                Some(o)
-            }
-            Some(_) => {
+            OriginCheck::Allowed(o) => Some(o),
+            OriginCheck::Refused => {
                 return Err(self.reject(
                     "origin_not_allowed",
                     Refusal::new(
@@ -156,7 +165,7 @@ impl Realtime {
         };
         let method = session.req_header().method.clone();
         if method == http::Method::OPTIONS {
-            return cors::preflight(session, allowed_origin.as_deref())
+            return cors::preflight(session, allowed_origin.as_ref())
                 .await
                 .map_err(Refusal::internal);
         }
@@ -178,11 +187,7 @@ impl Realtime {
                 format!("this route does not serve {transport:?}"),
             ));
         }
-        let ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(std::net::SocketAddr::ip);
-        let slot = self.limits.acquire(ip).map_err(|r| {
+        let slot = self.limits.acquire(client.ip).map_err(|r| {
             let (reason, text) = match r {
                 Refused::Total => (
                     "too_many_connections",
@@ -204,7 +209,7 @@ impl Realtime {
             .await?;
         let admitted = auth::admit(route, params, grant, &self.metrics)?;
         let ctx = live.ctx.clone();
-        let origin = allowed_origin.as_deref();
+        let origin = allowed_origin.as_ref();
         match transport {
             Transport::Ws => {
                 let accept = check_handshake(session.req_header())

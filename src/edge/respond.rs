@@ -29,8 +29,9 @@ pub enum Refusal {
     App {
         /// Its status.
         status: StatusCode,
-        /// Its `Content-Type`, if any.
-        content_type: Option<String>,
+        /// The headers of its answer that mean something to the client
+        /// ([`APP_HEADERS`]); boxed, so a `Result<_, Refusal>` stays small.
+        headers: Box<http::HeaderMap>,
         /// Its body (bounded by the caller).
         body: Bytes,
     },
@@ -66,68 +67,96 @@ impl Refusal {
         }
     }
 
-    fn parts(&self) -> (Option<&str>, Bytes) {
+    fn parts(&self) -> (http::HeaderMap, Bytes) {
         match self {
-            Refusal::Error { code, reason, .. } => (
-                Some(JSON),
-                serde_json::json!({ "error": code, "reason": reason })
-                    .to_string()
-                    .into(),
-            ),
-            Refusal::App {
-                content_type, body, ..
-            } => (content_type.as_deref(), body.clone()),
+            Refusal::Error { code, reason, .. } => {
+                let mut h = http::HeaderMap::new();
+                h.insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(JSON),
+                );
+                let body = serde_json::json!({ "error": code, "reason": reason }).to_string();
+                (h, body.into())
+            }
+            Refusal::App { headers, body, .. } => ((**headers).clone(), body.clone()),
         }
     }
 
     /// Writes the refusal through pingora, unless a response has already started.
     pub async fn write(&self, session: &mut Session) -> pingora::Result<()> {
-        let (content_type, body) = self.parts();
-        write(session, self.status(), content_type, body).await
+        let (headers, body) = self.parts();
+        write(session, self.status(), &headers, body).await
     }
 
     /// The refusal as a response (the admin listener).
     pub fn to_response(&self) -> Response<Vec<u8>> {
-        let (content_type, body) = self.parts();
-        response(self.status(), content_type, body.to_vec())
+        let (headers, body) = self.parts();
+        response(self.status(), &headers, body.to_vec())
     }
+}
+
+/// The headers of an app's refusal that go back to the client with it: what it is,
+/// where to go (a login redirect), how to authenticate, when to retry, and cookies.
+pub const APP_HEADERS: [http::HeaderName; 5] = [
+    http::header::CONTENT_TYPE,
+    http::header::LOCATION,
+    http::header::WWW_AUTHENTICATE,
+    http::header::RETRY_AFTER,
+    http::header::SET_COOKIE,
+];
+
+/// The [`APP_HEADERS`] of an app's answer.
+pub fn app_headers(from: &http::HeaderMap) -> Box<http::HeaderMap> {
+    let mut h = http::HeaderMap::new();
+    for name in APP_HEADERS {
+        for v in from.get_all(&name) {
+            h.append(name.clone(), v.clone());
+        }
+    }
+    Box::new(h)
 }
 
 const JSON: &str = "application/json";
 
 /// A JSON response that is not a refusal (admin answers: `{"ready":true}`, ...).
 pub fn json_response(status: StatusCode, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {
-    response(status, Some(JSON), body.into())
+    let mut h = http::HeaderMap::new();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(JSON),
+    );
+    response(status, &h, body.into())
 }
 
-fn response(status: StatusCode, content_type: Option<&str>, body: Vec<u8>) -> Response<Vec<u8>> {
-    let mut b = Response::builder()
-        .status(status)
-        .header("content-length", body.len())
-        .header("cache-control", "no-store");
-    if let Some(ct) = content_type.and_then(|c| http::HeaderValue::from_str(c).ok()) {
-        b = b.header("content-type", ct);
+fn response(status: StatusCode, headers: &http::HeaderMap, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut r = Response::new(Vec::new());
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    for (k, v) in headers {
+        h.append(k, v.clone());
     }
-    b.body(body).unwrap_or_else(|_| {
-        let mut r = Response::new(Vec::new());
-        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-        r
-    })
+    h.insert(http::header::CONTENT_LENGTH, body.len().into());
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    *r.body_mut() = body;
+    r
 }
 
 /// Writes a complete response with `body` through pingora, unless one has started.
 pub async fn write(
     session: &mut Session,
     status: StatusCode,
-    content_type: Option<&str>,
+    headers: &http::HeaderMap,
     body: Bytes,
 ) -> pingora::Result<()> {
     if session.response_written().is_some() {
         return Ok(());
     }
-    let mut h = ResponseHeader::build(status, Some(3))?;
-    if let Some(ct) = content_type {
-        h.insert_header("content-type", ct)?;
+    let mut h = ResponseHeader::build(status, Some(4 + headers.len()))?;
+    for (k, v) in headers {
+        h.append_header(k.clone(), v.clone())?;
     }
     h.insert_header("content-length", body.len().to_string())?;
     h.insert_header("cache-control", "no-store")?;
@@ -155,14 +184,20 @@ mod tests {
 
     #[test]
     fn app_refusals_pass_through_unchanged() {
+        let mut from = http::HeaderMap::new();
+        from.insert("content-type", "text/plain".parse().unwrap());
+        from.insert("location", "/login".parse().unwrap());
+        from.insert("x-internal", "not for the client".parse().unwrap());
         let r = Refusal::App {
-            status: StatusCode::UNAUTHORIZED,
-            content_type: Some("text/plain".into()),
+            status: StatusCode::SEE_OTHER,
+            headers: app_headers(&from),
             body: Bytes::from_static(b"log in"),
         };
         let resp = r.to_response();
-        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER);
         assert_eq!(resp.headers()["content-type"], "text/plain");
+        assert_eq!(resp.headers()["location"], "/login");
+        assert!(resp.headers().get("x-internal").is_none());
         assert_eq!(resp.body(), b"log in");
         assert_eq!(r.code(), "app");
     }

@@ -5,12 +5,17 @@
 //!   stream), created by the first client and dropped when the last one leaves (after the
 //!   route's `history.linger`, so a quick reconnect can resume); joins and leaves are
 //!   serialized by the topic map's lock, so a leave never drops a topic someone joined;
-//! - each message is turned into one shared [`Event`] (encoded once per transport) and
+//! - each message is turned into one shared [`Event`] (encoded at most once per transport,
+//!   on first use by a client of that transport) and
 //!   pushed to every client's [`ClientQueue`] without awaiting any client;
 //! - a memory topic's ring is appended in the same critical section as the pushes, so
 //!   "join, then read the ring" can neither miss nor repeat an event (the queue drops
 //!   replayed duplicates by sequence);
 //! - no lock is held across an `.await`.
+//!
+//! Files: this one is the `Hub` handle (join, resume, cursors); `topic` the registry,
+//! the subscription task and the fan-out; `event` the shared encodings; `history`
+//! cursors and the ring; [`queue`] the client queue.
 
 mod event;
 mod history;

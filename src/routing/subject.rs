@@ -274,6 +274,14 @@ pub fn is_valid_publish_subject(subject: &str) -> bool {
         })
 }
 
+/// Whether `subject` is reserved to NATS itself (`$JS.…`, `$SYS.…`, `$KV.…`, any `$`
+/// prefix) or to request-reply inboxes (`_INBOX.…`). fanfare never publishes to one on
+/// anyone's behalf, whatever a grant or `allow_publish` says: `$JS.API.STREAM.DELETE.X`
+/// deletes a stream.
+pub fn is_reserved(subject: &str) -> bool {
+    subject.starts_with('$') || subject == "_INBOX" || subject.starts_with("_INBOX.")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,6 +400,22 @@ mod tests {
                 }
                 Err(_) => prop_assert!(check_token_value("id", &v).is_err()),
             }
+        }
+    }
+
+    #[test]
+    fn reserved_subjects() {
+        for s in [
+            "$JS.API.STREAM.DELETE.ORDERS",
+            "$SYS.REQ.SERVER.PING",
+            "$KV.b.k",
+            "_INBOX.x",
+            "_INBOX",
+        ] {
+            assert!(is_reserved(s), "{s}");
+        }
+        for s in ["orders.1", "JS.x", "x.$JS", "_INBOXES.x", "inbox.x"] {
+            assert!(!is_reserved(s), "{s}");
         }
     }
 }

@@ -12,7 +12,14 @@ pub async fn echo<S>(mut ws: Box<WebSocketStream<S>>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    while let Some(Ok(msg)) = ws.next().await {
+    while let Some(msg) = ws.next().await {
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                super::ws::close_for_error(&mut ws, &e).await;
+                return;
+            }
+        };
         if let Message::Close(_) = msg {
             let _ = ws.flush().await;
             return;

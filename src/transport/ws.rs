@@ -29,7 +29,7 @@ use crate::hub::{Batch, ClientQueue, Membership};
 use crate::limits::Bucket;
 use crate::routing::subject;
 use crate::wire::protocol::{self, Code, Failure, Request};
-use crate::wire::ws::{close, switching_protocols, text_frame};
+use crate::wire::ws::{close, close_frame, switching_protocols, text_frame};
 
 /// Bytes tungstenite reads at once. Small: an idle connection keeps this buffer, and
 /// what clients send (subscribe, publish, pong) is mostly under 256 bytes; a larger
@@ -120,6 +120,29 @@ pub async fn serve<S>(
 {
     let mut session = Session::new(ws, ctx.clone(), joined, permissions);
     ctx.counted("ws", session.run()).await;
+}
+
+/// Answers a protocol error with its close frame (1002, or 1007 for invalid UTF-8)
+/// written straight to the socket, so the client sees why instead of 1006.
+/// tungstenite does not send one itself, and its state after a read error refuses
+/// further sends.
+pub(super) async fn close_for_error<S>(ws: &mut WebSocketStream<S>, e: &WsError)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = match e {
+        WsError::Utf8(_) => close_frame(close::INVALID_DATA, "invalid UTF-8"),
+        WsError::Protocol(p) => close_frame(close::PROTOCOL, &p.to_string()),
+        _ => return,
+    };
+    let socket = ws.get_mut();
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if socket.write_all(&frame).await.is_ok() {
+            let _ = socket.flush().await;
+            let _ = socket.shutdown().await;
+        }
+    })
+    .await;
 }
 
 /// One client's session.
@@ -296,10 +319,8 @@ where
             }
             WsError::ConnectionClosed | WsError::AlreadyClosed => Outcome::ClientClosed,
             WsError::Io(_) => Outcome::ClientClosed,
-            // Protocol errors (bad framing, unmasked frames, invalid UTF-8, ...): tungstenite
-            // has already queued the matching close frame; send it.
-            _ => {
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.flush()).await;
+            e => {
+                close_for_error(&mut self.ws, &e).await;
                 Outcome::WriteError
             }
         }
@@ -417,11 +438,12 @@ where
                         "publish needs a subject without wildcards",
                     ));
                 }
-                if !self
-                    .permissions
-                    .publish
-                    .iter()
-                    .any(|p| subject::matches(p, &subject))
+                if subject::is_reserved(&subject)
+                    || !self
+                        .permissions
+                        .publish
+                        .iter()
+                        .any(|p| subject::matches(p, &subject))
                 {
                     return Err(self.forbidden("publish to"));
                 }

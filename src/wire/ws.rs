@@ -10,6 +10,11 @@ use http::StatusCode;
 
 /// Close codes fanfare sends (1xxx from RFC 6455, 4xxx fanfare's own).
 pub mod close {
+    /// The client broke the protocol (bad framing, unmasked frame, RSV bits, a
+    /// fragmented or oversized control frame, a stray continuation).
+    pub const PROTOCOL: u16 = 1002;
+    /// A text message that is not valid UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// Policy violation (authorization).
     pub const POLICY: u16 = 1008;
     /// A message over `ws.max_message`.
@@ -140,6 +145,22 @@ pub fn text_frame(payload: &[u8]) -> Bytes {
     b.freeze()
 }
 
+/// An unmasked server close frame with `code` and a short `reason` (at most 123 bytes,
+/// the control-frame limit; longer is cut at a character boundary).
+pub fn close_frame(code: u16, reason: &str) -> Bytes {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let reason = &reason.as_bytes()[..end];
+    let mut b = BytesMut::with_capacity(4 + reason.len());
+    b.put_u8(0x88);
+    b.put_u8(u8::try_from(2 + reason.len()).unwrap_or(125));
+    b.put_u16(code);
+    b.put_slice(reason);
+    b.freeze()
+}
+
 /// The payload of a frame made by [`text_frame`], without a copy.
 pub fn frame_payload(frame: &Bytes) -> Bytes {
     let header = match frame.get(1).map(|b| b & 0x7f) {
@@ -227,6 +248,25 @@ mod tests {
             assert_eq!(f.len(), n + header_len(n), "{n}");
             assert_eq!(frame_payload(&f).len(), n, "{n}");
         }
+    }
+
+    #[test]
+    fn close_frames() {
+        assert_eq!(
+            &close_frame(1002, "bad")[..],
+            &[0x88, 5, 0x03, 0xea, b'b', b'a', b'd']
+        );
+        let long = "é".repeat(100);
+        let f = close_frame(1007, &long);
+        assert!(
+            f.len() <= 127,
+            "a control frame payload is at most 125 bytes"
+        );
+        assert_eq!(usize::from(f[1]), f.len() - 2);
+        assert!(
+            std::str::from_utf8(&f[4..]).is_ok(),
+            "cut at a character boundary"
+        );
     }
 
     #[test]

@@ -55,6 +55,13 @@ impl StubApp {
             .route("/stream", get(stream))
             .route("/auth", get(auth))
             .route("/jwks", get(jwks))
+            .route("/login", get(|| async { "the login page" }))
+            .route("/auth-redirect", get(auth_redirect))
+            .route(
+                "/jwks-redirect",
+                get(|| async { axum::response::Redirect::temporary("/jwks") }),
+            )
+            .route("/auth-huge-expiry", get(auth_huge_expiry))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -148,6 +155,32 @@ async fn auth(State(s): State<AppState>, h: HeaderMap) -> axum::response::Respon
         )
             .into_response()
     }
+}
+
+/// Like many web apps: an anonymous user is sent to the login page (302 -> /login,
+/// which answers 200); `session=alice` is granted orders.1.
+async fn auth_redirect(State(s): State<AppState>, h: HeaderMap) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    *s.auth_calls.lock().unwrap() += 1;
+    let cookie = h.get("cookie").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if cookie.contains("session=alice") {
+        ([("fanfare-subscribe", "orders.1")], "ok").into_response()
+    } else {
+        axum::response::Redirect::to("/login").into_response()
+    }
+}
+
+/// Grants orders.1 with an expiry no clock can reach (u64::MAX seconds).
+async fn auth_huge_expiry() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [
+            ("fanfare-subscribe", "orders.1"),
+            ("fanfare-expires", "18446744073709551615"),
+        ],
+        "ok",
+    )
+        .into_response()
 }
 
 async fn jwks(State(s): State<AppState>) -> ([(&'static str, &'static str); 1], String) {
