@@ -295,6 +295,9 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
     let mut proxy = pingora::proxy::http_proxy(&server_conf, edge);
     let mut options = HttpServerOptions::default();
     options.h2c = config.proxy.h2c;
+    // An h2c connection with no stream open is closed after this long (its "head"
+    // deadline covers only the preface).
+    options.h2_idle_timeout = Some(config.proxy.idle_timeout.0);
     proxy.server_options = Some(options);
     let proxy = Arc::new(proxy);
 
@@ -305,17 +308,24 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
         publish: admin::publish::Access::new(admin_addr, config.admin.publish_token.as_deref()),
     }));
 
+    let head = edge::listener::HeadPolicy {
+        timeout: config.limits.request_head_timeout.0,
+        limits: limits.clone(),
+        h2c: config.proxy.h2c,
+    };
     tokio::spawn(edge::listener::serve(
         edge_listener,
         proxy,
         stop_edge_rx.clone(),
         stop_edge_rx,
+        Some(head),
     ));
     tokio::spawn(edge::listener::serve(
         admin_listener,
         admin,
         stop_admin_rx.clone(),
         stop_admin_rx,
+        None,
     ));
     readiness.edge_listening.store(true, Ordering::Release);
     tracing::info!(edge = %edge_addr, admin = %admin_addr, upstream = %config.upstream, "fanfare listening");

@@ -543,3 +543,127 @@ async fn forwarded_for_counts_only_behind_a_trusted_proxy() {
         );
     }
 }
+
+// === 6: slow handshakes ===
+
+/// Reads until the server closes the connection; panics if it stays open past the
+/// deadline.
+async fn wait_closed(s: &mut tokio::net::TcpStream) {
+    let mut b = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(DEADLINE, s.read(&mut b)).await {
+            Ok(Ok(0) | Err(_)) => return,
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("the connection is still open after {DEADLINE:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_heads_have_a_deadline() {
+    let app = StubApp::start().await;
+    let yaml = base_yaml(&app.url(), None).replace(
+        "shutdown:",
+        "limits: { request_head_timeout: 400ms }\nshutdown:",
+    );
+    let ff = start_fanfare(&yaml).await;
+    // An idle socket (h2c is on by default: fanfare would wait for a preface).
+    let started = std::time::Instant::now();
+    let mut idle = tokio::net::TcpStream::connect(ff.edge_addr).await.unwrap();
+    wait_closed(&mut idle).await;
+    // A head sent one line at a time, each well within the deadline but never done.
+    let mut drip = tokio::net::TcpStream::connect(ff.edge_addr).await.unwrap();
+    drip.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let dripping = tokio::spawn(async move {
+        let mut pace = tokio::time::interval(std::time::Duration::from_millis(100));
+        for i in 0..200 {
+            pace.tick().await;
+            if drip
+                .write_all(format!("X-Slow-{i}: 1\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return drip;
+            }
+        }
+        drip
+    });
+    let mut drip = dripping.await.unwrap();
+    wait_closed(&mut drip).await;
+    assert!(
+        started.elapsed() < DEADLINE,
+        "both closed well before the test deadline"
+    );
+    // A whole request is served, and the connection is reused for a second one.
+    let mut ok = tokio::net::TcpStream::connect(ff.edge_addr).await.unwrap();
+    for _ in 0..2 {
+        ok.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut b = [0u8; 1024];
+        while !String::from_utf8_lossy(&got).contains("hello from the app") {
+            let n = tokio::time::timeout(DEADLINE, ok.read(&mut b))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed while a request was answered");
+            got.extend_from_slice(&b[..n]);
+        }
+    }
+    // Then, idle between requests, it is closed too.
+    wait_closed(&mut ok).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_a_head_are_capped_per_address() {
+    let app = StubApp::start().await;
+    let yaml = base_yaml(&app.url(), None)
+        .replace("shutdown:", "limits: { max_pending_per_ip: 3 }\nshutdown:");
+    let ff = start_fanfare(&yaml).await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(tokio::net::TcpStream::connect(ff.edge_addr).await.unwrap());
+    }
+    // A fourth is closed before it is answered. (fanfare counts connections in the
+    // order it accepts them, so the three above are counted first.)
+    let mut fourth = tokio::net::TcpStream::connect(ff.edge_addr).await.unwrap();
+    let _ = fourth.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut b = [0u8; 64];
+    let answered = match tokio::time::timeout(DEADLINE, fourth.read(&mut b)).await {
+        Ok(Ok(n)) => n,
+        Ok(Err(_)) => 0,
+        Err(_) => panic!("the fourth connection was neither answered nor closed"),
+    };
+    assert_eq!(
+        answered,
+        0,
+        "the fourth connection was served: {:?}",
+        String::from_utf8_lossy(&b)
+    );
+    wait_closed(&mut fourth).await;
+    // The three held ones are still open: one finishes its head and is answered.
+    idle[0]
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut b = [0u8; 256];
+    let n = tokio::time::timeout(DEADLINE, idle[0].read(&mut b))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&b[..n]).starts_with("HTTP/1.1 200"));
+    // Once it has, its place is free again.
+    let mut again = tokio::net::TcpStream::connect(ff.edge_addr).await.unwrap();
+    again
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(DEADLINE, again.read(&mut b))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&b[..n]).starts_with("HTTP/1.1 200"));
+}

@@ -111,6 +111,24 @@ impl ProxyHttp for Edge {
         }
     }
 
+    async fn early_request_filter(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        super::listener::head_seen();
+        Ok(())
+    }
+
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+    ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        super::listener::head_awaited();
+        None
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         if self.realtime.handle(session).await? {
             return Ok(true);
