@@ -269,7 +269,7 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
     let stop_edge_rx = drain_control.subscribe();
     let (stop_admin, stop_admin_rx) = watch::channel(false);
     let limits = ConnectionLimits::new(&config.limits);
-    let hub = Hub::new(broker.clone(), metrics.clone());
+    let hub = Hub::new(broker.clone(), metrics.clone(), config.limits.max_topics);
     let http = http_client().map_err(|e| StartError::Routes(format!("http client: {e}")))?;
     let realtime = Realtime::new(
         config.routes,

@@ -210,6 +210,7 @@ impl Metrics {
             "too_many_subscriptions",
             "message_too_big",
             "reserved_subject",
+            "too_many_topics",
         ] {
             m.rejected.with_label_values(&[reason]);
         }

@@ -667,3 +667,91 @@ async fn connections_without_a_head_are_capped_per_address() {
         .unwrap();
     assert!(String::from_utf8_lossy(&b[..n]).starts_with("HTTP/1.1 200"));
 }
+
+// === 5: subscription churn ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_churn_is_rate_limited_per_connection() {
+    let yaml = base_yaml("http://127.0.0.1:1", None)
+        + "routes:\n  - path: /ws\n    transports: [ws]\n    allow_subscribe: [\"t.*\"]\n    auth: { mode: none }\n    ws: { subscribe_rate: 5, subscribe_burst: 10 }\n";
+    let ff = start_fanfare(&yaml).await;
+    let mut ws = ws_connect(ff.edge_addr, "/ws").await;
+    let started = std::time::Instant::now();
+    let mut limited = 0u32;
+    for i in 0..100 {
+        let kind = if i % 2 == 0 {
+            "subscribe"
+        } else {
+            "unsubscribe"
+        };
+        ws_send(&mut ws, json!({"type":kind,"subject":"t.1","ref":i})).await;
+        if ws_json(&mut ws).await["code"] == "rate_limited" {
+            limited += 1;
+        }
+    }
+    // The bucket allows its burst plus what refilled while the test ran.
+    let allowed = 100 - limited;
+    let refill = (5.0 * started.elapsed().as_secs_f64()).ceil() as u32;
+    assert!(
+        allowed <= 10 + refill,
+        "{allowed} of 100 went through in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        metric(
+            ff.admin_addr,
+            "fanfare_rejected_total{reason=\"rate_limited\"}"
+        )
+        .await
+            == Some(f64::from(limited))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_per_process_are_capped_lingering_ones_included() {
+    let yaml = base_yaml("http://127.0.0.1:1", None)
+        .replace("shutdown:", "limits: { max_topics: 3 }\nshutdown:")
+        + "routes:\n  - path: /ws\n    transports: [ws]\n    allow_subscribe: [\"t.*\"]\n    auth: { mode: none }\n    history: { linger: 1h }\n"
+        + "  - path: /s/{id}\n    subjects: [\"t.{id}\"]\n    auth: { mode: none }\n    history: { linger: 1h }\n";
+    let ff = start_fanfare(&yaml).await;
+    let mut ws = ws_connect(ff.edge_addr, "/ws").await;
+    for i in 1..=3 {
+        ws_send(
+            &mut ws,
+            json!({"type":"subscribe","subject":format!("t.{i}")}),
+        )
+        .await;
+        assert_eq!(ws_json(&mut ws).await["type"], "ack", "t.{i}");
+        ws_send(
+            &mut ws,
+            json!({"type":"unsubscribe","subject":format!("t.{i}")}),
+        )
+        .await;
+        assert_eq!(ws_json(&mut ws).await["type"], "ack", "t.{i}");
+    }
+    // Three topics linger; a fourth subject is refused, an existing one is fine.
+    ws_send(&mut ws, json!({"type":"subscribe","subject":"t.4"})).await;
+    let r = ws_json(&mut ws).await;
+    assert_eq!(r["code"], "too_many_topics", "{r}");
+    ws_send(&mut ws, json!({"type":"subscribe","subject":"t.2"})).await;
+    assert_eq!(ws_json(&mut ws).await["type"], "ack");
+    // An SSE client on a new subject is refused with a clear status; on an existing
+    // one it is served.
+    let (status, _, body) = get_raw(&format!("http://{}/s/9", ff.edge_addr), &[]).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("too_many_topics"), "{body}");
+    assert_eq!(
+        get_raw(&format!("http://{}/s/3", ff.edge_addr), &[])
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        metric(
+            ff.admin_addr,
+            "fanfare_rejected_total{reason=\"too_many_topics\"}"
+        )
+        .await,
+        Some(2.0)
+    );
+}

@@ -97,6 +97,11 @@ pub struct WsConfig {
     pub publish_rate: u32,
     /// Publishes one connection may burst above the rate. Default `40`.
     pub publish_burst: u32,
+    /// Run-time subscribes and unsubscribes per second one connection may make (token
+    /// bucket); past it, `rate_limited`. Default `10`.
+    pub subscribe_rate: u32,
+    /// Subscribes and unsubscribes one connection may burst above the rate. Default `20`.
+    pub subscribe_burst: u32,
     /// Diagnostic only: echo every frame back instead of speaking fanfare's protocol
     /// (for the Autobahn conformance suite). Default `false`.
     pub echo: bool,
@@ -112,6 +117,8 @@ impl Default for WsConfig {
             max_subscriptions: 100,
             publish_rate: 20,
             publish_burst: 40,
+            subscribe_rate: 10,
+            subscribe_burst: 20,
             echo: false,
         }
     }

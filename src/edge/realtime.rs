@@ -21,7 +21,7 @@ use crate::auth::{self, Admitted, Authorizer};
 use crate::broker::{Broker, BrokerError};
 use crate::config::{Cidr, RouteConfig, Transport};
 use crate::drain::Drain;
-use crate::hub::Hub;
+use crate::hub::{Hub, JoinError};
 use crate::limits::{ConnectionLimits, Refused};
 use crate::metrics::Metrics;
 use crate::routing::path::{MatchError, Params, query_param};
@@ -300,7 +300,20 @@ async fn join(
 ) -> Result<Joined, Refusal> {
     ctx.join(&admitted.subjects, cursor)
         .await
-        .map_err(|e| unavailable(&e))
+        .map_err(|e| match e {
+            JoinError::Broker(e) => unavailable(&e),
+            JoinError::TooManyTopics(_) => {
+                ctx.metrics
+                    .rejected
+                    .with_label_values(&["too_many_topics"])
+                    .inc();
+                Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too_many_topics",
+                    e.to_string(),
+                )
+            }
+        })
 }
 
 fn unavailable(e: &BrokerError) -> Refusal {

@@ -37,6 +37,17 @@ use crate::metrics::Metrics;
 use history::to_base36;
 use topic::Inner;
 
+/// Why a client could not join a topic.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The broker refused or is unreachable.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The process holds `limits.max_topics` topics already (lingering ones included).
+    #[error("fanfare holds its maximum of {0} subjects")]
+    TooManyTopics(usize),
+}
+
 /// The hub. Cloning shares it.
 #[derive(Clone)]
 pub struct Hub {
@@ -60,13 +71,15 @@ impl Drop for Membership {
 
 impl Hub {
     /// A hub on `broker`.
-    pub fn new(broker: Broker, metrics: Metrics) -> Hub {
+    /// `max_topics` bounds the topics (subscribed subjects, lingering ones included) it
+    /// holds at once.
+    pub fn new(broker: Broker, metrics: Metrics, max_topics: usize) -> Hub {
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         Hub {
-            inner: Arc::new(Inner::new(broker, metrics, to_base36(started))),
+            inner: Arc::new(Inner::new(broker, metrics, to_base36(started), max_topics)),
         }
     }
 
@@ -108,7 +121,7 @@ impl Hub {
         subject: &str,
         client: u64,
         queue: Arc<ClientQueue>,
-    ) -> Result<Membership, BrokerError> {
+    ) -> Result<Membership, JoinError> {
         self.join_spec(&TopicSpec::live(subject), client, queue)
             .await
     }
@@ -120,10 +133,13 @@ impl Hub {
         spec: &TopicSpec,
         client: u64,
         queue: Arc<ClientQueue>,
-    ) -> Result<Membership, BrokerError> {
+    ) -> Result<Membership, JoinError> {
         let key = spec.key();
         let mut ready = {
             let mut topics = self.inner.topics();
+            if !topics.contains_key(&key) && topics.len() >= self.inner.max_topics {
+                return Err(JoinError::TooManyTopics(self.inner.max_topics));
+            }
             let topic = topics
                 .entry(key.clone())
                 .or_insert_with(|| Inner::open(&self.inner, spec.clone()));
@@ -145,7 +161,7 @@ impl Hub {
             .unwrap_or_else(|_| Some(Err("subscription task ended".into())));
         match outcome {
             Some(Ok(())) => Ok(membership),
-            Some(Err(e)) => Err(BrokerError::Nats(e)),
+            Some(Err(e)) => Err(BrokerError::Nats(e).into()),
             None => unreachable!("wait_for returned before a value was set"),
         }
     }
@@ -235,7 +251,10 @@ mod tests {
     fn hub() -> (Hub, MemoryBroker) {
         let broker = MemoryBroker::new();
         let metrics = Metrics::new(prometheus::Registry::new()).unwrap();
-        (Hub::new(Broker::Memory(broker.clone()), metrics), broker)
+        (
+            Hub::new(Broker::Memory(broker.clone()), metrics, 100),
+            broker,
+        )
     }
 
     fn queue() -> Arc<ClientQueue> {

@@ -94,6 +94,7 @@ impl Topic {
 }
 
 pub(super) struct Inner {
+    pub(super) max_topics: usize,
     pub(super) broker: Broker,
     pub(super) metrics: Metrics,
     pub(super) epoch: String,
@@ -103,8 +104,9 @@ pub(super) struct Inner {
 }
 
 impl Inner {
-    pub(super) fn new(broker: Broker, metrics: Metrics, epoch: String) -> Inner {
+    pub(super) fn new(broker: Broker, metrics: Metrics, epoch: String, max_topics: usize) -> Inner {
         Inner {
+            max_topics,
             broker,
             metrics,
             epoch,

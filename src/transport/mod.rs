@@ -15,10 +15,9 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::broker::BrokerError;
 use crate::config::{PollConfig, WsConfig};
 use crate::drain::Drain;
-use crate::hub::{Bound, ClientQueue, Hub, Membership, Policy, TopicSpec};
+use crate::hub::{Bound, ClientQueue, Hub, JoinError, Membership, Policy, TopicSpec};
 use crate::metrics::Metrics;
 
 /// What every session of one route shares.
@@ -74,7 +73,7 @@ impl RouteContext {
         &self,
         subjects: &[String],
         cursor: Option<&str>,
-    ) -> Result<Joined, BrokerError> {
+    ) -> Result<Joined, JoinError> {
         let queue = Arc::new(ClientQueue::new(self.bound, self.policy));
         let client = self.hub.client_id();
         let mut memberships = Vec::with_capacity(subjects.len());

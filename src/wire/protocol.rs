@@ -36,6 +36,8 @@ pub enum Code {
     BinaryNotSupported,
     /// Too many requests (reserved for the quota issue).
     RateLimited,
+    /// fanfare holds `limits.max_topics` subjects already.
+    TooManyTopics,
     /// The broker is not reachable right now.
     Unavailable,
 }
@@ -51,6 +53,7 @@ impl Code {
             Code::NotSubscribed => "not_subscribed",
             Code::BinaryNotSupported => "binary_not_supported",
             Code::RateLimited => "rate_limited",
+            Code::TooManyTopics => "too_many_topics",
             Code::Unavailable => "unavailable",
         }
     }
