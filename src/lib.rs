@@ -16,10 +16,12 @@
 //! src/broker/                     mod (Broker), message, nats (async-nats, JetStream), memory
 //! src/auth/                       mod (Authorizer), grant, credential, admit, jwt, upstream
 //! src/transport/                  per-client sessions only: mod (RouteContext, join, Outcome),
-//!                                 sse, ws, poll, echo
-//! src/edge/                       the pingora side: proxy, listener, handoff, realtime (match ->
-//!                                 gate -> admit -> transport), route, cors, respond (THE one
-//!                                 refusal type and JSON writer)
+//!                                 sse, ws (session), ws_socket (buffers, 101, error closes),
+//!                                 poll, echo
+//! src/edge/                       the pingora side: proxy, listener (accept loop, head deadline),
+//!                                 handoff, realtime (match -> gate -> admit -> transport), route,
+//!                                 client (trusted proxies), cors, respond (THE one refusal type
+//!                                 and JSON writer)
 //! src/admin/                      mod (probes, /metrics), publish
 //! src/{drain,limits,metrics,logging}.rs   control
 //! bench/fanfare-bench/            the load tool (a workspace member); bench/*.sh comparisons
@@ -29,8 +31,8 @@
 //! ```
 //! Rules (checked by `tests/layout.rs`): `wire/` and `routing/` import nothing of fanfare
 //! but each other; `hub/` never imports `transport/`, `edge/` or `admin/`; `transport/`
-//! never imports `edge/`; no import circle between any two files (a `mod.rs` may use its
-//! children, a child never its `mod.rs`); no file under `src/` above 500 lines.
+//! never imports `edge/`; no import circle between any two files (a `mod.rs` and its children
+//! import in one direction only); no file under `src/` above 500 lines.
 
 pub mod admin;
 pub mod auth;

@@ -16,7 +16,7 @@ where
         let msg = match msg {
             Ok(m) => m,
             Err(e) => {
-                super::ws::close_for_error(&mut ws, &e).await;
+                super::ws_socket::close_for_error(&mut ws, &e).await;
                 return;
             }
         };

@@ -9,6 +9,7 @@ pub mod echo;
 pub mod poll;
 pub mod sse;
 pub mod ws;
+mod ws_socket;
 
 use std::pin::Pin;
 use std::sync::Arc;

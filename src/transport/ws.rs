@@ -11,51 +11,26 @@
 //! while a raw write is under way nothing else touches the socket.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+pub use super::ws_socket::accept;
+use super::ws_socket::{CLOSE_TIMEOUT, assemble, close_for_error};
 use super::{Joined, Outcome, RouteContext};
 use crate::auth::Permissions;
 use crate::broker::Message as BrokerMessage;
-use crate::config::WsConfig;
-use crate::hub::{Batch, ClientQueue, JoinError, Membership};
+use crate::hub::{ClientQueue, JoinError, Membership};
 use crate::limits::Bucket;
 use crate::routing::subject;
 use crate::wire::protocol::{self, Code, Failure, Request};
-use crate::wire::ws::{close, close_frame, switching_protocols, text_frame};
-
-/// Bytes tungstenite reads at once. Small: an idle connection keeps this buffer, and
-/// what clients send (subscribe, publish, pong) is mostly under 256 bytes; a larger
-/// frame grows the buffer to its size (up to `ws.max_message`).
-const READ_BUFFER: usize = 256;
-/// How long a closing handshake may take before the socket is dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// A batch's frames in one buffer: resets first, then the events. A lone event's
-/// shared frame is written as is, without a copy (the common case at a steady rate).
-fn assemble(batch: &Batch) -> Bytes {
-    if batch.events.len() == 1 && batch.reset.is_none() && batch.dropped == 0 {
-        return batch.events[0].ws_frame().clone();
-    }
-    let mut buf = BytesMut::new();
-    if let Some(reason) = batch.reset {
-        buf.put_slice(&text_frame(protocol::reset_reason(reason).as_bytes()));
-    }
-    if batch.dropped > 0 {
-        buf.put_slice(&text_frame(protocol::reset(batch.dropped).as_bytes()));
-    }
-    for e in &batch.events {
-        buf.put_slice(e.ws_frame());
-    }
-    buf.freeze()
-}
+use crate::wire::ws::close;
 
 /// A connection's subscriptions: a few at most (`ws.max_subscriptions`), so a vector
 /// (one small allocation) beats a hash map (a bucket array) for every held connection.
@@ -80,35 +55,6 @@ impl Subscriptions {
     }
 }
 
-pub(super) fn ws_config(max_message: usize) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
-        .max_message_size(Some(max_message))
-        .max_frame_size(Some(max_message))
-}
-
-/// Writes the `101` on a socket taken out of pingora and wraps it; `None` when the
-/// client is already gone.
-pub async fn accept<S>(
-    mut stream: S,
-    accept_key: &str,
-    config: &WsConfig,
-) -> Option<Box<WebSocketStream<S>>>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    stream
-        .write_all(&switching_protocols(accept_key))
-        .await
-        .ok()?;
-    stream.flush().await.ok()?;
-    Some(Box::new(
-        WebSocketStream::from_raw_socket(stream, Role::Server, Some(ws_config(config.max_message)))
-            .await,
-    ))
-}
-
 /// Runs a client's connection after its `101`: counted in the connection metrics.
 pub async fn serve<S>(
     ws: Box<WebSocketStream<S>>,
@@ -120,29 +66,6 @@ pub async fn serve<S>(
 {
     let mut session = Session::new(ws, ctx.clone(), joined, permissions);
     ctx.counted("ws", session.run()).await;
-}
-
-/// Answers a protocol error with its close frame (1002, or 1007 for invalid UTF-8)
-/// written straight to the socket, so the client sees why instead of 1006.
-/// tungstenite does not send one itself, and its state after a read error refuses
-/// further sends.
-pub(super) async fn close_for_error<S>(ws: &mut WebSocketStream<S>, e: &WsError)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let frame = match e {
-        WsError::Utf8(_) => close_frame(close::INVALID_DATA, "invalid UTF-8"),
-        WsError::Protocol(p) => close_frame(close::PROTOCOL, &p.to_string()),
-        _ => return,
-    };
-    let socket = ws.get_mut();
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        if socket.write_all(&frame).await.is_ok() {
-            let _ = socket.flush().await;
-            let _ = socket.shutdown().await;
-        }
-    })
-    .await;
 }
 
 /// One client's session.

@@ -1,0 +1,93 @@
+//! The WebSocket socket side: tungstenite's buffers, the `101` and wrapping, a batch
+//! of pre-encoded frames, and the close frame that answers a protocol error.
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::config::WsConfig;
+use crate::hub::Batch;
+use crate::wire::protocol;
+use crate::wire::ws::{close, close_frame, switching_protocols, text_frame};
+
+/// Bytes tungstenite reads at once. Small: an idle connection keeps this buffer, and
+/// what clients send (subscribe, publish, pong) is mostly under 256 bytes; a larger
+/// frame grows the buffer to its size (up to `ws.max_message`).
+const READ_BUFFER: usize = 256;
+/// How long a closing handshake may take before the socket is dropped.
+pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A batch's frames in one buffer: resets first, then the events. A lone event's
+/// shared frame is written as is, without a copy (the common case at a steady rate).
+pub(super) fn assemble(batch: &Batch) -> Bytes {
+    if batch.events.len() == 1 && batch.reset.is_none() && batch.dropped == 0 {
+        return batch.events[0].ws_frame().clone();
+    }
+    let mut buf = BytesMut::new();
+    if let Some(reason) = batch.reset {
+        buf.put_slice(&text_frame(protocol::reset_reason(reason).as_bytes()));
+    }
+    if batch.dropped > 0 {
+        buf.put_slice(&text_frame(protocol::reset(batch.dropped).as_bytes()));
+    }
+    for e in &batch.events {
+        buf.put_slice(e.ws_frame());
+    }
+    buf.freeze()
+}
+
+fn ws_config(max_message: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+}
+
+/// Writes the `101` on a socket taken out of pingora and wraps it; `None` when the
+/// client is already gone.
+pub async fn accept<S>(
+    mut stream: S,
+    accept_key: &str,
+    config: &WsConfig,
+) -> Option<Box<WebSocketStream<S>>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    stream
+        .write_all(&switching_protocols(accept_key))
+        .await
+        .ok()?;
+    stream.flush().await.ok()?;
+    Some(Box::new(
+        WebSocketStream::from_raw_socket(stream, Role::Server, Some(ws_config(config.max_message)))
+            .await,
+    ))
+}
+
+/// Answers a protocol error with its close frame (1002, or 1007 for invalid UTF-8)
+/// written straight to the socket, so the client sees why instead of 1006.
+/// tungstenite does not send one itself, and its state after a read error refuses
+/// further sends.
+pub(super) async fn close_for_error<S>(ws: &mut WebSocketStream<S>, e: &WsError)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = match e {
+        WsError::Utf8(_) => close_frame(close::INVALID_DATA, "invalid UTF-8"),
+        WsError::Protocol(p) => close_frame(close::PROTOCOL, &p.to_string()),
+        _ => return,
+    };
+    let socket = ws.get_mut();
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if socket.write_all(&frame).await.is_ok() {
+            let _ = socket.flush().await;
+            let _ = socket.shutdown().await;
+        }
+    })
+    .await;
+}
