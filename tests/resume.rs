@@ -59,7 +59,8 @@ async fn sse(edge: SocketAddr, path: &str, last_id: Option<&str>) -> SseReader<r
         req = req.header("last-event-id", id);
     }
     let r = req.send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    let status = r.status();
+    assert_eq!(status, 200, "{}", r.text().await.unwrap_or_default());
     SseReader::new(r)
 }
 
@@ -360,4 +361,58 @@ async fn long_poll_cursor_continuity_over_many_polls_and_two_instances() {
         "no loss, no duplicate across instances"
     );
     assert!(polls >= 50, "{polls} polls (3 messages at most per poll)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_does_not_fit_is_a_reset_not_a_flood() {
+    let nats = NatsServer::start_jetstream().await;
+    let js = create_stream(&nats, "BIG", -1).await;
+    // The queue holds 1 MiB (the default); /big also caps replays at 100 KB.
+    let routes = "
+routes:
+  - path: /big/{id}
+    subjects: [\"orders.{id}\"]
+    auth: { mode: none }
+    history: { jetstream: BIG, linger: 0s, max_replay_bytes: 100000 }
+  - path: /fits/{id}
+    subjects: [\"orders.{id}\"]
+    auth: { mode: none }
+    history: { jetstream: BIG, linger: 0s, max_replay_bytes: 10000000 }
+";
+    let ff = start_fanfare(&(base_yaml("http://127.0.0.1:1", Some(&nats.url())) + routes)).await;
+    let big = "x".repeat(30_000);
+    for n in 0..40 {
+        js_publish(&js, "orders.1", json!({"n": n, "pad": big}).to_string()).await;
+    }
+    for n in 0..5 {
+        js_publish(&js, "orders.2", json!({"n": n, "pad": big}).to_string()).await;
+    }
+    for n in 0..25 {
+        js_publish(&js, "orders.3", json!({"n": n, "pad": big}).to_string()).await;
+    }
+    // 40 x 30 KB: over /big's 100 KB and over the client's 1 MiB queue.
+    for path in ["/big/1", "/fits/1"] {
+        let mut s = sse(ff.edge_addr, path, Some("0")).await;
+        let (_, event, data) = s.next_event().await.unwrap();
+        assert_eq!(event, "fanfare.reset", "{path}");
+        assert!(data.contains("too_much_to_replay"), "{path}: {data}");
+    }
+    // 5 x 30 KB fits both: replayed in order.
+    let mut s = sse(ff.edge_addr, "/fits/2", Some("0")).await;
+    for n in 0..5 {
+        let (_, event, data) = s.next_event().await.unwrap();
+        assert_eq!(event, "message");
+        assert_eq!(n_of(&data), n);
+    }
+    // 25 x 30 KB fits the queue but not one 256 KiB fetch: replayed across batches.
+    let mut s = sse(ff.edge_addr, "/fits/3", Some("0")).await;
+    for n in 0..25 {
+        let (_, event, data) = s.next_event().await.unwrap();
+        assert_eq!(event, "message");
+        assert_eq!(n_of(&data), n);
+    }
+    // Over the route's byte cap but within the queue: still a reset.
+    let mut s = sse(ff.edge_addr, "/big/2", Some("0")).await;
+    let (_, event, _) = s.next_event().await.unwrap();
+    assert_eq!(event, "fanfare.reset");
 }

@@ -117,9 +117,10 @@ impl Broker {
         subject: &str,
         after: u64,
         max: usize,
+        max_bytes: usize,
     ) -> Result<Replay, BrokerError> {
         match self {
-            Broker::Nats(n) => n.replay(stream, subject, after, max).await,
+            Broker::Nats(n) => n.replay(stream, subject, after, max, max_bytes).await,
             Broker::Memory(_) => Err(BrokerError::Nats("JetStream needs nats.url".into())),
         }
     }

@@ -15,7 +15,17 @@ use crate::metrics::Metrics;
 pub struct NatsBroker {
     client: async_nats::Client,
     connected: watch::Receiver<bool>,
+    /// Bounds the JetStream replays running at once (`nats.max_concurrent_replays`).
+    replays: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// Messages fetched per JetStream pull while replaying.
+const REPLAY_BATCH: usize = 256;
+/// Bytes fetched per JetStream pull while replaying.
+const REPLAY_BATCH_BYTES: usize = 256 * 1024;
+/// What a replayed message counts against the byte budget besides its payload (the
+/// same overhead the hub charges a queued event).
+pub const REPLAY_OVERHEAD: usize = 64;
 
 /// `nats://user:pass@host:4222` → `nats://host:4222`, for logs.
 pub fn redact_url(url: &str) -> String {
@@ -72,6 +82,9 @@ impl NatsBroker {
         Ok(NatsBroker {
             client,
             connected: rx,
+            replays: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                config.max_concurrent_replays,
+            )),
         })
     }
 
@@ -149,9 +162,16 @@ impl NatsBroker {
         subject: &str,
         after: u64,
         max: usize,
+        max_bytes: usize,
     ) -> Result<Replay, BrokerError> {
         use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
         use futures::StreamExt;
+        // Waits its turn: at most `nats.max_concurrent_replays` run at once.
+        let _turn = self
+            .replays
+            .acquire()
+            .await
+            .map_err(|e| BrokerError::Nats(e.to_string()))?;
         let s = self.stream(stream).await?;
         let state = s
             .get_info()
@@ -189,28 +209,62 @@ impl NatsBroker {
             let _ = s.delete_consumer(&name).await;
             return Ok(Replay::Reset("too_many_to_replay"));
         }
-        let mut out = Vec::with_capacity(pending);
-        if pending > 0 {
-            let mut batch = consumer
-                .fetch()
-                .max_messages(pending)
-                .expires(Duration::from_secs(5))
-                .messages()
-                .await
-                .map_err(|e| BrokerError::Nats(format!("replay fetch: {e}")))?;
-            while out.len() < pending {
-                match batch.next().await {
-                    Some(Ok(m)) => out.push(convert_js(m)),
-                    Some(Err(e)) => return Err(BrokerError::Nats(format!("replay: {e}"))),
-                    None => break,
+        // Fetched in batches, counting bytes as they arrive: a replay that would not
+        // fit stops at the budget (plus one batch at most), never after the whole gap.
+        let mut out = Vec::with_capacity(pending.min(REPLAY_BATCH));
+        let mut bytes = 0usize;
+        let mut stalled = false;
+        let outcome = loop {
+            if out.len() >= pending {
+                break Ok(Replay::Messages(out));
+            }
+            let want = (pending - out.len()).min(REPLAY_BATCH);
+            // A batch is capped in bytes too; the server ends it with a 409 when the
+            // next message would pass the cap. A message larger than the cap alone is
+            // fetched by itself, uncapped (NATS bounds it by max_payload).
+            let alone = stalled;
+            let fetch = consumer.fetch().expires(Duration::from_secs(5));
+            let fetch = if alone {
+                fetch.max_messages(1)
+            } else {
+                fetch.max_messages(want).max_bytes(REPLAY_BATCH_BYTES)
+            };
+            let mut batch = match fetch.messages().await {
+                Ok(b) => b,
+                Err(e) => break Err(BrokerError::Nats(format!("replay fetch: {e}"))),
+            };
+            let before = out.len();
+            let mut failed = None;
+            while let Some(m) = batch.next().await {
+                match m {
+                    Ok(m) => {
+                        bytes += m.payload.len() + REPLAY_OVERHEAD;
+                        out.push(convert_js(m));
+                    }
+                    Err(e) => {
+                        failed = Some(BrokerError::Nats(format!("replay: {e}")));
+                        break;
+                    }
+                }
+                if bytes > max_bytes {
+                    break;
                 }
             }
-        }
+            if bytes > max_bytes {
+                break Ok(Replay::Reset("too_much_to_replay"));
+            }
+            let got = out.len() - before;
+            match (got, failed) {
+                // Progress: the next batch goes on from here (an error after messages
+                // is the byte cap ending the batch).
+                (1.., _) => stalled = false,
+                (0, Some(e)) if alone => break Err(e),
+                (0, Some(_)) => stalled = true,
+                (0, None) => break Err(BrokerError::Nats("replay ended early".into())),
+            }
+        };
         let _ = s.delete_consumer(&name).await;
-        if out.len() < pending {
-            return Err(BrokerError::Nats("replay ended early".into()));
-        }
-        Ok(Replay::Messages(out))
+        outcome
     }
 
     pub(super) async fn publish(&self, msg: Message) -> Result<(), BrokerError> {

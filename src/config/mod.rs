@@ -159,6 +159,15 @@ pub struct NatsConfig {
     /// The connection name shown by the server's monitoring. Default `fanfare`.
     #[serde(default = "default_nats_name", deserialize_with = "interpolated")]
     pub name: String,
+    /// JetStream replays (resumes) one process runs at once; more wait their turn, so
+    /// a reconnect storm cannot make NATS cut fanfare off as a slow consumer.
+    /// Default `4`.
+    #[serde(default = "default_concurrent_replays")]
+    pub max_concurrent_replays: usize,
+}
+
+fn default_concurrent_replays() -> usize {
+    4
 }
 
 fn default_nats_name() -> String {
@@ -359,6 +368,16 @@ impl Config {
                     ));
                 }
             }
+        }
+        if self
+            .nats
+            .as_ref()
+            .is_some_and(|n| n.max_concurrent_replays == 0)
+        {
+            return Err(Invalid::at(
+                "max_concurrent_replays",
+                "nats.max_concurrent_replays must be above 0",
+            ));
         }
         if self.nats.is_none()
             && let Some(r) = self.routes.iter().find(|r| r.history.jetstream.is_some())

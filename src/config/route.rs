@@ -141,8 +141,14 @@ pub struct HistoryConfig {
     /// How long a subject stays subscribed (and its ring kept) after its last client
     /// leaves, so a quick reconnect can resume. Default `10s`.
     pub linger: Dur,
-    /// The most messages replayed on one resume; more is a reset. Default `10000`.
+    /// The most messages replayed on one resume; more is a reset. A replay must also
+    /// fit the client's queue (`queue.messages`). Default `10000`.
     pub max_replay: usize,
+    /// The most bytes replayed on one resume (payloads plus 64 bytes each); more is a
+    /// reset (`too_much_to_replay`). A replay must also fit the client's queue
+    /// (`queue.bytes`). JetStream replays are fetched in batches and stop at the cap.
+    /// Default `1048576` (1 MiB).
+    pub max_replay_bytes: usize,
 }
 
 impl Default for HistoryConfig {
@@ -153,6 +159,7 @@ impl Default for HistoryConfig {
             max_age: Dur(Duration::from_secs(60)),
             linger: Dur(Duration::from_secs(10)),
             max_replay: 10_000,
+            max_replay_bytes: 1 << 20,
         }
     }
 }
@@ -286,6 +293,12 @@ impl RouteConfig {
         if self.poll.timeout.0.is_zero() || self.poll.max_messages == 0 {
             return Err(format!(
                 "route {}: poll timeout and max_messages must be above 0",
+                self.path
+            ));
+        }
+        if self.history.max_replay_bytes == 0 {
+            return Err(format!(
+                "route {}: history.max_replay_bytes must be above 0",
                 self.path
             ));
         }

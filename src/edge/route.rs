@@ -95,6 +95,7 @@ impl Route {
             max_age: h.max_age.0,
             linger: h.linger.0,
             max_replay: h.max_replay,
+            max_replay_bytes: h.max_replay_bytes,
         }
     }
 

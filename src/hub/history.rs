@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::event::Event;
+use super::queue::Bound;
 
 /// A memory topic's recent events.
 pub(super) struct Ring {
@@ -58,13 +59,13 @@ pub(super) fn expire(ring: &mut Ring, max_age: Duration) {
     }
 }
 
-/// What `ring` can replay after sequence `after`: at most `max_replay` events of at
-/// most `max_age`, or a reset.
+/// What `ring` can replay after sequence `after`: events of at most `max_age`, within
+/// `budget` (count and bytes), or a reset.
 pub(super) fn replay_ring(
     ring: &mut Ring,
     after: u64,
     max_age: Duration,
-    max_replay: usize,
+    budget: Bound,
 ) -> Replayed {
     expire(ring, max_age);
     if after < ring.since || after < ring.evicted {
@@ -76,8 +77,11 @@ pub(super) fn replay_ring(
         .filter(|e| e.seq > after)
         .cloned()
         .collect();
-    if events.len() > max_replay {
+    if events.len() > budget.messages {
         return Replayed::Reset("too_many_to_replay");
+    }
+    if events.iter().map(|e| e.cost()).sum::<usize>() > budget.bytes {
+        return Replayed::Reset("too_much_to_replay");
     }
     Replayed::Events(events)
 }
@@ -127,17 +131,23 @@ mod tests {
             evicted: 0,
         };
         let hour = Duration::from_secs(3600);
-        match replay_ring(&mut ring, 3, hour, 10) {
+        let budget = |messages, bytes| Bound { messages, bytes };
+        match replay_ring(&mut ring, 3, hour, budget(10, 1 << 20)) {
             Replayed::Events(e) => assert_eq!(e.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]),
             Replayed::Reset(r) => panic!("reset {r}"),
         }
         assert!(matches!(
-            replay_ring(&mut ring, 0, hour, 2),
+            replay_ring(&mut ring, 0, hour, budget(2, 1 << 20)),
             Replayed::Reset("too_many_to_replay")
+        ));
+        // Five events of 1 + 64 bytes each: 325 bytes do not fit 300.
+        assert!(matches!(
+            replay_ring(&mut ring, 0, hour, budget(10, 300)),
+            Replayed::Reset("too_much_to_replay")
         ));
         ring.evicted = 2;
         assert!(matches!(
-            replay_ring(&mut ring, 1, hour, 10),
+            replay_ring(&mut ring, 1, hour, budget(10, 1 << 20)),
             Replayed::Reset("cursor_too_old")
         ));
     }

@@ -167,21 +167,33 @@ impl Hub {
     }
 
     /// Replays what a client missed on the topics of `specs` since `cursor` into
-    /// `queue`, ahead of the live events it already receives.
+    /// `queue`, ahead of the live events it already receives. What is replayed must
+    /// fit the queue's bound and each route's `max_replay` / `max_replay_bytes`; when
+    /// it does not, the client gets a reset (`too_much_to_replay`) instead of a flood
+    /// that its slow-consumer policy would cut anyway.
     pub async fn resume(
         &self,
         specs: &[TopicSpec],
         cursor: &str,
         queue: &ClientQueue,
     ) -> Result<(), BrokerError> {
+        let fits = queue.bound();
         let mut events = Vec::new();
         let mut reset = None;
         for spec in specs {
             let parsed = self.parse_cursor(spec, cursor);
-            match self.replay(spec, parsed).await? {
+            let budget = Bound {
+                messages: spec.max_replay.min(fits.messages),
+                bytes: spec.max_replay_bytes.min(fits.bytes),
+            };
+            match self.replay(spec, parsed, budget).await? {
                 Replayed::Events(e) => events.extend(e),
                 Replayed::Reset(r) => reset = Some(r),
             }
+        }
+        let bytes: usize = events.iter().map(|e| e.cost()).sum();
+        if reset.is_none() && (events.len() > fits.messages || bytes > fits.bytes) {
+            reset = Some("too_much_to_replay");
         }
         events.sort_by_key(|e| e.seq);
         if reset.is_some() {
@@ -194,14 +206,20 @@ impl Hub {
 
     /// What a client that joined `spec` must be replayed from `cursor`. Call it after
     /// the join, then hand the result to [`ClientQueue::splice`].
-    pub async fn replay(&self, spec: &TopicSpec, cursor: Cursor) -> Result<Replayed, BrokerError> {
+    /// At most `budget` is replayed; more is a reset.
+    pub async fn replay(
+        &self,
+        spec: &TopicSpec,
+        cursor: Cursor,
+        budget: Bound,
+    ) -> Result<Replayed, BrokerError> {
         let outcome = match (cursor, &spec.stream) {
             (Cursor::Foreign, _) => Replayed::Reset("cursor_unknown"),
             (Cursor::Stream(after), Some(stream)) => {
                 match self
                     .inner
                     .broker
-                    .replay_stream(stream, &spec.subject, after, spec.max_replay)
+                    .replay_stream(stream, &spec.subject, after, budget.messages, budget.bytes)
                     .await?
                 {
                     Replay::Reset(r) => Replayed::Reset(r),
@@ -216,7 +234,7 @@ impl Hub {
                     ),
                 }
             }
-            (Cursor::Memory(after), None) => self.replay_ring(spec, after),
+            (Cursor::Memory(after), None) => self.replay_ring(spec, after, budget),
             _ => Replayed::Reset("cursor_unknown"),
         };
         let label = match &outcome {
@@ -230,7 +248,7 @@ impl Hub {
         Ok(outcome)
     }
 
-    fn replay_ring(&self, spec: &TopicSpec, after: u64) -> Replayed {
+    fn replay_ring(&self, spec: &TopicSpec, after: u64, budget: Bound) -> Replayed {
         let topics = self.inner.topics();
         let Some(topic) = topics.get(&spec.key()) else {
             return Replayed::Reset("cursor_too_old");
@@ -239,7 +257,7 @@ impl Hub {
         let Some(ring) = m.ring.as_mut() else {
             return Replayed::Reset("no_history");
         };
-        history::replay_ring(ring, after, spec.max_age, spec.max_replay)
+        history::replay_ring(ring, after, spec.max_age, budget)
     }
 }
 

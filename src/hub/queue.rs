@@ -104,6 +104,14 @@ impl ClientQueue {
         }
     }
 
+    /// The queue's bound (a replay must fit it).
+    pub fn bound(&self) -> Bound {
+        Bound {
+            messages: self.max_messages,
+            bytes: self.max_bytes,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the queue inconsistent
         // (every update is a few field writes), so a poisoned lock is still usable.

@@ -39,6 +39,8 @@ pub struct TopicSpec {
     pub linger: Duration,
     /// The most events one resume replays.
     pub max_replay: usize,
+    /// The most bytes one resume replays (by [`Event::cost`]).
+    pub max_replay_bytes: usize,
 }
 
 impl TopicSpec {
@@ -51,6 +53,7 @@ impl TopicSpec {
             max_age: Duration::ZERO,
             linger: Duration::ZERO,
             max_replay: 0,
+            max_replay_bytes: 0,
         }
     }
 
