@@ -53,7 +53,7 @@ fn values_validate_against_the_schema() {
 fn the_configmap_config_passes_check_config() {
     let template = std::fs::read_to_string(chart().join("templates/_helpers.tpl")).unwrap();
     assert!(
-        template.contains("toYaml .Values.fanfare.config"),
+        template.contains("deepCopy .Values.fanfare.config"),
         "the ConfigMap renders fanfare.config as is"
     );
     let values = yaml(&chart().join("values.yaml"));
@@ -113,4 +113,121 @@ fn dashboards_and_alerts_use_real_metrics() {
             "{name} is used by the dashboard or alerts but fanfare does not export it"
         );
     }
+}
+
+// === Rendered by Helm itself ===
+
+/// Renders the chart with Helm v4's engine (helm-python-sdk, which `scripts/test`
+/// installs into target/helm-venv) and returns each manifest by template path.
+fn render(values: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
+    let python = std::env::var("FANFARE_HELM_PYTHON").unwrap_or_else(|_| {
+        panic!(
+            "FANFARE_HELM_PYTHON is not set: run the suite with scripts/test, which installs \
+             helm-python-sdk into target/helm-venv, or point it at a python that has it"
+        )
+    });
+    let script = "import json, sys, helm_python as h\n\
+                  c = h.Chart.load(sys.argv[1])\n\
+                  print(json.dumps(c.render(json.loads(sys.stdin.read()), name='shop', namespace='web')))\n";
+    let mut child = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(chart())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{python}: {e}"));
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(values.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "helm render failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The documents of a rendered template (empty when it rendered nothing).
+fn docs(
+    rendered: &std::collections::BTreeMap<String, String>,
+    template: &str,
+) -> Vec<serde_json::Value> {
+    let text = &rendered[&format!("fanfare/templates/{template}")];
+    text.split("\n---")
+        .filter(|d| {
+            d.lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        })
+        .map(|d| serde_saphyr::from_str(d).unwrap_or_else(|e| panic!("{template}: {e}\n{d}")))
+        .collect()
+}
+
+#[test]
+fn rendered_the_admin_port_stays_off_the_app_service() {
+    let r = render(&serde_json::json!({}));
+    let service = &docs(&r, "service.yaml")[0];
+    let ports: Vec<&str> = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(ports, ["http"], "only the public port on the app's Service");
+    let metrics = &docs(&r, "metrics-service.yaml")[0];
+    assert_eq!(metrics["metadata"]["name"], "shop-fanfare-metrics");
+    assert_eq!(metrics["spec"]["ports"][0]["name"], "admin");
+    assert!(docs(&r, "networkpolicy.yaml").is_empty(), "off by default");
+    // The rendered configuration is valid, and without a token /publish is off.
+    let cm = &docs(&r, "configmap.yaml")[0];
+    let text = cm["data"]["fanfare.yaml"].as_str().unwrap();
+    let config = fanfare::config::Config::parse(text).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+    assert!(config.admin.publish_token.is_none());
+    assert!(!config.admin.listen.0.ip().is_loopback());
+}
+
+#[test]
+fn rendered_publish_token_and_network_policy() {
+    let r = render(&serde_json::json!({
+        "fanfare": { "publishToken": { "secretName": "publish", "key": "token" } },
+        "networkPolicy": { "enabled": true },
+        "serviceMonitor": { "enabled": true },
+    }));
+    let deployment = &docs(&r, "deployment.yaml")[0];
+    let containers = deployment["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
+    let fanfare = containers.iter().find(|c| c["name"] == "fanfare").unwrap();
+    let env = fanfare["env"].as_array().unwrap();
+    let token = env
+        .iter()
+        .find(|e| e["name"] == "FANFARE_PUBLISH_TOKEN")
+        .expect("the token comes from the Secret");
+    assert_eq!(token["valueFrom"]["secretKeyRef"]["name"], "publish");
+    let cm = &docs(&r, "configmap.yaml")[0];
+    let text = cm["data"]["fanfare.yaml"].as_str().unwrap();
+    assert!(
+        text.contains("publish_token: ${FANFARE_PUBLISH_TOKEN}"),
+        "{text}"
+    );
+    let policy = &docs(&r, "networkpolicy.yaml")[0];
+    let ingress = policy["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(ingress[0]["ports"][0]["port"], "http");
+    assert!(ingress[0].get("from").is_none(), "the public port is open");
+    assert_eq!(ingress[1]["ports"][0]["port"], "admin");
+    assert!(
+        !ingress[1]["from"].as_array().unwrap().is_empty(),
+        "admin only from listed peers"
+    );
+    let monitor = &docs(&r, "servicemonitor.yaml")[0];
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"], "metrics",
+        "the ServiceMonitor scrapes the metrics Service, not the app's"
+    );
 }

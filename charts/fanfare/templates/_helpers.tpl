@@ -64,9 +64,18 @@ ConfigMap named "<fullname>-config" holding fanfare.yaml (render it with
       containerPort: {{ .Values.fanfare.port }}
     - name: admin
       containerPort: {{ .Values.fanfare.adminPort }}
-  {{- with .Values.fanfare.env }}
+  {{- if or .Values.fanfare.env .Values.fanfare.publishToken.secretName }}
   env:
+    {{- with .Values.fanfare.env }}
     {{- toYaml . | nindent 4 }}
+    {{- end }}
+    {{- with .Values.fanfare.publishToken.secretName }}
+    - name: FANFARE_PUBLISH_TOKEN
+      valueFrom:
+        secretKeyRef:
+          name: {{ . }}
+          key: {{ $.Values.fanfare.publishToken.key }}
+    {{- end }}
   {{- end }}
   readinessProbe:
     httpGet: { path: /readyz, port: admin }
@@ -104,6 +113,13 @@ metadata:
   labels:
     {{- include "fanfare.labels" . | nindent 4 }}
 data:
+  {{- /* With a publish token Secret, admin.publish_token reads it from the env. */}}
+  {{- $config := deepCopy .Values.fanfare.config }}
+  {{- if .Values.fanfare.publishToken.secretName }}
+  {{- $admin := default (dict) $config.admin }}
+  {{- $_ := set $admin "publish_token" "${FANFARE_PUBLISH_TOKEN}" }}
+  {{- $_ := set $config "admin" $admin }}
+  {{- end }}
   fanfare.yaml: |
-    {{- toYaml .Values.fanfare.config | nindent 4 }}
+    {{- toYaml $config | nindent 4 }}
 {{- end -}}
