@@ -59,7 +59,7 @@ use pingora::server::configuration::ServerConf;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::admin::{Admin, Readiness};
+use crate::admin::{Admin, Readiness, StreamCheck};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::edge::realtime::{Realtime, Shared};
@@ -172,35 +172,46 @@ impl Handle {
     }
 }
 
-/// fanfare does not create JetStream streams: a route naming a missing one is a
-/// start-up error. NATS gets 10 s to connect for this check; if it is not reachable
-/// yet, the check is skipped (the route answers 503 until the stream is there).
-async fn check_streams(broker: &Broker, config: &Config) -> Result<(), StartError> {
+/// fanfare does not create JetStream streams. The streams routes name are checked in
+/// the background once NATS is reachable (the public port opens at once, whatever
+/// NATS's state): until every one is found, `/readyz` answers 503 with
+/// `streams_unchecked` (NATS not reached yet) or `stream_missing` (checked again every
+/// 5 s, so creating the stream later makes the instance ready).
+fn check_streams(broker: &Broker, config: &Config, readiness: &Arc<Readiness>) {
     let Broker::Nats(nats) = broker else {
-        return Ok(());
+        return;
     };
-    let streams: std::collections::BTreeSet<&str> = config
+    let streams: std::collections::BTreeSet<String> = config
         .routes
         .iter()
-        .filter_map(|r| r.history.jetstream.as_deref())
+        .filter_map(|r| r.history.jetstream.clone())
         .collect();
     if streams.is_empty() {
-        return Ok(());
+        return;
     }
-    let mut connected = broker.connected();
-    let up = tokio::time::timeout(Duration::from_secs(10), connected.wait_for(|c| *c)).await;
-    if !matches!(up, Ok(Ok(_))) {
-        tracing::warn!("NATS not reachable at start: JetStream streams not checked");
-        return Ok(());
-    }
-    for stream in streams {
-        nats.check_stream(stream).await.map_err(|e| {
-            StartError::Routes(format!(
-                "JetStream stream {stream} is not available ({e}); fanfare does not create streams"
-            ))
-        })?;
-    }
-    Ok(())
+    readiness.set_streams(StreamCheck::Unchecked);
+    let (nats, mut connected, readiness) = (nats.clone(), broker.connected(), readiness.clone());
+    tokio::spawn(async move {
+        loop {
+            if connected.wait_for(|c| *c).await.is_err() {
+                return;
+            }
+            let mut missing = None;
+            for stream in &streams {
+                if let Err(e) = nats.check_stream(stream).await {
+                    tracing::error!(stream = %stream, error = %e, "JetStream stream not available; fanfare does not create streams");
+                    missing = Some(());
+                }
+            }
+            if missing.is_none() {
+                readiness.set_streams(StreamCheck::Found);
+                tracing::info!(streams = ?streams, "JetStream streams found");
+                return;
+            }
+            readiness.set_streams(StreamCheck::Missing);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
 }
 
 /// The HTTP client for JWKS fetches and upstream auth callouts. It never follows a
@@ -235,7 +246,6 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
 pub async fn run(config: Config) -> Result<Handle, StartError> {
     let metrics = Metrics::new(prometheus::Registry::new())?;
     let broker = Broker::start(config.nats.as_ref(), &metrics).await?;
-    check_streams(&broker, &config).await?;
 
     let edge_listener = bind("edge", config.listen.0).await?;
     let admin_listener = bind("admin", config.admin.listen.0).await?;
@@ -254,11 +264,8 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
             source,
         })?;
 
-    let readiness = Arc::new(Readiness {
-        edge_listening: false.into(),
-        draining: false.into(),
-        broker: broker.connected(),
-    });
+    let readiness = Arc::new(Readiness::new(broker.connected()));
+    check_streams(&broker, &config, &readiness);
     let inflight = Arc::new(InFlight::default());
 
     let server_conf = Arc::new(ServerConf {

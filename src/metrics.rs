@@ -22,8 +22,8 @@ pub struct Metrics {
     pub nats_connected: IntGauge,
     /// Held realtime connections, by transport.
     pub connections: IntGaugeVec,
-    /// Realtime connections ended, by transport and outcome.
-    pub connections_total: IntCounterVec,
+    /// Realtime connections that ended, by transport and outcome.
+    pub connections_closed: IntCounterVec,
     /// Messages received from the broker for at least one subscriber.
     pub messages_received: IntCounter,
     /// Messages written to clients, by transport.
@@ -36,6 +36,8 @@ pub struct Metrics {
     pub delivery_lag: Histogram,
     /// Messages published through the admin endpoint, by result.
     pub publish_total: IntCounterVec,
+    /// Messages WebSocket clients asked to publish, by result.
+    pub client_publish: IntCounterVec,
     /// Handshake authorizations, by mode and result.
     pub auth_total: IntCounterVec,
     /// Requests refused by a limit or policy, by reason.
@@ -88,10 +90,10 @@ impl Metrics {
                 Opts::new("fanfare_connections", "Held realtime connections."),
                 &["transport"],
             )?,
-            connections_total: IntCounterVec::new(
+            connections_closed: IntCounterVec::new(
                 Opts::new(
-                    "fanfare_connections_total",
-                    "Realtime connections ended, by transport and outcome.",
+                    "fanfare_connections_closed_total",
+                    "Realtime connections that ended, by transport and how they ended.",
                 ),
                 &["transport", "outcome"],
             )?,
@@ -134,6 +136,13 @@ impl Metrics {
                 ),
                 &["result"],
             )?,
+            client_publish: IntCounterVec::new(
+                Opts::new(
+                    "fanfare_client_publish_total",
+                    "Publishes WebSocket clients asked for, by result.",
+                ),
+                &["result"],
+            )?,
             auth_total: IntCounterVec::new(
                 Opts::new(
                     "fanfare_auth_total",
@@ -170,13 +179,15 @@ impl Metrics {
         m.registry.register(Box::new(m.upstream_duration.clone()))?;
         m.registry.register(Box::new(m.nats_connected.clone()))?;
         m.registry.register(Box::new(m.connections.clone()))?;
-        m.registry.register(Box::new(m.connections_total.clone()))?;
+        m.registry
+            .register(Box::new(m.connections_closed.clone()))?;
         m.registry.register(Box::new(m.messages_received.clone()))?;
         m.registry.register(Box::new(m.deliveries.clone()))?;
         m.registry.register(Box::new(m.dropped.clone()))?;
         m.registry.register(Box::new(m.subscriptions.clone()))?;
         m.registry.register(Box::new(m.delivery_lag.clone()))?;
         m.registry.register(Box::new(m.publish_total.clone()))?;
+        m.registry.register(Box::new(m.client_publish.clone()))?;
         m.registry.register(Box::new(m.auth_total.clone()))?;
         m.registry.register(Box::new(m.rejected.clone()))?;
         m.registry.register(Box::new(m.jwks_refresh.clone()))?;
@@ -232,6 +243,35 @@ impl Metrics {
         }
         for result in ["ok", "error"] {
             m.jwks_refresh.with_label_values(&[result]);
+        }
+        for result in ["ok", "invalid", "forbidden", "rate_limited", "unavailable"] {
+            m.client_publish.with_label_values(&[result]);
+        }
+        for transport in ["sse", "ws", "poll"] {
+            let outcomes: &[&str] = match transport {
+                "ws" => &[
+                    "client_closed",
+                    "write_error",
+                    "slow_consumer",
+                    "shutdown",
+                    "expired",
+                    "too_big",
+                    "ping_timeout",
+                    "idle",
+                ],
+                "poll" => &["delivered", "timeout"],
+                _ => &[
+                    "client_closed",
+                    "write_error",
+                    "slow_consumer",
+                    "shutdown",
+                    "expired",
+                ],
+            };
+            for outcome in outcomes {
+                m.connections_closed
+                    .with_label_values(&[transport, outcome]);
+            }
         }
         #[cfg(target_os = "linux")]
         m.registry.register(Box::new(

@@ -118,12 +118,12 @@ fn dashboards_and_alerts_use_real_metrics() {
 // === Rendered by Helm itself ===
 
 /// Renders the chart with Helm v4's engine (helm-python-sdk, which `scripts/test`
-/// installs into target/helm-venv) and returns each manifest by template path.
+/// installs into target/test-venv) and returns each manifest by template path.
 fn render(values: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
-    let python = std::env::var("FANFARE_HELM_PYTHON").unwrap_or_else(|_| {
+    let python = std::env::var("FANFARE_TEST_PYTHON").unwrap_or_else(|_| {
         panic!(
-            "FANFARE_HELM_PYTHON is not set: run the suite with scripts/test, which installs \
-             helm-python-sdk into target/helm-venv, or point it at a python that has it"
+            "FANFARE_TEST_PYTHON is not set: run the suite with scripts/test, which installs \
+             helm-python-sdk into target/test-venv, or point it at a python that has it"
         )
     });
     let script = "import json, sys, helm_python as h\n\

@@ -261,10 +261,10 @@ async fn nats_outage_keeps_clients_and_restores_subscriptions() {
     );
     let closed = metric(
         ff.admin_addr,
-        "fanfare_connections_total{outcome=\"client_closed\",transport=\"ws\"}",
+        "fanfare_connections_closed_total{outcome=\"client_closed\",transport=\"ws\"}",
     )
     .await;
-    assert_eq!(closed, None, "no client was disconnected");
+    assert_eq!(closed, Some(0.0), "no client was disconnected");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

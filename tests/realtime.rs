@@ -210,7 +210,7 @@ async fn last_client_leaving_removes_the_nats_subscription() {
     wait_metric(ff.admin_addr, "fanfare_connections{transport=\"sse\"}", 0.0).await;
     wait_metric(
         ff.admin_addr,
-        "fanfare_connections_total{outcome=\"client_closed\",transport=\"sse\"}",
+        "fanfare_connections_closed_total{outcome=\"client_closed\",transport=\"sse\"}",
         3.0,
     )
     .await;
@@ -242,7 +242,7 @@ fn seq_of(data: &str) -> usize {
 /// A good reader and a stalled one on `/feed`; publishes SLOW_MESSAGES 16 KiB messages
 /// (more than the kernel buffers and the queue hold). Returns the stalled reader, after
 /// checking the good one got everything in order.
-async fn run_slow_consumer(ff: &fanfare::Handle) -> SseReader<tokio::net::TcpStream> {
+async fn run_slow_consumer(ff: &fanfare::Handle) -> SseReader<Chunked> {
     let (stalled, head, rest) = raw_get(ff.edge_addr, "/feed", Some(4096)).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let mut good = sse_connect(&http_client(), &url(ff, "/feed")).await;
@@ -263,7 +263,7 @@ async fn run_slow_consumer(ff: &fanfare::Handle) -> SseReader<tokio::net::TcpStr
         publish(ff.admin_addr, "feed", None, payload(i)).await;
     }
     reader.await.unwrap();
-    SseReader::with_prefix(stalled, rest)
+    SseReader::new(Chunked::new(stalled, rest))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,7 +317,7 @@ async fn slow_consumer_disconnect() {
     let ff =
         start_fanfare(&(base_yaml("http://127.0.0.1:1", None) + &slow_route("disconnect"))).await;
     let mut stalled = run_slow_consumer(&ff).await;
-    let series = "fanfare_connections_total{outcome=\"slow_consumer\",transport=\"sse\"}";
+    let series = "fanfare_connections_closed_total{outcome=\"slow_consumer\",transport=\"sse\"}";
     wait_metric(ff.admin_addr, series, 1.0).await;
     // The stalled client reads what was in flight, then the stream ends early.
     let mut last = None;

@@ -202,7 +202,7 @@ async fn oversize_message_closes_1009() {
     assert_eq!(ws_close_code(&mut a).await, 1009);
     wait_metric(
         ff.admin_addr,
-        "fanfare_connections_total{outcome=\"too_big\",transport=\"ws\"}",
+        "fanfare_connections_closed_total{outcome=\"too_big\",transport=\"ws\"}",
         1.0,
     )
     .await;
@@ -254,7 +254,7 @@ async fn a_peer_that_stops_answering_pings_is_closed() {
     });
     wait_metric(
         ff.admin_addr,
-        "fanfare_connections_total{outcome=\"ping_timeout\",transport=\"ws\"}",
+        "fanfare_connections_closed_total{outcome=\"ping_timeout\",transport=\"ws\"}",
         1.0,
     )
     .await;
@@ -283,7 +283,7 @@ async fn a_peer_that_stops_answering_pings_is_closed() {
     assert_eq!(
         metric(
             ff.admin_addr,
-            "fanfare_connections_total{outcome=\"ping_timeout\",transport=\"ws\"}"
+            "fanfare_connections_closed_total{outcome=\"ping_timeout\",transport=\"ws\"}"
         )
         .await,
         Some(1.0)
@@ -305,7 +305,7 @@ async fn idle_connection_without_subscriptions_is_closed() {
     assert_eq!(ws_json(&mut b).await["data"], "hello");
     wait_metric(
         ff.admin_addr,
-        "fanfare_connections_total{outcome=\"idle\",transport=\"ws\"}",
+        "fanfare_connections_closed_total{outcome=\"idle\",transport=\"ws\"}",
         1.0,
     )
     .await;

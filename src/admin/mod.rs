@@ -25,9 +25,38 @@ pub struct Readiness {
     pub draining: AtomicBool,
     /// The broker's connection state.
     pub broker: watch::Receiver<bool>,
+    /// The JetStream streams routes name ([`StreamCheck`] as a u8).
+    streams: std::sync::atomic::AtomicU8,
+}
+
+/// Where the check of the routes' JetStream streams stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StreamCheck {
+    /// Every stream was found (or no route names one).
+    Found = 0,
+    /// NATS has not been reached yet to check them.
+    Unchecked = 1,
+    /// A stream was not found (checked again every 5 s).
+    Missing = 2,
 }
 
 impl Readiness {
+    /// Not ready until the edge listens; streams count as found until a check starts.
+    pub fn new(broker: watch::Receiver<bool>) -> Readiness {
+        Readiness {
+            edge_listening: false.into(),
+            draining: false.into(),
+            broker,
+            streams: std::sync::atomic::AtomicU8::new(StreamCheck::Found as u8),
+        }
+    }
+
+    /// Records where the stream check stands.
+    pub fn set_streams(&self, check: StreamCheck) {
+        self.streams.store(check as u8, Ordering::Release);
+    }
+
     /// Why the instance is not ready; empty when it is.
     pub fn reasons(&self) -> Vec<&'static str> {
         let mut r = Vec::new();
@@ -39,6 +68,11 @@ impl Readiness {
         }
         if !*self.broker.borrow() {
             r.push("nats_disconnected");
+        }
+        match self.streams.load(Ordering::Acquire) {
+            x if x == StreamCheck::Unchecked as u8 => r.push("streams_unchecked"),
+            x if x == StreamCheck::Missing as u8 => r.push("stream_missing"),
+            _ => {}
         }
         r
     }

@@ -130,7 +130,7 @@ impl Default for WsConfig {
 pub struct HistoryConfig {
     /// A JetStream stream holding the route's subjects: cursors become stream
     /// sequences and resume survives restarts and works across instances. fanfare does
-    /// not create streams; a missing one is a start-up error.
+    /// not create streams; while one is missing, `/readyz` answers 503 (`stream_missing`).
     #[serde(deserialize_with = "interpolated_opt")]
     pub jetstream: Option<String>,
     /// Without JetStream: messages kept per subject in memory. `0` turns resume off.
@@ -193,6 +193,17 @@ pub enum Transport {
     Ws,
     /// HTTP long-polling.
     Poll,
+}
+
+impl Transport {
+    /// The config's own word for it (`sse`, `ws`, `poll`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Sse => "sse",
+            Transport::Ws => "ws",
+            Transport::Poll => "poll",
+        }
+    }
 }
 
 /// The slow-consumer policy.

@@ -133,11 +133,13 @@ pub fn sse_head(origin: Option<&AllowOrigin>) -> Result<ResponseHeader> {
     Ok(h)
 }
 
-/// The raw HTTP/1.1 SSE head: close-delimited body, so no chunk framing per write.
+/// The raw HTTP/1.1 SSE head: a chunked body (one chunk per write: common client
+/// stacks buffer a body without framing until 512 bytes or 64 KiB arrive), and the
+/// connection closes when the stream ends.
 pub fn sse_head_h1(origin: Option<&AllowOrigin>) -> bytes::Bytes {
     let mut s = String::from(
         "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
-         x-accel-buffering: no\r\nconnection: close\r\n",
+         x-accel-buffering: no\r\ntransfer-encoding: chunked\r\nconnection: close\r\n",
     );
     match origin {
         Some(AllowOrigin::Exact(o)) => s.push_str(&format!(

@@ -25,7 +25,7 @@ use crate::hub::{Hub, JoinError};
 use crate::limits::{ConnectionLimits, Refused};
 use crate::metrics::Metrics;
 use crate::routing::path::{MatchError, Params, query_param};
-use crate::transport::sse::{PingoraSink, RawSink, Sink};
+use crate::transport::sse::{PingoraSink, RawSink};
 use crate::transport::{Joined, RouteContext, echo, poll, sse, ws};
 use crate::wire::ws::check_handshake;
 
@@ -179,14 +179,16 @@ impl Realtime {
         let params = params.map_err(|e| {
             Refusal::new(StatusCode::BAD_REQUEST, "bad_path_parameter", e.to_string())
         })?;
-        let transport = requested_transport(session);
-        if !route.serves(transport) {
-            return Err(Refusal::new(
-                StatusCode::BAD_REQUEST,
-                "transport_not_allowed",
-                format!("this route does not serve {transport:?}"),
-            ));
-        }
+        let transport = requested_transport(session)
+            .filter(|t| route.serves(*t))
+            .ok_or_else(|| {
+                let offered: Vec<&str> = route.config.transports.iter().map(|t| t.name()).collect();
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    "transport_not_allowed",
+                    format!("this route offers: {}", offered.join(", ")),
+                )
+            })?;
         let slot = self.limits.acquire(client.ip).map_err(|r| {
             let (reason, text) = match r {
                 Refused::Total => (
@@ -253,8 +255,9 @@ impl Realtime {
                     tokio::spawn(async move {
                         let _slot = slot;
                         let mut sink = RawSink(&mut stream);
-                        if sink.write(head).await.is_ok() {
+                        if sink.write_head(head).await.is_ok() {
                             ctx.counted("sse", sse_session.run(&mut sink)).await;
+                            sink.finish().await;
                         }
                         drop(memberships);
                     });
@@ -333,16 +336,19 @@ fn header(session: &Session, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The transport a request asks for.
-fn requested_transport(session: &Session) -> Transport {
+/// The transport a request asks for: WebSocket by its `Upgrade`, otherwise the
+/// `transport` query parameter (`sse` or `poll`; absent: SSE). `None` for anything
+/// else, which is refused rather than served as SSE.
+fn requested_transport(session: &Session) -> Option<Transport> {
     let upgrade = header(session, "upgrade").unwrap_or_default();
     if upgrade.eq_ignore_ascii_case("websocket") {
-        return Transport::Ws;
+        return Some(Transport::Ws);
     }
-    if query_param(session.req_header().uri.query(), "transport").as_deref() == Some("poll") {
-        return Transport::Poll;
+    match query_param(session.req_header().uri.query(), "transport").as_deref() {
+        None | Some("sse") => Some(Transport::Sse),
+        Some("poll") => Some(Transport::Poll),
+        Some(_) => None,
     }
-    Transport::Sse
 }
 
 /// A watch that ticks every `every` while anyone holds a receiver.

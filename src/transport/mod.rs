@@ -103,13 +103,13 @@ impl RouteContext {
         let outcome = f.await;
         gauge.dec();
         self.metrics
-            .connections_total
+            .connections_closed
             .with_label_values(&[transport, outcome.label()])
             .inc();
     }
 }
 
-/// How a held connection ended, for `fanfare_connections_total{outcome}`.
+/// How a held connection ended, for `fanfare_connections_closed_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// The client went away (close frame, EOF).

@@ -27,15 +27,62 @@ pub trait Sink {
     fn gone(&mut self) -> impl Future<Output = ()> + Send;
 }
 
-/// A raw HTTP/1.1 connection taken out of pingora after the response header.
+/// A raw HTTP/1.1 connection taken out of pingora after the response head (which
+/// says `transfer-encoding: chunked`). Each write is one chunk, written with one
+/// vectored write (size line, the shared event bytes, CRLF): no copy of the events.
 pub struct RawSink<S>(pub S);
+
+impl<S> RawSink<S>
+where
+    S: tokio::io::AsyncWrite + Unpin + Send,
+{
+    /// Writes `head` (the response head) as is, unframed.
+    pub async fn write_head(&mut self, head: Bytes) -> std::io::Result<()> {
+        self.0.write_all(&head).await?;
+        self.0.flush().await
+    }
+
+    /// Ends the chunked body (the last, empty chunk), so the client sees a clean end.
+    pub async fn finish(&mut self) {
+        let _ = self.0.write_all(b"0\r\n\r\n").await;
+        let _ = self.0.flush().await;
+    }
+}
+
+/// The size line of a chunk of `len` bytes: lowercase hex and CRLF, on the stack.
+fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> &[u8] {
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, digit) in out[..digits].iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[(len >> (4 * (digits - 1 - i))) & 0xf];
+    }
+    out[digits] = b'\r';
+    out[digits + 1] = b'\n';
+    &out[..digits + 2]
+}
 
 impl<S> Sink for RawSink<S>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
     async fn write(&mut self, buf: Bytes) -> std::io::Result<()> {
-        self.0.write_all(&buf).await?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let mut size = [0u8; 18];
+        let size = chunk_size_line(buf.len(), &mut size);
+        let mut parts = [
+            std::io::IoSlice::new(size),
+            std::io::IoSlice::new(&buf),
+            std::io::IoSlice::new(b"\r\n"),
+        ];
+        let mut parts = &mut parts[..];
+        while !parts.is_empty() {
+            let n = self.0.write_vectored(parts).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            std::io::IoSlice::advance_slices(&mut parts, n);
+        }
         self.0.flush().await
     }
 
@@ -199,5 +246,35 @@ impl Sink for PingoraSink<'_> {
 
     async fn gone(&mut self) {
         super::poll::client_gone(self.0).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_size_lines() {
+        let mut b = [0u8; 18];
+        assert_eq!(chunk_size_line(1, &mut b), b"1\r\n");
+        assert_eq!(chunk_size_line(15, &mut b), b"f\r\n");
+        assert_eq!(chunk_size_line(16, &mut b), b"10\r\n");
+        assert_eq!(chunk_size_line(0xabc12, &mut b), b"abc12\r\n");
+        assert_eq!(chunk_size_line(usize::MAX, &mut b), b"ffffffffffffffff\r\n");
+    }
+
+    #[tokio::test]
+    async fn each_write_is_one_chunk() {
+        let (a, mut b) = tokio::io::duplex(1024);
+        let mut sink = RawSink(a);
+        sink.write(Bytes::from_static(b"data: x\n\n"))
+            .await
+            .unwrap();
+        sink.write(Bytes::new()).await.unwrap();
+        sink.finish().await;
+        drop(sink);
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).await.unwrap();
+        assert_eq!(&got[..], b"9\r\ndata: x\n\n\r\n0\r\n\r\n");
     }
 }

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -244,7 +245,9 @@ where
                     .await
             }
             WsError::ConnectionClosed | WsError::AlreadyClosed => Outcome::ClientClosed,
-            WsError::Io(_) => Outcome::ClientClosed,
+            WsError::Io(_) | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                Outcome::ClientClosed
+            }
             e => {
                 close_for_error(&mut self.ws, &e).await;
                 Outcome::WriteError
@@ -397,49 +400,74 @@ where
                 payload,
                 event,
             } => {
-                if !subject::is_valid_publish_subject(&subject) {
-                    return Err(Failure::new(
-                        Code::InvalidSubject,
-                        "publish needs a subject without wildcards",
-                    ));
-                }
-                if subject::is_reserved(&subject)
-                    || !self
-                        .permissions
-                        .publish
-                        .iter()
-                        .any(|p| subject::matches(p, &subject))
-                {
-                    return Err(self.forbidden("publish to"));
-                }
-                let ws = &self.ctx.ws;
-                if !self
-                    .publish_bucket
-                    .get_or_insert_with(|| Box::new(Bucket::new(ws.publish_rate, ws.publish_burst)))
-                    .take()
-                {
-                    self.ctx
-                        .metrics
-                        .rejected
-                        .with_label_values(&["rate_limited"])
-                        .inc();
-                    return Err(Failure::new(
-                        Code::RateLimited,
-                        format!("at most {} publishes per second", self.ctx.ws.publish_rate),
-                    ));
-                }
-                let mut msg = BrokerMessage::new(subject, payload);
-                msg.event = event;
-                msg.headers.push(("Fanfare-Route", self.ctx.path.clone()));
-                msg.headers
-                    .push(("Fanfare-Connection", format!("{:x}", self.client)));
+                let result = self.publish(subject, payload, event).await;
+                let label = match &result {
+                    Ok(()) => "ok",
+                    Err(f) => match f.code {
+                        Code::Forbidden => "forbidden",
+                        Code::RateLimited => "rate_limited",
+                        Code::Unavailable => "unavailable",
+                        _ => "invalid",
+                    },
+                };
                 self.ctx
-                    .broker
-                    .publish(msg)
-                    .await
-                    .map_err(|e| Failure::new(Code::Unavailable, e.to_string()))?;
-                Ok(None)
+                    .metrics
+                    .client_publish
+                    .with_label_values(&[label])
+                    .inc();
+                result.map(|()| None)
             }
         }
+    }
+
+    /// Publishes for the client, within its grant and its rate.
+    async fn publish(
+        &mut self,
+        subject: String,
+        payload: Bytes,
+        event: Option<String>,
+    ) -> Result<(), Failure> {
+        if !subject::is_valid_publish_subject(&subject) {
+            return Err(Failure::new(
+                Code::InvalidSubject,
+                "publish needs a subject without wildcards",
+            ));
+        }
+        if subject::is_reserved(&subject)
+            || !self
+                .permissions
+                .publish
+                .iter()
+                .any(|p| subject::matches(p, &subject))
+        {
+            return Err(self.forbidden("publish to"));
+        }
+        let ws = &self.ctx.ws;
+        if !self
+            .publish_bucket
+            .get_or_insert_with(|| Box::new(Bucket::new(ws.publish_rate, ws.publish_burst)))
+            .take()
+        {
+            self.ctx
+                .metrics
+                .rejected
+                .with_label_values(&["rate_limited"])
+                .inc();
+            return Err(Failure::new(
+                Code::RateLimited,
+                format!("at most {} publishes per second", self.ctx.ws.publish_rate),
+            ));
+        }
+        let mut msg = BrokerMessage::new(subject, payload);
+        msg.event = event;
+        msg.headers.push(("Fanfare-Route", self.ctx.path.clone()));
+        msg.headers
+            .push(("Fanfare-Connection", format!("{:x}", self.client)));
+        self.ctx
+            .broker
+            .publish(msg)
+            .await
+            .map_err(|e| Failure::new(Code::Unavailable, e.to_string()))?;
+        Ok(())
     }
 }

@@ -7,6 +7,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::config::WsConfig;
@@ -79,6 +80,8 @@ where
 {
     let frame = match e {
         WsError::Utf8(_) => close_frame(close::INVALID_DATA, "invalid UTF-8"),
+        // A client that vanished without a close frame cannot read one.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => return,
         WsError::Protocol(p) => close_frame(close::PROTOCOL, &p.to_string()),
         _ => return,
     };

@@ -94,6 +94,63 @@ impl ByteSource for tokio::net::TcpStream {
     }
 }
 
+/// A raw HTTP/1.1 body in chunked transfer encoding, de-chunked (fanfare's SSE over
+/// HTTP/1.1 is chunked: one chunk per write).
+pub struct Chunked {
+    stream: tokio::net::TcpStream,
+    raw: Vec<u8>,
+}
+
+impl Chunked {
+    /// The body of `stream`, whose first `prefix` bytes were already read.
+    pub fn new(stream: tokio::net::TcpStream, prefix: Vec<u8>) -> Chunked {
+        Chunked {
+            stream,
+            raw: prefix,
+        }
+    }
+
+    /// Takes every whole chunk out of `raw`; `None` once the last chunk has come.
+    fn decode(&mut self, out: &mut Vec<u8>) -> Option<()> {
+        loop {
+            let Some(line_end) = self.raw.windows(2).position(|w| w == b"\r\n") else {
+                return Some(());
+            };
+            let size = std::str::from_utf8(&self.raw[..line_end]).expect("chunk size line");
+            let size = usize::from_str_radix(size.trim(), 16).expect("hex chunk size");
+            if size == 0 {
+                return None;
+            }
+            let start = line_end + 2;
+            if self.raw.len() < start + size + 2 {
+                return Some(());
+            }
+            assert_eq!(
+                &self.raw[start + size..start + size + 2],
+                b"\r\n",
+                "chunk framing"
+            );
+            out.extend_from_slice(&self.raw[start..start + size]);
+            self.raw.drain(..start + size + 2);
+        }
+    }
+}
+
+impl ByteSource for Chunked {
+    async fn chunk(&mut self) -> Option<Vec<u8>> {
+        loop {
+            let mut out = Vec::new();
+            let more = self.decode(&mut out);
+            if !out.is_empty() {
+                return Some(out);
+            }
+            more?;
+            let read = self.stream.chunk().await?;
+            self.raw.extend_from_slice(&read);
+        }
+    }
+}
+
 impl<S: ByteSource + Send> SseReader<S> {
     /// Wraps a source positioned at the start of the body.
     pub fn new(source: S) -> Self {
