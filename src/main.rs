@@ -12,7 +12,7 @@ use fanfare::config::Config;
 #[command(version, about)]
 struct Cli {
     /// The configuration file.
-    #[arg(long, short, default_value = "config/fanfare.yaml", global = true)]
+    #[arg(long, short, default_value = "config/fanfare.yaml")]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,

@@ -241,3 +241,103 @@ async fn the_public_port_opens_at_once_while_nats_is_down() {
         "{body}"
     );
 }
+
+// === 6: config errors a new user hit ===
+
+fn parse_err(yaml: &str) -> (Option<(u64, u64)>, String) {
+    fanfare::config::Config::parse(yaml).expect_err(yaml)
+}
+
+#[test]
+fn a_log_filter_that_would_silence_everything_is_refused_at_its_line() {
+    for level in ["warning", "verbose", "nope=[", "fanfare=loud"] {
+        let yaml = format!("# a comment\nlog:\n  format: plain\n  level: \"{level}\"\n");
+        let (pos, reason) = parse_err(&yaml);
+        assert_eq!(pos.map(|p| p.0), Some(4), "{level}: {reason}");
+        assert!(reason.contains("log.level"), "{level}: {reason}");
+    }
+    for ok in [
+        "warn",
+        "debug",
+        "fanfare=debug,warn",
+        "info,pingora=error",
+        "off",
+    ] {
+        fanfare::config::Config::parse(&format!("log: {{ level: \"{ok}\" }}\n")).unwrap();
+    }
+}
+
+#[test]
+fn an_error_after_parsing_points_at_the_value_not_a_comment() {
+    let yaml = "\
+# route for /orders/{order_id}/events: subjects orders.{order_id}
+routes:
+  # another comment naming /orders/{order_id}/events
+  - path: /orders/{order_id}/events
+    auth: { mode: none }
+    transports: [sse]
+    subjects:
+      - \"orders.all\"
+      - \"orders.{orderid}\"
+";
+    let (pos, reason) = parse_err(yaml);
+    assert_eq!(pos.map(|p| p.0), Some(9), "{reason}");
+    assert!(reason.contains("orderid"), "{reason}");
+}
+
+#[test]
+fn overlapping_routes_are_refused_naming_both_lines() {
+    let yaml = "\
+routes:
+  - path: /a/{x}
+    subjects: [\"a.{x}\"]
+    auth: { mode: none }
+  - path: /b
+    subjects: [b]
+    auth: { mode: none }
+  - path: /a/{y}
+    subjects: [\"a.{y}\"]
+    auth: { mode: none }
+";
+    let (pos, reason) = parse_err(yaml);
+    assert_eq!(pos.map(|p| p.0), Some(8), "{reason}");
+    assert!(
+        reason.contains("line 2") && reason.contains("/a/{x}") && reason.contains("/a/{y}"),
+        "{reason}"
+    );
+    // A literal and a parameter in the same place overlap too; different lengths do not.
+    let (_, reason) = parse_err(
+        "routes:\n  - { path: /a/new, subjects: [n], auth: { mode: none } }\n  - { path: \"/a/{id}\", subjects: [\"a.{id}\"], auth: { mode: none } }\n",
+    );
+    assert!(reason.contains("/a/new"), "{reason}");
+    fanfare::config::Config::parse("routes:\n  - { path: /a, subjects: [n], auth: { mode: none } }\n  - { path: \"/a/{id}\", subjects: [\"a.{id}\"], auth: { mode: none } }\n").unwrap();
+}
+
+#[test]
+fn check_config_help_lists_only_its_own_arguments() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fanfare"))
+        .args(["check-config", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("FILE") || help.contains("<FILE>"), "{help}");
+    assert!(!help.contains("--config"), "{help}");
+}
+
+#[test]
+fn an_echo_route_needs_no_subjects_as_the_readme_says() {
+    fanfare::config::Config::parse(
+        "routes:\n  - { path: /echo, transports: [ws], ws: { echo: true }, auth: { mode: none } }\n",
+    )
+    .unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let row = readme
+        .lines()
+        .find(|l| l.starts_with("| `subjects` |"))
+        .expect("the subjects row of the route reference");
+    assert!(
+        row.contains("ws.echo"),
+        "the README states the echo exception: {row}"
+    );
+}

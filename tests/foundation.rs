@@ -386,7 +386,7 @@ fn env_interpolation_cannot_change_the_document() {
     let path = dir.path().join("c.yaml");
     std::fs::write(
         &path,
-        "log:\n  level: \"${FF_TEST_LEVEL}\"\nlisten: ${FF_TEST_LISTEN:-127.0.0.1:8088}\n",
+        "admin:\n  publish_token: \"${FF_TEST_LEVEL}\"\nlisten: ${FF_TEST_LISTEN:-127.0.0.1:8088}\n",
     )
     .unwrap();
     let run = |level: Option<&str>| {

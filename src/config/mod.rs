@@ -11,10 +11,10 @@
 //! is known).
 
 mod auth;
+mod invalid;
 mod route;
 mod value;
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,6 +27,9 @@ pub use route::{
 };
 pub use value::{Addr, Cidr, Dur, Upstream, interpolate};
 use value::{interpolated, interpolated_opt};
+
+use crate::routing::path::PathPattern;
+use invalid::{Anchor, Invalid, check_log_filter, locate, yaml_reason};
 
 /// A configuration that failed to load, with where it failed.
 #[derive(Debug, thiserror::Error)]
@@ -308,12 +311,20 @@ impl Config {
             })?
         };
         config
-            .validate()
+            .validate(text)
             .map_err(|reason| (locate(text, &reason), reason.message))
     }
 
-    /// Checks what the types alone cannot.
-    fn validate(self) -> Result<Config, Invalid> {
+    /// Checks what the types alone cannot. `text` is the document, for messages that
+    /// name another line (overlapping routes).
+    fn validate(self, text: &str) -> Result<Config, Invalid> {
+        if let Err(reason) = check_log_filter(&self.log.level) {
+            return Err(Invalid {
+                needle: self.log.level.clone(),
+                message: format!("log.level {:?}: {reason}", self.log.level),
+                anchor: Some(Anchor::Key("level")),
+            });
+        }
         if self.listen.0 == self.admin.listen.0 && self.listen.0.port() != 0 {
             return Err(Invalid::at("admin", "admin.listen must differ from listen"));
         }
@@ -387,52 +398,41 @@ impl Config {
                 &format!("route {}: history.jetstream needs nats.url", r.path),
             ));
         }
-        let mut paths = BTreeSet::new();
-        for route in &self.routes {
-            route.validate().map_err(|m| Invalid::at(&route.path, &m))?;
-            if !paths.insert(route.path.clone()) {
-                return Err(Invalid::at(
-                    &route.path,
-                    &format!("route path {} is defined twice", route.path),
-                ));
+        let route_at = |i: usize| {
+            let path = &self.routes[i].path;
+            let occurrence = self.routes[..i].iter().filter(|r| r.path == *path).count();
+            Anchor::Route(path.clone(), occurrence)
+        };
+        let patterns: Vec<Option<PathPattern>> = self
+            .routes
+            .iter()
+            .map(|r| PathPattern::parse(&r.path).ok())
+            .collect();
+        for (i, route) in self.routes.iter().enumerate() {
+            route.validate().map_err(|(needle, message)| Invalid {
+                needle: needle.unwrap_or_else(|| route.path.clone()),
+                message,
+                anchor: Some(route_at(i)),
+            })?;
+            for (j, earlier) in self.routes[..i].iter().enumerate() {
+                if let (Some(a), Some(b)) = (&patterns[j], &patterns[i])
+                    && a.overlaps(b)
+                {
+                    let line = locate(text, &Invalid::at(&earlier.path, "").with(route_at(j)))
+                        .map_or_else(String::new, |(l, _)| format!(" (line {l})"));
+                    return Err(Invalid {
+                        needle: route.path.clone(),
+                        message: format!(
+                            "routes {}{line} and {} match the same paths; make them differ by a literal segment",
+                            earlier.path, route.path
+                        ),
+                        anchor: Some(route_at(i)),
+                    });
+                }
             }
         }
         Ok(self)
     }
-}
-
-/// A validation failure, with a text to look for so the error can point at a line.
-struct Invalid {
-    needle: String,
-    message: String,
-}
-
-impl Invalid {
-    fn at(needle: &str, message: &str) -> Invalid {
-        Invalid {
-            needle: needle.to_string(),
-            message: message.to_string(),
-        }
-    }
-}
-
-/// Finds the first line holding the failing key or value, so that validation errors
-/// also carry a position.
-fn locate(text: &str, invalid: &Invalid) -> Option<(u64, u64)> {
-    text.lines().enumerate().find_map(|(i, line)| {
-        let code = line.split(" #").next().unwrap_or(line);
-        code.find(invalid.needle.as_str())
-            .map(|col| (i as u64 + 1, col as u64 + 1))
-    })
-}
-
-/// serde-saphyr's message without its snippet and position (we print our own).
-fn yaml_reason(e: &serde_saphyr::Error) -> String {
-    let rendered = e.without_snippet().to_string();
-    let first = rendered.lines().next().unwrap_or("invalid YAML").trim();
-    // Strip a trailing " at line X column Y" that the renderer may add.
-    let cut = first.find(" at line ").map_or(first, |i| &first[..i]);
-    cut.to_string()
 }
 
 #[cfg(test)]

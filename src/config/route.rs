@@ -239,85 +239,105 @@ impl Default for QueueConfig {
 // === impl RouteConfig ===
 
 impl RouteConfig {
-    pub(super) fn validate(&self) -> Result<(), String> {
+    /// Checks what the types alone cannot. The error names the value at fault (a
+    /// subject, a pattern) when there is one, so it can be located.
+    pub(super) fn validate(&self) -> Result<(), (Option<String>, String)> {
+        let at = |m: String| (None, m);
         if !self.path.starts_with('/') {
-            return Err(format!("route path {} must start with /", self.path));
+            return Err(at(format!("route path {} must start with /", self.path)));
         }
         if self.transports.is_empty() {
-            return Err(format!("route {} lists no transports", self.path));
+            return Err(at(format!("route {} lists no transports", self.path)));
         }
         if self.subjects.is_empty() && !self.ws.echo && self.allow_subscribe.is_empty() {
-            return Err(format!(
+            return Err(at(format!(
                 "route {} lists no subjects (and allows no run-time subscribe)",
                 self.path
-            ));
+            )));
         }
         if self.ws.echo && self.transports != [Transport::Ws] {
-            return Err(format!(
+            return Err(at(format!(
                 "route {}: ws.echo needs transports: [ws]",
                 self.path
-            ));
+            )));
         }
         let claims = self.auth.mode == AuthMode::Jwt;
         for p in self.allow_subscribe.iter().chain(&self.allow_publish) {
-            Template::parse_with(p, &[], claims)
-                .map_err(|e| format!("route {}: pattern {p}: {e}", self.path))?;
+            Template::parse_with(p, &[], claims).map_err(|e| {
+                (
+                    Some(p.clone()),
+                    format!("route {}: pattern {p}: {e}", self.path),
+                )
+            })?;
         }
         if self.ws.max_message < 16 || self.ws.max_subscriptions == 0 {
-            return Err(format!(
+            return Err(at(format!(
                 "route {}: ws.max_message must be at least 16 and ws.max_subscriptions above 0",
                 self.path
-            ));
+            )));
         }
         if self.ws.ping_interval.0.is_zero() || self.ws.idle_timeout.0.is_zero() {
-            return Err(format!("route {}: ws timeouts must be above 0s", self.path));
+            return Err(at(format!(
+                "route {}: ws timeouts must be above 0s",
+                self.path
+            )));
         }
-        let params = PathPattern::parse(&self.path)?.params();
+        let params = PathPattern::parse(&self.path).map_err(at)?.params();
         for subject in &self.subjects {
-            Template::parse_with(subject, &params, claims)
-                .map_err(|e| format!("route {}: subject {subject}: {e}", self.path))?;
+            Template::parse_with(subject, &params, claims).map_err(|e| {
+                (
+                    Some(subject.clone()),
+                    format!("route {}: subject {subject}: {e}", self.path),
+                )
+            })?;
         }
         self.auth
             .validate()
-            .map_err(|e| format!("route {}: auth: {e}", self.path))?;
+            .map_err(|e| at(format!("route {}: auth: {e}", self.path)))?;
         if self.queue.messages == 0 || self.queue.bytes == 0 {
-            return Err(format!("route {}: queue bounds must be above 0", self.path));
+            return Err(at(format!(
+                "route {}: queue bounds must be above 0",
+                self.path
+            )));
         }
         if self.allowed_origins.iter().any(|o| o == "*") && self.auth.reads_cookies() {
-            return Err(format!(
+            return Err(at(format!(
                 "route {}: allowed_origins [\"*\"] would let any site read a signed-in user's stream (this auth reads cookies); list the origins instead",
                 self.path
-            ));
+            )));
         }
         if self.ws.pong_timeout.0.is_zero() {
-            return Err(format!(
+            return Err(at(format!(
                 "route {}: ws.pong_timeout must be above 0s",
                 self.path
-            ));
+            )));
         }
         if self.retry.0.is_zero() {
-            return Err(format!("route {}: retry must be above 0s", self.path));
+            return Err(at(format!("route {}: retry must be above 0s", self.path)));
         }
         if self.heartbeat.0.is_zero() {
-            return Err(format!("route {}: heartbeat must be above 0s", self.path));
+            return Err(at(format!(
+                "route {}: heartbeat must be above 0s",
+                self.path
+            )));
         }
         if self.poll.timeout.0.is_zero() || self.poll.max_messages == 0 {
-            return Err(format!(
+            return Err(at(format!(
                 "route {}: poll timeout and max_messages must be above 0",
                 self.path
-            ));
+            )));
         }
         if self.history.max_replay_bytes == 0 {
-            return Err(format!(
+            return Err(at(format!(
                 "route {}: history.max_replay_bytes must be above 0",
                 self.path
-            ));
+            )));
         }
         if self.history.jetstream.as_deref() == Some("") {
-            return Err(format!(
+            return Err(at(format!(
                 "route {}: history.jetstream names no stream",
                 self.path
-            ));
+            )));
         }
         Ok(())
     }

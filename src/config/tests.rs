@@ -122,7 +122,11 @@ fn route_with_unknown_param_is_refused() {
         "routes:\n  - path: /orders/{id}/events\n    subjects: [\"orders.{oid}\"]\n    auth: { mode: none }\n",
     );
     assert!(reason.contains("oid"), "{reason}");
-    assert_eq!(pos.map(|p| p.0), Some(2), "{reason}");
+    assert_eq!(
+        pos.map(|p| p.0),
+        Some(3),
+        "the subject's own line: {reason}"
+    );
 }
 
 #[test]

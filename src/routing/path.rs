@@ -72,6 +72,20 @@ impl PathPattern {
             .collect()
     }
 
+    /// Whether some request path would match both patterns (same number of segments,
+    /// and in each place equal literals or a parameter on either side).
+    pub fn overlaps(&self, other: &PathPattern) -> bool {
+        self.segments.len() == other.segments.len()
+            && self
+                .segments
+                .iter()
+                .zip(&other.segments)
+                .all(|(a, b)| match (a, b) {
+                    (Segment::Literal(x), Segment::Literal(y)) => x == y,
+                    _ => true,
+                })
+    }
+
     /// Matches a request path (without query). `None` when the path is not this
     /// pattern's; `Some(Err)` when it is but a parameter is malformed.
     pub fn match_path(&self, path: &str) -> Option<Result<Params, MatchError>> {
@@ -147,6 +161,17 @@ mod tests {
             p.match_path("/orders/%ff/events"),
             Some(Err(MatchError::BadEncoding(_)))
         ));
+    }
+
+    #[test]
+    fn overlaps() {
+        let p = |s: &str| PathPattern::parse(s).unwrap();
+        assert!(p("/a/{x}").overlaps(&p("/a/{y}")));
+        assert!(p("/a/new").overlaps(&p("/a/{id}")));
+        assert!(p("/a/b").overlaps(&p("/a/b")));
+        assert!(!p("/a/b").overlaps(&p("/a/c")));
+        assert!(!p("/a").overlaps(&p("/a/{id}")));
+        assert!(!p("/{x}/a").overlaps(&p("/b/{y}/c")));
     }
 
     #[test]
