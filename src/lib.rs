@@ -321,6 +321,7 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
         timeout: config.limits.request_head_timeout.0,
         limits: limits.clone(),
         h2c: config.proxy.h2c,
+        trusted: config.limits.trusted_proxies.clone(),
     };
     tokio::spawn(edge::listener::serve(
         edge_listener,

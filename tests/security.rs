@@ -755,3 +755,28 @@ async fn topics_per_process_are_capped_lingering_ones_included() {
         Some(2.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxy_is_not_held_to_the_pending_cap() {
+    let app = StubApp::start().await;
+    let yaml = base_yaml(&app.url(), None).replace(
+        "shutdown:",
+        "limits: { max_pending_per_ip: 2, trusted_proxies: [127.0.0.0/8] }\nshutdown:",
+    );
+    let ff = start_fanfare(&yaml).await;
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(tokio::net::TcpStream::connect(ff.edge_addr).await.unwrap());
+    }
+    let mut b = [0u8; 256];
+    for s in &mut idle {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&b[..n]).starts_with("HTTP/1.1 200"));
+    }
+}

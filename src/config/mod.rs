@@ -258,7 +258,8 @@ pub struct LimitsConfig {
     pub request_head_timeout: Dur,
     /// Connections per client IP (per /64 for IPv6) that have not yet sent a whole
     /// request head; past it, new connections from that address are closed at once.
-    /// Default `64`.
+    /// `trusted_proxies` are exempt (a load balancer's connections all share its
+    /// address). Default `64`.
     pub max_pending_per_ip: usize,
     /// Topics (subscribed subjects, lingering ones included) one process holds; past
     /// it, a new subject is refused (`503 too_many_topics`, WS `too_many_topics`).

@@ -39,6 +39,9 @@ pub struct HeadPolicy {
     pub limits: Arc<ConnectionLimits>,
     /// Whether h2c is on (a connection may open with the HTTP/2 preface).
     pub h2c: bool,
+    /// Trusted proxies: every connection of a load balancer comes from its address,
+    /// so they are not held to the per-IP pending cap (the deadline still applies).
+    pub trusted: Vec<crate::config::Cidr>,
 }
 
 /// One connection's head state: `true` while a request is being served.
@@ -112,6 +115,7 @@ pub async fn serve<A>(
         match accepted {
             Ok((tcp, peer)) => {
                 let pending = match &head {
+                    Some(h) if h.trusted.iter().any(|c| c.contains(peer.ip())) => None,
                     Some(h) => match h.limits.pending(peer.ip()) {
                         Some(p) => Some(p),
                         None => {
