@@ -416,3 +416,153 @@ routes:
     let (_, event, _) = s.next_event().await.unwrap();
     assert_eq!(event, "fanfare.reset");
 }
+
+// === Resume on a route with two subjects (issue 14, item 1) ===
+
+const TWO: &str = "
+routes:
+  - path: /pair/{id}
+    transports: [sse, ws, poll]
+    subjects: [\"orders.{id}.a\", \"orders.{id}.b\"]
+    auth: { mode: none }
+    history: { jetstream: PAIRS, linger: 0s }
+    queue: { messages: 10000 }
+    poll: { timeout: 300ms, max_messages: 50 }
+";
+
+/// Two publishers, one per subject, at full speed into the stream.
+async fn publish_pair(nats: &NatsServer, id: u32, per_subject: u64) -> tokio::task::JoinHandle<()> {
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for side in ["a", "b"] {
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                for n in 0..per_subject {
+                    let body = json!({"side": side, "n": n}).to_string();
+                    client
+                        .publish(format!("orders.{id}.{side}"), body.into())
+                        .await
+                        .unwrap();
+                }
+                client.flush().await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    })
+}
+
+/// Checks that every (side, n) arrived exactly once.
+fn exactly_once(seen: &[(String, u64)], per_subject: u64, what: &str) {
+    let mut counts = std::collections::HashMap::new();
+    for k in seen {
+        *counts.entry(k.clone()).or_insert(0u32) += 1;
+    }
+    for side in ["a", "b"] {
+        for n in 0..per_subject {
+            let c = counts.get(&(side.to_string(), n)).copied().unwrap_or(0);
+            assert_eq!(c, 1, "{what}: {side} {n} arrived {c} times");
+        }
+    }
+}
+
+fn side_n(data: &str) -> (String, u64) {
+    let v: Value = serde_json::from_str(data).unwrap();
+    (
+        v["side"].as_str().unwrap().to_string(),
+        v["n"].as_u64().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_subjects_resume_exactly_over_sse_ws_and_poll() {
+    let nats = NatsServer::start_jetstream().await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    jetstream::new(client)
+        .create_stream(stream::Config {
+            name: "PAIRS".to_string(),
+            subjects: vec!["orders.>".to_string()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ff = start_fanfare(&(base_yaml("http://127.0.0.1:1", Some(&nats.url())) + TWO)).await;
+    let per_subject = 300;
+    let mut id = 0;
+    // SSE, reconnecting with Last-Event-ID every ~100 events.
+    for _ in 0..20 {
+        id += 1;
+        let path = format!("/pair/{id}");
+        let mut reader = sse(ff.edge_addr, &path, None).await;
+        let publisher = publish_pair(&nats, id, per_subject).await;
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        while seen.len() < 2 * per_subject as usize {
+            let (eid, event, data) = reader.next_event().await.expect("stream open");
+            assert_ne!(event, "fanfare.reset", "{data}");
+            seen.push(side_n(&data));
+            cursor = eid.or(cursor);
+            if seen.len() % 100 == 0 {
+                drop(reader);
+                reader = sse(ff.edge_addr, &path, cursor.as_deref()).await;
+            }
+        }
+        publisher.await.unwrap();
+        exactly_once(&seen, per_subject, &format!("sse run {id}"));
+    }
+    // WebSocket, reconnecting with ?last_event_id= every ~100 events.
+    for _ in 0..5 {
+        id += 1;
+        let path = format!("/pair/{id}");
+        let mut ws = ws_connect(ff.edge_addr, &path).await;
+        let publisher = publish_pair(&nats, id, per_subject).await;
+        let mut seen = Vec::new();
+        while seen.len() < 2 * per_subject as usize {
+            let m = ws_json(&mut ws).await;
+            assert_eq!(m["type"], "message", "{m}");
+            seen.push(side_n(&m["data"].to_string()));
+            let cursor = m["id"].as_str().unwrap();
+            if seen.len() % 100 == 0 {
+                drop(ws);
+                ws = ws_connect(ff.edge_addr, &format!("{path}?last_event_id={cursor}")).await;
+            }
+        }
+        publisher.await.unwrap();
+        exactly_once(&seen, per_subject, &format!("ws run {id}"));
+    }
+    // Long-polling, each poll with the last cursor.
+    for _ in 0..5 {
+        id += 1;
+        let base = format!("http://{}/pair/{id}?transport=poll", ff.edge_addr);
+        let first: Value = http_client()
+            .get(&base)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut cursor = first["cursor"].as_str().unwrap().to_string();
+        let publisher = publish_pair(&nats, id, per_subject).await;
+        let mut seen = Vec::new();
+        while seen.len() < 2 * per_subject as usize {
+            let v: Value = http_client()
+                .get(format!("{base}&cursor={cursor}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert!(v.get("reset").is_none(), "{v}");
+            for m in v["messages"].as_array().unwrap() {
+                seen.push(side_n(&m["data"].to_string()));
+            }
+            cursor = v["cursor"].as_str().unwrap().to_string();
+        }
+        publisher.await.unwrap();
+        exactly_once(&seen, per_subject, &format!("poll run {id}"));
+    }
+}

@@ -34,6 +34,8 @@ pub enum Subscription {
     Memory(memory::MemorySubscription),
     /// A JetStream ordered consumer (new messages only); carries stream sequences.
     JetStream(Box<async_nats::jetstream::consumer::pull::Ordered>),
+    /// Several subjects of one topic, merged as they arrive.
+    Merged(futures::stream::SelectAll<futures::stream::BoxStream<'static, Message>>),
 }
 
 impl Subscription {
@@ -45,6 +47,10 @@ impl Subscription {
                 s.next().await.map(nats::convert)
             }
             Subscription::Memory(s) => s.next().await,
+            Subscription::Merged(s) => {
+                use futures::StreamExt;
+                s.next().await
+            }
             Subscription::JetStream(s) => {
                 use futures::StreamExt;
                 loop {
@@ -85,42 +91,59 @@ impl Broker {
         }
     }
 
-    /// Subscribes to `subject` (NATS wildcards allowed).
-    pub async fn subscribe(&self, subject: &str) -> Result<Subscription, BrokerError> {
+    /// Subscribes to `subjects` (NATS wildcards allowed), merged into one subscription.
+    pub async fn subscribe(&self, subjects: &[String]) -> Result<Subscription, BrokerError> {
+        use futures::StreamExt;
+        if let [subject] = subjects {
+            return self.subscribe_one(subject).await;
+        }
+        let mut all = Vec::with_capacity(subjects.len());
+        for subject in subjects {
+            let sub = self.subscribe_one(subject).await?;
+            all.push(
+                futures::stream::unfold(sub, |mut s| async move { s.next().await.map(|m| (m, s)) })
+                    .boxed(),
+            );
+        }
+        Ok(Subscription::Merged(futures::stream::select_all(all)))
+    }
+
+    async fn subscribe_one(&self, subject: &str) -> Result<Subscription, BrokerError> {
         match self {
             Broker::Nats(n) => n.subscribe(subject).await.map(Subscription::Nats),
             Broker::Memory(m) => Ok(Subscription::Memory(m.subscribe(subject))),
         }
     }
 
-    /// Follows `subject` in JetStream stream `stream` (stream sequences): from sequence
-    /// `from`, or from now on.
+    /// Follows `subjects` in JetStream stream `stream` with one ordered consumer, so
+    /// their messages arrive in stream order: from sequence `from`, or from now on.
     pub async fn subscribe_stream(
         &self,
         stream: &str,
-        subject: &str,
+        subjects: &[String],
         from: Option<u64>,
     ) -> Result<Subscription, BrokerError> {
         match self {
             Broker::Nats(n) => n
-                .follow(stream, subject, from)
+                .follow(stream, subjects, from)
                 .await
                 .map(|o| Subscription::JetStream(Box::new(o))),
             Broker::Memory(_) => Err(BrokerError::Nats("JetStream needs nats.url".into())),
         }
     }
 
-    /// The messages on `subject` in `stream` after sequence `after`, at most `max`.
+    /// The messages on `subjects` in `stream` after sequence `after` (in stream order),
+    /// at most `max` and `max_bytes`.
     pub async fn replay_stream(
         &self,
         stream: &str,
-        subject: &str,
+        subjects: &[String],
         after: u64,
         max: usize,
         max_bytes: usize,
     ) -> Result<Replay, BrokerError> {
         match self {
-            Broker::Nats(n) => n.replay(stream, subject, after, max, max_bytes).await,
+            Broker::Nats(n) => n.replay(stream, subjects, after, max, max_bytes).await,
             Broker::Memory(_) => Err(BrokerError::Nats("JetStream needs nats.url".into())),
         }
     }

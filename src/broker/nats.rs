@@ -27,6 +27,22 @@ const REPLAY_BATCH_BYTES: usize = 256 * 1024;
 /// same overhead the hub charges a queued event).
 pub const REPLAY_OVERHEAD: usize = 64;
 
+/// A consumer's `filter_subject`: the subject when there is one.
+fn filter_one(subjects: &[String]) -> String {
+    match subjects {
+        [one] => one.clone(),
+        _ => String::new(),
+    }
+}
+
+/// A consumer's `filter_subjects` (NATS 2.10): the subjects when there are several.
+fn filter_many(subjects: &[String]) -> Vec<String> {
+    match subjects {
+        [_] => Vec::new(),
+        many => many.to_vec(),
+    }
+}
+
 /// `nats://user:pass@host:4222` → `nats://host:4222`, for logs.
 pub fn redact_url(url: &str) -> String {
     url.split(',')
@@ -124,7 +140,7 @@ impl NatsBroker {
     pub(super) async fn follow(
         &self,
         stream: &str,
-        subject: &str,
+        subjects: &[String],
         from: Option<u64>,
     ) -> Result<async_nats::jetstream::consumer::pull::Ordered, BrokerError> {
         use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
@@ -135,7 +151,8 @@ impl NatsBroker {
         };
         let consumer = s
             .create_consumer(OrderedConfig {
-                filter_subject: subject.to_string(),
+                filter_subject: filter_one(subjects),
+                filter_subjects: filter_many(subjects),
                 deliver_policy,
                 ..Default::default()
             })
@@ -159,7 +176,7 @@ impl NatsBroker {
     pub(super) async fn replay(
         &self,
         stream: &str,
-        subject: &str,
+        subjects: &[String],
         after: u64,
         max: usize,
         max_bytes: usize,
@@ -192,7 +209,8 @@ impl NatsBroker {
                 deliver_policy: DeliverPolicy::ByStartSequence {
                     start_sequence: after + 1,
                 },
-                filter_subject: subject.to_string(),
+                filter_subject: filter_one(subjects),
+                filter_subjects: filter_many(subjects),
                 ack_policy: AckPolicy::None,
                 inactive_threshold: Duration::from_secs(30),
                 ..Default::default()

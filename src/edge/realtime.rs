@@ -85,7 +85,7 @@ impl Realtime {
                     metrics: shared.metrics.clone(),
                     drain: shared.drain.clone(),
                     path: route.config.path.clone(),
-                    topic: route.topic(""),
+                    topic: route.topic(),
                     bound,
                     policy,
                     ws: route.config.ws.clone(),
@@ -275,7 +275,7 @@ impl Realtime {
             Transport::Poll => {
                 let cursor = query_param(session.req_header().uri.query(), "cursor")
                     .filter(|c| !c.is_empty());
-                let first = ctx.topic(admitted.subjects.first().map_or("", String::as_str));
+                let first = ctx.topic(&admitted.subjects);
                 // "Now", taken before anything can be queued: if this poll returns
                 // nothing, the next one resumes from here and misses nothing.
                 let now = ctx

@@ -85,11 +85,11 @@ impl Route {
         (render(&self.allow_subscribe), render(&self.allow_publish))
     }
 
-    /// The hub topic of `subject` on this route (with the route's history settings).
-    pub fn topic(&self, subject: &str) -> TopicSpec {
+    /// The hub topic template of this route (its history settings; no subject yet).
+    pub fn topic(&self) -> TopicSpec {
         let h = &self.config.history;
         TopicSpec {
-            subject: subject.to_string(),
+            subjects: Vec::new(),
             stream: h.jetstream.clone(),
             ring: h.ring,
             max_age: h.max_age.0,

@@ -219,7 +219,7 @@ impl Hub {
                 match self
                     .inner
                     .broker
-                    .replay_stream(stream, &spec.subject, after, budget.messages, budget.bytes)
+                    .replay_stream(stream, &spec.subjects, after, budget.messages, budget.bytes)
                     .await?
                 {
                     Replay::Reset(r) => Replayed::Reset(r),

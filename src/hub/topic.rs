@@ -27,8 +27,10 @@ pub(super) fn refuse_reason(msg: &Message) -> Option<&'static str> {
 /// What to subscribe to, and how much history to keep.
 #[derive(Debug, Clone)]
 pub struct TopicSpec {
-    /// The subject (or pattern).
-    pub subject: String,
+    /// The subjects (or patterns) of the topic: one for a run-time subscription, a
+    /// route's subjects for its clients. One topic delivers them in one order (the
+    /// stream's with JetStream), so a client's cursor increases across all of them.
+    pub subjects: Vec<String>,
     /// The JetStream stream to follow, if the route has one.
     pub stream: Option<String>,
     /// Memory history: events kept (0: none).
@@ -47,7 +49,7 @@ impl TopicSpec {
     /// A live-only topic on `subject` (no history, no linger).
     pub fn live(subject: &str) -> TopicSpec {
         TopicSpec {
-            subject: subject.to_string(),
+            subjects: vec![subject.to_string()],
             stream: None,
             ring: 0,
             max_age: Duration::ZERO,
@@ -59,8 +61,8 @@ impl TopicSpec {
 
     pub(super) fn key(&self) -> String {
         match &self.stream {
-            Some(s) => format!("{s}\u{0}{}", self.subject),
-            None => self.subject.clone(),
+            Some(s) => format!("{s}\u{0}{}", self.subjects.join("\u{0}")),
+            None => self.subjects.join("\u{0}"),
         }
     }
 }
@@ -159,10 +161,10 @@ impl Inner {
                 let sub = match &spec.stream {
                     Some(stream) => {
                         broker
-                            .subscribe_stream(stream, &spec.subject, last.map(|l| l + 1))
+                            .subscribe_stream(stream, &spec.subjects, last.map(|l| l + 1))
                             .await
                     }
-                    None => broker.subscribe(&spec.subject).await,
+                    None => broker.subscribe(&spec.subjects).await,
                 };
                 let mut sub = match sub {
                     Ok(s) => s,

@@ -49,27 +49,33 @@ pub struct RouteContext {
     pub retry_ms: u128,
 }
 
+/// Joins the subjects of one topic in a membership's label (a NUL never occurs in a
+/// subject).
+pub const SET_SEPARATOR: &str = "\u{0}";
+
 /// A new client's queue, subscribed to its subjects.
 pub struct Joined {
     /// The client's id (its drain turn).
     pub client: u64,
     /// Its queue.
     pub queue: Arc<ClientQueue>,
-    /// Its places in the topics, by subject; dropping one leaves that topic.
+    /// Its places in the topics, labelled by their subjects (joined by
+    /// [`SET_SEPARATOR`]); dropping one leaves that topic.
     pub memberships: Vec<(String, Membership)>,
 }
 
 impl RouteContext {
     /// The topic of `subject` on this route.
-    pub fn topic(&self, subject: &str) -> TopicSpec {
+    pub fn topic(&self, subjects: &[String]) -> TopicSpec {
         TopicSpec {
-            subject: subject.to_string(),
+            subjects: subjects.to_vec(),
             ..self.topic.clone()
         }
     }
 
-    /// Subscribes a new client's queue to `subjects` and, with a `cursor`, splices in
-    /// what it missed (or a reset) ahead of the live events.
+    /// Subscribes a new client's queue to the route's `subjects` (one topic for all of
+    /// them, so they arrive in one order and the cursor is exact across them) and, with
+    /// a `cursor`, splices in what it missed (or a reset) ahead of the live events.
     pub async fn join(
         &self,
         subjects: &[String],
@@ -77,17 +83,14 @@ impl RouteContext {
     ) -> Result<Joined, JoinError> {
         let queue = Arc::new(ClientQueue::new(self.bound, self.policy));
         let client = self.hub.client_id();
-        let mut memberships = Vec::with_capacity(subjects.len());
-        for subject in subjects {
-            let m = self
-                .hub
-                .join_spec(&self.topic(subject), client, queue.clone())
-                .await?;
-            memberships.push((subject.clone(), m));
-        }
-        if let Some(cursor) = cursor {
-            let specs: Vec<TopicSpec> = subjects.iter().map(|s| self.topic(s)).collect();
-            self.hub.resume(&specs, cursor, &queue).await?;
+        let mut memberships = Vec::with_capacity(1);
+        if !subjects.is_empty() {
+            let spec = self.topic(subjects);
+            let m = self.hub.join_spec(&spec, client, queue.clone()).await?;
+            memberships.push((subjects.join(SET_SEPARATOR), m));
+            if let Some(cursor) = cursor {
+                self.hub.resume(&[spec], cursor, &queue).await?;
+            }
         }
         Ok(Joined {
             client,

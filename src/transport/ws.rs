@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 pub use super::ws_socket::accept;
 use super::ws_socket::{CLOSE_TIMEOUT, assemble, close_for_error};
-use super::{Joined, Outcome, RouteContext};
+use super::{Joined, Outcome, RouteContext, SET_SEPARATOR};
 use crate::auth::Permissions;
 use crate::broker::Message as BrokerMessage;
 use crate::hub::{ClientQueue, JoinError, Membership};
@@ -35,21 +35,42 @@ use crate::wire::ws::close;
 
 /// A connection's subscriptions: a few at most (`ws.max_subscriptions`), so a vector
 /// (one small allocation) beats a hash map (a bucket array) for every held connection.
+/// Each entry is one topic, labelled by its subjects joined by [`SET_SEPARATOR`]: the
+/// route's subjects are one entry (one topic, one order), a run-time subscribe another.
 struct Subscriptions(Vec<(String, Membership)>);
 
+/// Why an unsubscribe cannot be done.
+enum Leave {
+    /// The connection does not hold the subject.
+    NotSubscribed,
+    /// The subject is one of the route's several subjects, which form one topic.
+    PartOfRoute,
+}
+
 impl Subscriptions {
+    fn subjects(label: &str) -> impl Iterator<Item = &str> {
+        label.split(SET_SEPARATOR)
+    }
     fn contains_key(&self, subject: &str) -> bool {
-        self.0.iter().any(|(s, _)| s == subject)
+        self.0
+            .iter()
+            .any(|(l, _)| Self::subjects(l).any(|s| s == subject))
     }
     fn insert(&mut self, subject: String, m: Membership) {
         self.0.push((subject, m));
     }
-    fn remove(&mut self, subject: &str) -> Option<Membership> {
-        let i = self.0.iter().position(|(s, _)| s == subject)?;
-        Some(self.0.swap_remove(i).1)
+    fn remove(&mut self, subject: &str) -> Result<Membership, Leave> {
+        if let Some(i) = self.0.iter().position(|(l, _)| l == subject) {
+            return Ok(self.0.swap_remove(i).1);
+        }
+        if self.contains_key(subject) {
+            return Err(Leave::PartOfRoute);
+        }
+        Err(Leave::NotSubscribed)
     }
+    /// Subjects held (what `ws.max_subscriptions` counts).
     fn len(&self) -> usize {
-        self.0.len()
+        self.0.iter().map(|(l, _)| Self::subjects(l).count()).sum()
     }
     fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -358,7 +379,7 @@ where
                         ),
                     ));
                 }
-                let spec = self.ctx.topic(&subject);
+                let spec = self.ctx.topic(std::slice::from_ref(&subject));
                 let m = self
                     .ctx
                     .hub
@@ -388,10 +409,14 @@ where
             Request::Unsubscribe { subject } => {
                 self.churn()?;
                 match self.subscriptions.remove(&subject) {
-                    Some(_) => Ok(Some(subject)),
-                    None => Err(Failure::new(
+                    Ok(_) => Ok(Some(subject)),
+                    Err(Leave::NotSubscribed) => Err(Failure::new(
                         Code::NotSubscribed,
                         "not subscribed to that subject",
+                    )),
+                    Err(Leave::PartOfRoute) => Err(Failure::new(
+                        Code::BadRequest,
+                        "this subject is one of the route's subjects, which are one subscription; it cannot be left alone",
                     )),
                 }
             }
