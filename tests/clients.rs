@@ -341,3 +341,82 @@ fn an_echo_route_needs_no_subjects_as_the_readme_says() {
         "the README states the echo exception: {row}"
     );
 }
+
+// === 2: an EventSource opened during a NATS outage ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_client_opened_during_a_nats_outage_is_admitted_and_misses_nothing() {
+    use async_nats::jetstream;
+    let mut nats = NatsServer::start_jetstream().await;
+    jetstream::new(async_nats::connect(nats.url()).await.unwrap())
+        .create_stream(jetstream::stream::Config {
+            name: "LIVE".into(),
+            subjects: vec!["live.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let yaml = base_yaml("http://127.0.0.1:1", Some(&nats.url()))
+        + "routes:\n  - path: /live/{id}\n    transports: [sse, ws, poll]\n    subjects: [\"live.{id}\"]\n    auth: { mode: none }\n    history: { jetstream: LIVE }\n";
+    let ff = start_fanfare(&yaml).await;
+    nats.stop();
+    let admin = ff.admin_addr;
+    wait_for("readyz 503 while NATS is down", DEADLINE, || async move {
+        (admin_get(admin, "/readyz").await.0 == 503).then_some(())
+    })
+    .await;
+    // Opened during the outage: admitted at once, with retry:, never a 503.
+    let opened = Instant::now();
+    let r = http_client()
+        .get(format!("http://{}/live/1", ff.edge_addr))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "an EventSource must not get a non-200");
+    let mut reader = SseReader::new(r);
+    match reader.next().await {
+        Some(Frame::Retry(_)) => {}
+        other => panic!("retry: first, got {other:?}"),
+    }
+    assert!(
+        opened.elapsed() < Duration::from_secs(3),
+        "admitted after {:?}",
+        opened.elapsed()
+    );
+    // WebSocket and long-poll are refused at once rather than held for 10 s.
+    let started = Instant::now();
+    let poll = http_client()
+        .get(format!("http://{}/live/1?transport=poll", ff.edge_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(poll.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // NATS returns; the app publishes (some of it possibly before fanfare has
+    // reconnected): the client gets every message, once.
+    nats.restart().await;
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    for n in 0..20u64 {
+        js.publish("live.1", serde_json::json!({ "n": n }).to_string().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 20 {
+        let (_, event, data) = reader.next_event().await.expect("the stream stays open");
+        assert_eq!(event, "message", "{data}");
+        got.push(
+            serde_json::from_str::<Value>(&data).unwrap()["n"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    assert_eq!(got, (0..20).collect::<Vec<_>>());
+}

@@ -55,6 +55,16 @@ pub enum BrokerError {
     Nats(String),
 }
 
+/// Where a replay starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayFrom {
+    /// After this stream sequence (a client's cursor).
+    After(u64),
+    /// Messages stored since this time (a client admitted while NATS was unreachable,
+    /// with no cursor of its own: what was published meanwhile).
+    Since(std::time::SystemTime),
+}
+
 /// What a replay from a cursor found.
 #[derive(Debug)]
 pub enum Replay {

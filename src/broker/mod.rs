@@ -11,7 +11,7 @@ mod nats;
 use tokio::sync::watch;
 
 pub use memory::MemoryBroker;
-pub use message::{BrokerError, EVENT_HEADER, MSG_ID_HEADER, Message, Replay};
+pub use message::{BrokerError, EVENT_HEADER, MSG_ID_HEADER, Message, Replay, ReplayFrom};
 pub use nats::NatsBroker;
 
 use crate::config::NatsConfig;
@@ -138,12 +138,12 @@ impl Broker {
         &self,
         stream: &str,
         subjects: &[String],
-        after: u64,
+        from: ReplayFrom,
         max: usize,
         max_bytes: usize,
     ) -> Result<Replay, BrokerError> {
         match self {
-            Broker::Nats(n) => n.replay(stream, subjects, after, max, max_bytes).await,
+            Broker::Nats(n) => n.replay(stream, subjects, from, max, max_bytes).await,
             Broker::Memory(_) => Err(BrokerError::Nats("JetStream needs nats.url".into())),
         }
     }

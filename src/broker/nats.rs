@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use async_nats::{ConnectOptions, Event, HeaderMap};
 use tokio::sync::watch;
 
-use super::message::{BrokerError, EVENT_HEADER, MSG_ID_HEADER, Message, Replay};
+use super::message::{BrokerError, EVENT_HEADER, MSG_ID_HEADER, Message, Replay, ReplayFrom};
 use crate::config::NatsConfig;
 use crate::metrics::Metrics;
 
@@ -177,7 +177,7 @@ impl NatsBroker {
         &self,
         stream: &str,
         subjects: &[String],
-        after: u64,
+        from: ReplayFrom,
         max: usize,
         max_bytes: usize,
     ) -> Result<Replay, BrokerError> {
@@ -195,20 +195,28 @@ impl NatsBroker {
             .await
             .map_err(|e| BrokerError::Nats(e.to_string()))?
             .state;
-        if after > state.last_sequence {
-            return Ok(Replay::Reset("cursor_unknown"));
-        }
-        if state.messages > 0 && after + 1 < state.first_sequence {
-            return Ok(Replay::Reset("cursor_too_old"));
-        }
-        if after == state.last_sequence {
-            return Ok(Replay::Messages(Vec::new()));
-        }
+        let deliver_policy = match from {
+            ReplayFrom::After(after) => {
+                if after > state.last_sequence {
+                    return Ok(Replay::Reset("cursor_unknown"));
+                }
+                if state.messages > 0 && after + 1 < state.first_sequence {
+                    return Ok(Replay::Reset("cursor_too_old"));
+                }
+                if after == state.last_sequence {
+                    return Ok(Replay::Messages(Vec::new()));
+                }
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: after + 1,
+                }
+            }
+            ReplayFrom::Since(at) => DeliverPolicy::ByStartTime {
+                start_time: time::OffsetDateTime::from(at),
+            },
+        };
         let consumer = s
             .create_consumer(pull::Config {
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: after + 1,
-                },
+                deliver_policy,
                 filter_subject: filter_one(subjects),
                 filter_subjects: filter_many(subjects),
                 ack_policy: AckPolicy::None,

@@ -245,11 +245,26 @@ impl Realtime {
             Transport::Sse => {
                 let cursor = header(session, "last-event-id")
                     .or_else(|| query_param(session.req_header().uri.query(), "last_event_id"));
-                let joined = join(&ctx, &admitted, cursor.as_deref()).await?;
+                // While the broker is unreachable an EventSource is admitted anyway (a
+                // non-200 would end it for good) and joins once the broker is back.
+                let joined = if *ctx.hub.connected().borrow() {
+                    match ctx.join(&admitted.subjects, cursor.as_deref()).await {
+                        Ok(j) => Ok(j),
+                        Err(JoinError::Broker(_)) => Err(()),
+                        Err(e) => return Err(join_refusal(&ctx, e)),
+                    }
+                } else {
+                    Err(())
+                };
+                let (client, queue, held): (u64, _, Box<dyn Send>) = match joined {
+                    Ok(j) => (j.client, j.queue, Box::new(j.memberships)),
+                    Err(()) => {
+                        let d = ctx.join_later(admitted.subjects.clone(), cursor);
+                        (d.client, d.queue, Box::new(d.memberships))
+                    }
+                };
                 let expires = admitted.permissions.expires;
-                let mut sse_session =
-                    sse::Session::new(ctx.clone(), joined.queue, joined.client, expires);
-                let memberships = joined.memberships;
+                let mut sse_session = sse::Session::new(ctx.clone(), queue, client, expires);
                 if let Some(mut stream) = take_h1_stream(session).await {
                     let head = cors::sse_head_h1(origin);
                     tokio::spawn(async move {
@@ -259,7 +274,7 @@ impl Realtime {
                             ctx.counted("sse", sse_session.run(&mut sink)).await;
                             sink.finish().await;
                         }
-                        drop(memberships);
+                        drop(held);
                     });
                     return Ok(());
                 }
@@ -270,11 +285,14 @@ impl Realtime {
                     .map_err(Refusal::internal)?;
                 ctx.counted("sse", sse_session.run(&mut PingoraSink(session)))
                     .await;
-                drop((memberships, slot));
+                drop((held, slot));
             }
             Transport::Poll => {
                 let cursor = query_param(session.req_header().uri.query(), "cursor")
                     .filter(|c| !c.is_empty());
+                if !*ctx.hub.connected().borrow() {
+                    return Err(unavailable(&BrokerError::Disconnected));
+                }
                 let first = ctx.topic(&admitted.subjects);
                 // "Now", taken before anything can be queued: if this poll returns
                 // nothing, the next one resumes from here and misses nothing.
@@ -301,22 +319,29 @@ async fn join(
     admitted: &Admitted,
     cursor: Option<&str>,
 ) -> Result<Joined, Refusal> {
+    if !*ctx.hub.connected().borrow() {
+        return Err(unavailable(&BrokerError::Disconnected));
+    }
     ctx.join(&admitted.subjects, cursor)
         .await
-        .map_err(|e| match e {
-            JoinError::Broker(e) => unavailable(&e),
-            JoinError::TooManyTopics(_) => {
-                ctx.metrics
-                    .rejected
-                    .with_label_values(&["too_many_topics"])
-                    .inc();
-                Refusal::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "too_many_topics",
-                    e.to_string(),
-                )
-            }
-        })
+        .map_err(|e| join_refusal(ctx, e))
+}
+
+fn join_refusal(ctx: &RouteContext, e: JoinError) -> Refusal {
+    match e {
+        JoinError::Broker(e) => unavailable(&e),
+        JoinError::TooManyTopics(_) => {
+            ctx.metrics
+                .rejected
+                .with_label_values(&["too_many_topics"])
+                .inc();
+            Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_topics",
+                e.to_string(),
+            )
+        }
+    }
 }
 
 fn unavailable(e: &BrokerError) -> Refusal {

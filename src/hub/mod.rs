@@ -32,7 +32,7 @@ pub use history::{Cursor, Replayed};
 pub use queue::{Batch, Bound, ClientQueue, Closed, Policy, Pushed};
 pub use topic::TopicSpec;
 
-use crate::broker::{Broker, BrokerError, Replay};
+use crate::broker::{Broker, BrokerError, Replay, ReplayFrom};
 use crate::metrics::Metrics;
 use history::to_base36;
 use topic::Inner;
@@ -166,6 +166,56 @@ impl Hub {
         }
     }
 
+    /// Whether the broker is connected now, as a watch.
+    pub fn connected(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.broker.connected()
+    }
+
+    /// Replays what was stored on the JetStream topic `spec` since `since` into `queue`
+    /// (a client admitted while the broker was unreachable, without a cursor). Live
+    /// events already queued are spliced after it, as for a cursor.
+    pub async fn resume_since(
+        &self,
+        spec: &TopicSpec,
+        since: std::time::SystemTime,
+        queue: &ClientQueue,
+    ) -> Result<(), BrokerError> {
+        let Some(stream) = &spec.stream else {
+            return Ok(());
+        };
+        let fits = queue.bound();
+        let budget = Bound {
+            messages: spec.max_replay.min(fits.messages),
+            bytes: spec.max_replay_bytes.min(fits.bytes),
+        };
+        let replay = self
+            .inner
+            .broker
+            .replay_stream(
+                stream,
+                &spec.subjects,
+                ReplayFrom::Since(since),
+                budget.messages,
+                budget.bytes,
+            )
+            .await?;
+        let (events, reset) = match replay {
+            Replay::Reset(r) => (Vec::new(), Some(r)),
+            Replay::Messages(msgs) => (
+                msgs.into_iter()
+                    .filter(|m| topic::refuse_reason(m).is_none())
+                    .filter_map(|m| {
+                        let seq = m.seq?;
+                        Some(Arc::new(Event::new(m, seq, seq.to_string())))
+                    })
+                    .collect(),
+                None,
+            ),
+        };
+        queue.splice(events, reset);
+        Ok(())
+    }
+
     /// Replays what a client missed on the topics of `specs` since `cursor` into
     /// `queue`, ahead of the live events it already receives. What is replayed must
     /// fit the queue's bound and each route's `max_replay` / `max_replay_bytes`; when
@@ -219,7 +269,13 @@ impl Hub {
                 match self
                     .inner
                     .broker
-                    .replay_stream(stream, &spec.subjects, after, budget.messages, budget.bytes)
+                    .replay_stream(
+                        stream,
+                        &spec.subjects,
+                        ReplayFrom::After(after),
+                        budget.messages,
+                        budget.bytes,
+                    )
                     .await?
                 {
                     Replay::Reset(r) => Replayed::Reset(r),

@@ -53,6 +53,16 @@ pub struct RouteContext {
 /// subject).
 pub const SET_SEPARATOR: &str = "\u{0}";
 
+/// A client admitted while the broker was unreachable ([`RouteContext::join_later`]).
+pub struct Deferred {
+    /// The client's id.
+    pub client: u64,
+    /// Its queue.
+    pub queue: Arc<ClientQueue>,
+    /// Its memberships, filled once the broker is back; hold it as long as the client.
+    pub memberships: Arc<std::sync::Mutex<Vec<(String, Membership)>>>,
+}
+
 /// A new client's queue, subscribed to its subjects.
 pub struct Joined {
     /// The client's id (its drain turn).
@@ -97,6 +107,67 @@ impl RouteContext {
             queue,
             memberships,
         })
+    }
+
+    /// Admits a client while the broker is unreachable: returns at once, and joins its
+    /// subjects once the broker is back, replaying from its cursor, or (without one,
+    /// on a JetStream route) everything stored since it was admitted, so an
+    /// EventSource opened during an outage misses nothing and is never refused.
+    pub fn join_later(self: &Arc<Self>, subjects: Vec<String>, cursor: Option<String>) -> Deferred {
+        let queue = Arc::new(ClientQueue::new(self.bound, self.policy));
+        let client = self.hub.client_id();
+        let memberships = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let since = std::time::SystemTime::now();
+        let (ctx, weak_queue, weak_slot) = (
+            self.clone(),
+            Arc::downgrade(&queue),
+            Arc::downgrade(&memberships),
+        );
+        tokio::spawn(async move {
+            let mut connected = ctx.hub.connected();
+            loop {
+                if subjects.is_empty() || connected.wait_for(|c| *c).await.is_err() {
+                    return;
+                }
+                // The client may have left while the broker was away.
+                let Some(queue) = weak_queue.upgrade() else {
+                    return;
+                };
+                let spec = ctx.topic(&subjects);
+                let m = match ctx.hub.join_spec(&spec, client, queue.clone()).await {
+                    Ok(m) => m,
+                    Err(JoinError::TooManyTopics(_)) => {
+                        queue.splice(Vec::new(), Some("too_many_topics"));
+                        return;
+                    }
+                    Err(JoinError::Broker(e)) => {
+                        tracing::debug!(error = %e, "deferred join failed; retrying");
+                        let backoff = std::time::Duration::from_secs(1);
+                        tokio::time::sleep(backoff).await;
+                        continue;
+                    }
+                };
+                let resumed = match &cursor {
+                    Some(c) => ctx.hub.resume(std::slice::from_ref(&spec), c, &queue).await,
+                    None => ctx.hub.resume_since(&spec, since, &queue).await,
+                };
+                if let Err(e) = resumed {
+                    tracing::warn!(error = %e, "replay after an outage failed: the client gets a reset");
+                    queue.splice(Vec::new(), Some("replay_failed"));
+                }
+                if let Some(slot) = weak_slot.upgrade() {
+                    slot.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push((subjects.join(SET_SEPARATOR), m));
+                }
+                return;
+            }
+        });
+        Deferred {
+            client,
+            queue,
+            memberships,
+        }
     }
 
     /// Counts a held connection of `transport` while `f` runs, then its outcome.
