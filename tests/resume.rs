@@ -430,22 +430,25 @@ routes:
     poll: { timeout: 300ms, max_messages: 50 }
 ";
 
-/// Two publishers, one per subject, at full speed into the stream.
+/// Two publishers, one per subject, at full speed into the stream: JetStream
+/// publishes whose acks are awaited only at the end (a plain NATS publish may be
+/// dropped by a busy JetStream, which would read as a loss here).
 async fn publish_pair(nats: &NatsServer, id: u32, per_subject: u64) -> tokio::task::JoinHandle<()> {
     let client = async_nats::connect(nats.url()).await.unwrap();
     tokio::spawn(async move {
         let mut tasks = Vec::new();
         for side in ["a", "b"] {
-            let client = client.clone();
+            let js = jetstream::new(client.clone());
             tasks.push(tokio::spawn(async move {
+                let mut acks = Vec::with_capacity(per_subject as usize);
                 for n in 0..per_subject {
                     let body = json!({"side": side, "n": n}).to_string();
-                    client
-                        .publish(format!("orders.{id}.{side}"), body.into())
-                        .await
-                        .unwrap();
+                    let subject = format!("orders.{id}.{side}");
+                    acks.push(js.publish(subject, body.into()).await.unwrap());
                 }
-                client.flush().await.unwrap();
+                for ack in acks {
+                    ack.await.expect("JetStream stored the message");
+                }
             }));
         }
         for t in tasks {
@@ -547,7 +550,14 @@ async fn two_subjects_resume_exactly_over_sse_ws_and_poll() {
         let mut cursor = first["cursor"].as_str().unwrap().to_string();
         let publisher = publish_pair(&nats, id, per_subject).await;
         let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + DEADLINE;
         while seen.len() < 2 * per_subject as usize {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "poll run {id}: {} of {} after {DEADLINE:?}",
+                seen.len(),
+                2 * per_subject
+            );
             let v: Value = http_client()
                 .get(format!("{base}&cursor={cursor}"))
                 .send()
