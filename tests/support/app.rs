@@ -62,6 +62,7 @@ impl StubApp {
                 get(|| async { axum::response::Redirect::temporary("/jwks") }),
             )
             .route("/auth-huge-expiry", get(auth_huge_expiry))
+            .route("/page/live", get(live_page))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -168,6 +169,22 @@ async fn auth_redirect(State(s): State<AppState>, h: HeaderMap) -> axum::respons
     } else {
         axum::response::Redirect::to("/login").into_response()
     }
+}
+
+/// A page that opens `new EventSource("/live/1")` (same origin, through fanfare) and
+/// records what it sees in `window.seen` for a browser test to read.
+async fn live_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(
+        r#"<!doctype html><meta charset="utf-8"><title>live</title>
+<script>
+window.seen = { messages: [], errors: 0, opens: 0 };
+const es = new EventSource("/live/1");
+window.es = es;
+es.onopen = () => { window.seen.opens += 1; };
+es.onerror = () => { window.seen.errors += 1; };
+es.onmessage = (e) => { window.seen.messages.push(JSON.parse(e.data).n); };
+</script>"#,
+    )
 }
 
 /// Grants orders.1 with an expiry no clock can reach (u64::MAX seconds).
