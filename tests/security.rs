@@ -9,29 +9,10 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use support::*;
-
-const SECRET: &str = "test-secret-test-secret-test-secret-0123";
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn hs256(claims: &Value) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
 
 /// GET with headers, never following redirects: (status, headers, body).
 async fn get_raw(url: &str, headers: &[(&str, &str)]) -> (u16, reqwest::header::HeaderMap, String) {

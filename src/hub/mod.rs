@@ -201,16 +201,7 @@ impl Hub {
             .await?;
         let (events, reset) = match replay {
             Replay::Reset(r) => (Vec::new(), Some(r)),
-            Replay::Messages(msgs) => (
-                msgs.into_iter()
-                    .filter(|m| topic::refuse_reason(m).is_none())
-                    .filter_map(|m| {
-                        let seq = m.seq?;
-                        Some(Arc::new(Event::new(m, seq, seq.to_string())))
-                    })
-                    .collect(),
-                None,
-            ),
+            Replay::Messages(msgs) => (stream_events(msgs), None),
         };
         queue.splice(events, reset);
         Ok(())
@@ -279,15 +270,7 @@ impl Hub {
                     .await?
                 {
                     Replay::Reset(r) => Replayed::Reset(r),
-                    Replay::Messages(msgs) => Replayed::Events(
-                        msgs.into_iter()
-                            .filter(|m| topic::refuse_reason(m).is_none())
-                            .filter_map(|m| {
-                                let seq = m.seq?;
-                                Some(Arc::new(Event::new(m, seq, seq.to_string())))
-                            })
-                            .collect(),
-                    ),
+                    Replay::Messages(msgs) => Replayed::Events(stream_events(msgs)),
                 }
             }
             (Cursor::Memory(after), None) => self.replay_ring(spec, after, budget),
@@ -315,6 +298,18 @@ impl Hub {
         };
         history::replay_ring(ring, after, spec.max_age, budget)
     }
+}
+
+/// Replayed JetStream messages as events (their cursor is the stream sequence),
+/// leaving out what fan-out would refuse.
+fn stream_events(msgs: Vec<crate::broker::Message>) -> Vec<Arc<Event>> {
+    msgs.into_iter()
+        .filter(|m| topic::refuse_reason(m).is_none())
+        .filter_map(|m| {
+            let seq = m.seq?;
+            Some(Arc::new(Event::new(m, seq, seq.to_string())))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -17,6 +17,27 @@ use std::future::Future;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
+/// The HS256 secret the JWT tests sign with.
+pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
+
+/// Unix seconds now.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A token with `claims`, signed HS256 with [`SECRET`].
+pub fn hs256(claims: &serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
 /// The default deadline for conditions in tests.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
