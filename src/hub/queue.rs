@@ -29,6 +29,9 @@ struct State {
     #[allow(clippy::box_collection)]
     floor: Option<Box<std::collections::HashMap<String, u64>>>,
     closed: Option<Closed>,
+    /// Live events are queued but not handed out until a resume is spliced in (a
+    /// client that joins after its session started writing).
+    held: bool,
 }
 
 /// A queue's bound: past either, the [`Policy`] applies.
@@ -199,6 +202,14 @@ impl ClientQueue {
     /// Takes everything queued.
     pub fn take(&self) -> Batch {
         let mut s = self.lock();
+        if s.held {
+            return Batch {
+                events: VecDeque::new(),
+                dropped: 0,
+                reset: None,
+                closed: s.closed,
+            };
+        }
         s.bytes = 0;
         Batch {
             events: std::mem::take(&mut s.events),
@@ -214,6 +225,7 @@ impl ClientQueue {
     /// The replay is bounded by the route's `max_replay`, not by the queue bound.
     pub fn splice(&self, replay: Vec<Arc<Event>>, reset: Option<&'static str>) {
         let mut s = self.lock();
+        s.held = false;
         if !replay.is_empty() {
             let floor = s.floor.get_or_insert_with(Default::default);
             for e in &replay {
@@ -236,6 +248,13 @@ impl ClientQueue {
         if wake {
             self.ready.notify_one();
         }
+    }
+
+    /// Holds live events back (queued, bounded as usual) until the next
+    /// [`ClientQueue::splice`], so that a resume done after the writer started still
+    /// comes first and nothing is written twice.
+    pub fn hold(&self) {
+        self.lock().held = true;
     }
 
     /// Whether a reset is waiting to be sent.
@@ -348,5 +367,15 @@ mod tests {
             .await
             .expect("ready resolves after a push")
             .unwrap();
+    }
+
+    #[test]
+    fn a_held_queue_hands_out_nothing_until_the_splice() {
+        let q = queue(100, 1 << 20, Policy::DropOldest);
+        q.hold();
+        assert_eq!(q.push(event(10)), Pushed::Queued);
+        assert!(q.take().events.is_empty(), "held back");
+        q.splice(Vec::new(), None);
+        assert_eq!(q.take().events.len(), 1, "released by the splice");
     }
 }

@@ -134,6 +134,9 @@ impl RouteContext {
                     return;
                 };
                 let spec = ctx.topic(&subjects);
+                // The session is already writing: live events wait until the replay
+                // is spliced in front of them (the splice releases them).
+                queue.hold();
                 let m = match ctx.hub.join_spec(&spec, client, queue.clone()).await {
                     Ok(m) => m,
                     Err(JoinError::TooManyTopics(_)) => {
