@@ -157,14 +157,7 @@ async fn an_event_source_opened_during_a_nats_outage_receives_without_a_reload()
     };
     use async_nats::jetstream;
     let mut nats = NatsServer::start_jetstream().await;
-    jetstream::new(async_nats::connect(nats.url()).await.unwrap())
-        .create_stream(jetstream::stream::Config {
-            name: "LIVE".into(),
-            subjects: vec!["live.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    create_stream(&nats.url(), "LIVE", &["live.>"]).await;
     let app = StubApp::start().await;
     let yaml = base_yaml(&app.url(), Some(&nats.url()))
         + "routes:\n  - path: /live/{id}\n    subjects: [\"live.{id}\"]\n    auth: { mode: none }\n    history: { jetstream: LIVE }\n";

@@ -348,14 +348,7 @@ fn an_echo_route_needs_no_subjects_as_the_readme_says() {
 async fn an_sse_client_opened_during_a_nats_outage_is_admitted_and_misses_nothing() {
     use async_nats::jetstream;
     let mut nats = NatsServer::start_jetstream().await;
-    jetstream::new(async_nats::connect(nats.url()).await.unwrap())
-        .create_stream(jetstream::stream::Config {
-            name: "LIVE".into(),
-            subjects: vec!["live.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    create_stream(&nats.url(), "LIVE", &["live.>"]).await;
     let yaml = base_yaml("http://127.0.0.1:1", Some(&nats.url()))
         + "routes:\n  - path: /live/{id}\n    transports: [sse, ws, poll]\n    subjects: [\"live.{id}\"]\n    auth: { mode: none }\n    history: { jetstream: LIVE }\n";
     let ff = start_fanfare(&yaml).await;

@@ -297,36 +297,6 @@ fn zero_durations_that_cannot_work_are_refused() {
 
 // === 11: WebSocket protocol errors get a close frame ===
 
-/// Opens a WebSocket by hand and returns the socket after the 101.
-async fn raw_ws(addr: SocketAddr, path: &str) -> tokio::net::TcpStream {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(DEADLINE, s.read(&mut b))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(n, 1, "the 101 arrives whole");
-        head.push(b[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    s
-}
-
 /// Reads server frames until a close frame and returns its code.
 async fn close_code_of(s: &mut tokio::net::TcpStream) -> u16 {
     loop {

@@ -208,38 +208,12 @@ async fn oversize_message_closes_1009() {
     .await;
 }
 
-/// A raw client that completes the handshake and then never reads or answers.
-async fn silent_ws_client(addr: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!(
-            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut b).await.unwrap(), 1);
-        head.push(b[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    s
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_stops_answering_pings_is_closed() {
     let yaml = base_yaml("http://127.0.0.1:1", None)
         + "routes:\n  - path: /p\n    transports: [ws]\n    subjects: [p]\n    auth: { mode: none }\n    ws: { ping_interval: 100ms, pong_timeout: 100ms }\n";
     let ff = start_fanfare(&yaml).await;
-    let mut silent = silent_ws_client(ff.edge_addr, "/p").await;
+    let mut silent = raw_ws(ff.edge_addr, "/p").await;
     wait_metric(ff.admin_addr, "fanfare_connections{transport=\"ws\"}", 1.0).await;
     // A well-behaved client on the same route stays connected: it keeps reading, so
     // tungstenite answers the pings.
@@ -315,7 +289,7 @@ async fn idle_connection_without_subscriptions_is_closed() {
 async fn abrupt_tcp_drop_releases_the_client() {
     let nats = NatsServer::start().await;
     let ff = start_fanfare(&(base_yaml("http://127.0.0.1:1", Some(&nats.url())) + CHAT)).await;
-    let a = silent_ws_client(ff.edge_addr, "/chat/gone").await;
+    let a = raw_ws(ff.edge_addr, "/chat/gone").await;
     wait_metric(ff.admin_addr, "fanfare_connections{transport=\"ws\"}", 1.0).await;
     assert_eq!(
         metric(ff.admin_addr, "fanfare_subscriptions").await,

@@ -130,3 +130,15 @@ impl Drop for NatsServer {
         self.stop();
     }
 }
+
+/// Creates JetStream stream `name` capturing `subjects` on the server at `url`.
+pub async fn create_stream(url: &str, name: &str, subjects: &[&str]) {
+    async_nats::jetstream::new(async_nats::connect(url).await.unwrap())
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: name.to_string(),
+            subjects: subjects.iter().map(ToString::to_string).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}

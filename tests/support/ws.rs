@@ -58,3 +58,35 @@ pub async fn ws_close_code(ws: &mut Ws) -> u16 {
         }
     }
 }
+
+/// Opens a WebSocket by hand (raw TCP) and returns the socket right after the `101`:
+/// for clients that misbehave on purpose (never read, send bad frames).
+pub async fn raw_ws(addr: SocketAddr, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut b))
+            .await
+            .expect("the 101 within the deadline")
+            .unwrap();
+        assert_eq!(n, 1, "the 101 arrives whole");
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
