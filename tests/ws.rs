@@ -163,9 +163,21 @@ async fn handshake_and_path_refusals_happen_before_the_upgrade() {
         s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n").as_bytes())
             .await
             .unwrap();
+        // The head and the JSON body may arrive in separate reads: read the whole
+        // answer (its body ends with `}`), or until the server closes.
+        let mut got = Vec::new();
         let mut buf = vec![0u8; 4096];
-        let n = s.read(&mut buf).await.unwrap();
-        String::from_utf8_lossy(&buf[..n]).into_owned()
+        while !got.ends_with(b"}") {
+            let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+                .await
+                .expect("an answer within the deadline")
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
     };
     let r = raw(
         "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n",
