@@ -162,12 +162,7 @@ async fn an_event_source_opened_during_a_nats_outage_receives_without_a_reload()
     let yaml = base_yaml(&app.url(), Some(&nats.url()))
         + "routes:\n  - path: /live/{id}\n    subjects: [\"live.{id}\"]\n    auth: { mode: none }\n    history: { jetstream: LIVE }\n";
     let ff = start_fanfare(&yaml).await;
-    nats.stop();
-    let admin = ff.admin_addr;
-    wait_for("readyz 503 while NATS is down", DEADLINE, || async move {
-        (admin_get(admin, "/readyz").await.0 == 503).then_some(())
-    })
-    .await;
+    stop_until_unready(&mut nats, ff.admin_addr).await;
     // The page (served by the app through fanfare) opens its EventSource now.
     let mut browser = Browser::open(bin, &format!("http://{}/page/live", ff.edge_addr)).await;
     let deadline = Instant::now() + DEADLINE;

@@ -352,12 +352,7 @@ async fn an_sse_client_opened_during_a_nats_outage_is_admitted_and_misses_nothin
     let yaml = base_yaml("http://127.0.0.1:1", Some(&nats.url()))
         + "routes:\n  - path: /live/{id}\n    transports: [sse, ws, poll]\n    subjects: [\"live.{id}\"]\n    auth: { mode: none }\n    history: { jetstream: LIVE }\n";
     let ff = start_fanfare(&yaml).await;
-    nats.stop();
-    let admin = ff.admin_addr;
-    wait_for("readyz 503 while NATS is down", DEADLINE, || async move {
-        (admin_get(admin, "/readyz").await.0 == 503).then_some(())
-    })
-    .await;
+    stop_until_unready(&mut nats, ff.admin_addr).await;
     // Opened during the outage: admitted at once, with retry:, never a 503.
     let opened = Instant::now();
     let r = http_client()

@@ -190,11 +190,7 @@ async fn expect_exactly(
 /// Stops nats-server, checks that for `outage` every client stays connected and
 /// readiness is 503, then restarts it and waits until fanfare is subscribed again.
 async fn outage(nats: &mut NatsServer, admin: std::net::SocketAddr, outage: Duration, held: f64) {
-    nats.stop();
-    wait_for("readyz 503 while NATS is down", DEADLINE, || async move {
-        (admin_get(admin, "/readyz").await.0 == 503).then_some(())
-    })
-    .await;
+    stop_until_unready(nats, admin).await;
     let until = Instant::now() + outage;
     let poll_interval = Duration::from_millis(250);
     while Instant::now() < until {

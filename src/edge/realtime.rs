@@ -26,7 +26,7 @@ use crate::limits::{ConnectionLimits, Refused};
 use crate::metrics::Metrics;
 use crate::routing::path::{MatchError, Params, query_param};
 use crate::transport::sse::{PingoraSink, RawSink};
-use crate::transport::{Joined, RouteContext, echo, poll, sse, ws};
+use crate::transport::{Held, Joined, RouteContext, echo, poll, sse, ws};
 use crate::wire::ws::check_handshake;
 
 struct LiveRoute {
@@ -256,11 +256,11 @@ impl Realtime {
                 } else {
                     Err(())
                 };
-                let (client, queue, held): (u64, _, Box<dyn Send>) = match joined {
-                    Ok(j) => (j.client, j.queue, Box::new(j.memberships)),
+                let (client, queue, held) = match joined {
+                    Ok(j) => (j.client, j.queue, Held::Now(j.memberships)),
                     Err(()) => {
                         let d = ctx.join_later(admitted.subjects.clone(), cursor);
-                        (d.client, d.queue, Box::new(d.memberships))
+                        (d.client, d.queue, Held::Later(d.memberships))
                     }
                 };
                 let expires = admitted.permissions.expires;

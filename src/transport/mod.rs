@@ -53,6 +53,15 @@ pub struct RouteContext {
 /// subject).
 pub const SET_SEPARATOR: &str = "\u{0}";
 
+/// A client's places in its topics, held for as long as the client is: joined at
+/// once, or filled in once the broker is back ([`RouteContext::join_later`]).
+pub enum Held {
+    /// Joined during the handshake.
+    Now(Vec<(String, Membership)>),
+    /// To be joined once the broker is back.
+    Later(Arc<std::sync::Mutex<Vec<(String, Membership)>>>),
+}
+
 /// A client admitted while the broker was unreachable ([`RouteContext::join_later`]).
 pub struct Deferred {
     /// The client's id.

@@ -142,3 +142,12 @@ pub async fn create_stream(url: &str, name: &str, subjects: &[&str]) {
         .await
         .unwrap();
 }
+
+/// Stops `nats` and waits until fanfare (admin at `admin`) reports not ready.
+pub async fn stop_until_unready(nats: &mut NatsServer, admin: std::net::SocketAddr) {
+    nats.stop();
+    wait_for("readyz 503 while NATS is down", DEADLINE, || async move {
+        (super::admin_get(admin, "/readyz").await.0 == 503).then_some(())
+    })
+    .await;
+}
