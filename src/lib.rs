@@ -12,12 +12,16 @@
 //! src/routing/                    leaves: path (patterns, query), subject (templates, matching)
 //! src/hub/                        mod (Hub: join, resume), topic (registry, subscription task,
 //!                                 fan-out), event (lazy shared encodings), history (cursors,
-//!                                 ring), queue (ClientQueue with its own Bound/Policy)
+//!                                 ring), queue (ClientQueue with its own Bound/Policy), direct
+//!                                 (Directory: fanfare.connection.<id>, control messages)
+//! src/app/                        the app's callbacks: mod (App: connect, message), disconnect
+//!                                 (the bounded, retried disconnect queue)
 //! src/broker/                     mod (Broker), message, nats (async-nats, JetStream), memory
 //! src/auth/                       mod (Authorizer), grant, credential, admit, jwt, upstream
-//! src/transport/                  per-client sessions only: mod (RouteContext, join, Outcome),
-//!                                 sse, ws (session), ws_socket (buffers, 101, error closes),
-//!                                 poll, echo
+//! src/transport/                  per-client sessions only: mod (RouteContext, Conn, join,
+//!                                 Outcome), sse, ws/{mod (session), requests (JSON protocol,
+//!                                 raw frames)}, ws_socket (buffers, 101, error closes), rpc
+//!                                 (calls to app.message), poll, echo
 //! src/edge/                       the pingora side: proxy, listener (accept loop, head deadline),
 //!                                 handoff, realtime (match -> gate -> admit -> transport), route,
 //!                                 client (trusted proxies), cors, respond (THE one refusal type
@@ -25,7 +29,8 @@
 //! src/admin/                      mod (probes, /metrics), publish
 //! src/{drain,limits,metrics,logging}.rs   control
 //! bench/fanfare-bench/            the load tool (a workspace member); bench/*.sh comparisons
-//! tests/support/                  mod, nats, app, instance (fanfare in-process or binary), sse, ws
+//! tests/support/                  mod, nats, app, callbacks (an app with realtime handlers),
+//!                                 instance (fanfare in-process or binary), sse, ws
 //! tests/layout.rs                 checks the rules below by reading src/
 //! charts/fanfare/, config/        the Helm chart; example configs (each loaded by a test)
 //! ```
@@ -35,6 +40,7 @@
 //! import in one direction only); no file under `src/` above 500 lines.
 
 pub mod admin;
+pub mod app;
 pub mod auth;
 pub mod broker;
 pub mod config;
@@ -60,11 +66,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{Admin, Readiness, StreamCheck};
+use crate::app::Disconnects;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::edge::realtime::{Realtime, Shared};
 use crate::edge::{Edge, InFlight};
 use crate::hub::Hub;
+use crate::hub::direct::Directory;
 use crate::limits::ConnectionLimits;
 use crate::metrics::Metrics;
 
@@ -109,6 +117,7 @@ pub struct Handle {
     limits: Arc<ConnectionLimits>,
     drain: drain::DrainControl,
     stop_admin: watch::Sender<bool>,
+    disconnects: Disconnects,
     grace: Duration,
     drain_window: Duration,
 }
@@ -166,6 +175,9 @@ impl Handle {
             }
             tokio::time::sleep(Duration::from_millis(20).min(deadline - now)).await;
         };
+        // The disconnect callbacks of the drained connections, within what is left
+        // of the grace.
+        self.disconnects.flush(deadline).await;
         self.stop_admin.send_replace(true);
         tracing::info!(?outcome, elapsed = ?started.elapsed(), "stopped");
         outcome
@@ -280,6 +292,7 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
     let limits = ConnectionLimits::new(&config.limits);
     let hub = Hub::new(broker.clone(), metrics.clone(), config.limits.max_topics);
     let http = http_client().map_err(|e| StartError::Routes(format!("http client: {e}")))?;
+    let disconnects = Disconnects::start(http.clone(), &metrics);
     let realtime = Realtime::new(
         config.routes,
         Shared {
@@ -289,8 +302,10 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
             drain,
             limits: limits.clone(),
             upstream_base: config.upstream.to_string(),
-            http,
+            http: http.clone(),
             trusted: config.limits.trusted_proxies.clone(),
+            directory: Directory::start(hub.clone(), broker.clone(), &metrics),
+            disconnects: disconnects.clone(),
         },
     )
     .map_err(StartError::Routes)?;
@@ -351,6 +366,7 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
         limits,
         drain: drain_control,
         stop_admin,
+        disconnects,
         grace: config.shutdown.grace.0,
         drain_window: config.shutdown.drain_window(),
     })

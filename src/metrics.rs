@@ -50,6 +50,16 @@ pub struct Metrics {
     pub replayed: IntCounter,
     /// 1 while shutting down (draining).
     pub draining: IntGauge,
+    /// App callbacks (connect, message, disconnect), by kind and outcome.
+    pub app_callbacks: IntCounterVec,
+    /// App callback durations, by kind.
+    pub app_callback_duration: prometheus::HistogramVec,
+    /// Disconnect callbacks waiting to be sent.
+    pub app_disconnect_queue: IntGauge,
+    /// Disconnect callbacks given up, by reason (`queue_full`, `failed`, `shutdown`).
+    pub app_disconnect_dropped: IntCounterVec,
+    /// Messages addressed to one connection (`fanfare.connection.<id>`), by result.
+    pub direct_messages: IntCounterVec,
 }
 
 impl Metrics {
@@ -173,6 +183,41 @@ impl Metrics {
                 "fanfare_draining",
                 "1 while fanfare drains for shutdown; fanfare_connections shows what is left.",
             )?,
+            app_callbacks: IntCounterVec::new(
+                Opts::new(
+                    "fanfare_app_callbacks_total",
+                    "Callbacks to the app, by kind (connect, message, disconnect) and outcome (ok, refused, app_error, timeout, unavailable, busy, retry).",
+                ),
+                &["kind", "outcome"],
+            )?,
+            app_callback_duration: prometheus::HistogramVec::new(
+                HistogramOpts::new(
+                    "fanfare_app_callback_duration_seconds",
+                    "Duration of callbacks to the app, by kind, from request to answer.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+                &["kind"],
+            )?,
+            app_disconnect_queue: IntGauge::new(
+                "fanfare_app_disconnect_queue",
+                "Disconnect callbacks waiting to be sent to the app.",
+            )?,
+            app_disconnect_dropped: IntCounterVec::new(
+                Opts::new(
+                    "fanfare_app_disconnect_dropped_total",
+                    "Disconnect callbacks given up, by reason (queue_full, failed after retries, shutdown).",
+                ),
+                &["reason"],
+            )?,
+            direct_messages: IntCounterVec::new(
+                Opts::new(
+                    "fanfare_direct_messages_total",
+                    "Messages on fanfare.connection.<id> subjects, by result (delivered, control, unknown_connection, invalid).",
+                ),
+                &["result"],
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.upstream_requests.clone()))?;
@@ -194,6 +239,20 @@ impl Metrics {
         m.registry.register(Box::new(m.resumes.clone()))?;
         m.registry.register(Box::new(m.replayed.clone()))?;
         m.registry.register(Box::new(m.draining.clone()))?;
+        m.registry.register(Box::new(m.app_callbacks.clone()))?;
+        m.registry
+            .register(Box::new(m.app_callback_duration.clone()))?;
+        m.registry
+            .register(Box::new(m.app_disconnect_queue.clone()))?;
+        m.registry
+            .register(Box::new(m.app_disconnect_dropped.clone()))?;
+        m.registry.register(Box::new(m.direct_messages.clone()))?;
+        for reason in ["queue_full", "failed", "shutdown"] {
+            m.app_disconnect_dropped.with_label_values(&[reason]);
+        }
+        for result in ["delivered", "control", "unknown_connection", "invalid"] {
+            m.direct_messages.with_label_values(&[result]);
+        }
         // Fixed label sets are created up front so every series shows from the start
         // (dashboards and rate() see zeros instead of nothing).
         for class in ["1xx", "2xx", "3xx", "4xx", "5xx", "error"] {
@@ -222,6 +281,7 @@ impl Metrics {
             "message_too_big",
             "reserved_subject",
             "too_many_topics",
+            "no_message_handler",
         ] {
             m.rejected.with_label_values(&[reason]);
         }
@@ -255,6 +315,7 @@ impl Metrics {
                     "slow_consumer",
                     "shutdown",
                     "expired",
+                    "closed_by_app",
                     "too_big",
                     "ping_timeout",
                     "idle",
@@ -266,6 +327,7 @@ impl Metrics {
                     "slow_consumer",
                     "shutdown",
                     "expired",
+                    "closed_by_app",
                 ],
             };
             for outcome in outcomes {

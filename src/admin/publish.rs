@@ -7,11 +7,11 @@ use http::{Method, Response, StatusCode};
 use pingora::protocols::http::ServerSession;
 use sha2::{Digest, Sha256};
 
-use crate::broker::{Broker, BrokerError, EVENT_HEADER, MSG_ID_HEADER, Message};
+use crate::broker::{Broker, BrokerError, CONTROL_HEADER, EVENT_HEADER, MSG_ID_HEADER, Message};
 use crate::edge::respond::{Refusal, json_response};
 use crate::metrics::Metrics;
 use crate::routing::path::percent_decode;
-use crate::routing::subject::{is_reserved, is_valid_publish_subject};
+use crate::routing::subject::{is_connection_subject, is_reserved, is_valid_publish_subject};
 use crate::wire::sse::is_safe_field;
 
 /// The largest payload accepted by the publish endpoint (NATS' default max_payload).
@@ -155,6 +155,23 @@ pub(crate) async fn handle(
             );
         }
     };
+    // A control message to one connection (`subscribe`, `unsubscribe`, `close`).
+    let control = match header(CONTROL_HEADER) {
+        None => None,
+        Some(Ok(c))
+            if is_connection_subject(&subject)
+                && ["subscribe", "unsubscribe", "close"].contains(&c.as_str()) =>
+        {
+            Some(c)
+        }
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_control",
+                "Fanfare-Control is subscribe, unsubscribe or close, on a fanfare.connection.<id> subject",
+            );
+        }
+    };
     let mut body = BytesMut::new();
     loop {
         match session.read_request_body().await {
@@ -181,6 +198,9 @@ pub(crate) async fn handle(
     let mut msg = Message::new(subject, body.freeze());
     msg.event = event;
     msg.msg_id = msg_id;
+    if let Some(c) = control {
+        msg.headers.push((CONTROL_HEADER, c));
+    }
     match broker.publish(msg).await {
         Ok(()) => {
             metrics.publish_total.with_label_values(&["ok"]).inc();

@@ -19,6 +19,8 @@ pub struct Admitted {
     pub subjects: Vec<String>,
     /// What it may do at run time.
     pub permissions: Permissions,
+    /// Raw mode: the subject its frames are published to.
+    pub publish_to: Option<String>,
 }
 
 /// Builds the subjects and permissions of a connection from the path and the grant.
@@ -43,6 +45,9 @@ pub fn admit(
         }
         _ => Refusal::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()),
     })?;
+    let publish_to = route
+        .publish_to(&values)
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()))?;
     let (allow_sub, allow_pub) = route.allowances(&values);
     let mut subscribe = grant.subscribe;
     subscribe.extend(allow_sub);
@@ -76,5 +81,6 @@ pub fn admit(
             publish,
             expires,
         },
+        publish_to,
     })
 }

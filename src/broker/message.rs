@@ -7,6 +7,9 @@ use bytes::Bytes;
 
 /// The NATS header naming the event (SSE `event:`, WS `"event"`).
 pub const EVENT_HEADER: &str = "Fanfare-Event";
+/// The NATS header of a control message to one connection (`subscribe`,
+/// `unsubscribe`, `close`).
+pub const CONTROL_HEADER: &str = "Fanfare-Control";
 /// The NATS header carrying a message id.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 

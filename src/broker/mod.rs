@@ -11,7 +11,9 @@ mod nats;
 use tokio::sync::watch;
 
 pub use memory::MemoryBroker;
-pub use message::{BrokerError, EVENT_HEADER, MSG_ID_HEADER, Message, Replay, ReplayFrom};
+pub use message::{
+    BrokerError, CONTROL_HEADER, EVENT_HEADER, MSG_ID_HEADER, Message, Replay, ReplayFrom,
+};
 pub use nats::NatsBroker;
 
 use crate::config::NatsConfig;

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use async_nats::{ConnectOptions, Event, HeaderMap};
 use tokio::sync::watch;
 
-use super::message::{BrokerError, EVENT_HEADER, MSG_ID_HEADER, Message, Replay, ReplayFrom};
+use super::message::{
+    BrokerError, CONTROL_HEADER, EVENT_HEADER, MSG_ID_HEADER, Message, Replay, ReplayFrom,
+};
 use crate::config::NatsConfig;
 use crate::metrics::Metrics;
 
@@ -338,8 +340,10 @@ pub(super) fn convert(m: async_nats::Message) -> Message {
         event: header(EVENT_HEADER),
         msg_id: header(MSG_ID_HEADER),
         subject: m.subject.to_string(),
+        headers: header(CONTROL_HEADER)
+            .map(|v| vec![(CONTROL_HEADER, v)])
+            .unwrap_or_default(),
         payload: m.payload,
-        headers: Vec::new(),
         seq: None,
         received: Instant::now(),
     }

@@ -10,6 +10,7 @@
 //! whose `Display` is `FILE:LINE:COL: reason` (or `FILE: reason` where no position
 //! is known).
 
+mod app;
 mod auth;
 mod invalid;
 mod route;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use app::{AppConfig, WsProtocol};
 pub use auth::{AuthConfig, AuthMode, JwtAlgorithm};
 pub use route::{
     HistoryConfig, PollConfig, QueueConfig, RouteConfig, SlowConsumer, Transport, WsConfig,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::app::{AppConfig, WsProtocol};
 use super::auth::{AuthConfig, AuthMode};
 use super::value::{Dur, interpolated_opt};
 use crate::routing::{path::PathPattern, subject::Template};
@@ -59,6 +60,9 @@ pub struct RouteConfig {
     /// The `retry:` hint (reconnect delay) sent to SSE clients. Default `2s`.
     #[serde(default = "default_retry")]
     pub retry: Dur,
+    /// The app's callbacks: connect, message (rpc) and disconnect. Default: none.
+    #[serde(default)]
+    pub app: AppConfig,
 }
 
 fn default_true() -> bool {
@@ -105,6 +109,12 @@ pub struct WsConfig {
     /// Diagnostic only: echo every frame back instead of speaking fanfare's protocol
     /// (for the Autobahn conformance suite). Default `false`.
     pub echo: bool,
+    /// `json` (fanfare's protocol, the default) or `raw` (payloads only, for clients
+    /// that do not speak it).
+    pub protocol: WsProtocol,
+    /// Raw mode: a subject template (over the path parameters) every client frame is
+    /// published to, instead of going to `app.message`.
+    pub publish_to: Option<String>,
 }
 
 impl Default for WsConfig {
@@ -120,6 +130,8 @@ impl Default for WsConfig {
             subscribe_rate: 10,
             subscribe_burst: 20,
             echo: false,
+            protocol: WsProtocol::Json,
+            publish_to: None,
         }
     }
 }
@@ -249,9 +261,13 @@ impl RouteConfig {
         if self.transports.is_empty() {
             return Err(at(format!("route {} lists no transports", self.path)));
         }
-        if self.subjects.is_empty() && !self.ws.echo && self.allow_subscribe.is_empty() {
+        if self.subjects.is_empty()
+            && !self.ws.echo
+            && self.allow_subscribe.is_empty()
+            && !self.app.is_active()
+        {
             return Err(at(format!(
-                "route {} lists no subjects (and allows no run-time subscribe)",
+                "route {} lists no subjects (and allows no run-time subscribe, and has no app callbacks)",
                 self.path
             )));
         }
@@ -332,6 +348,23 @@ impl RouteConfig {
                 "route {}: history.max_replay_bytes must be above 0",
                 self.path
             )));
+        }
+        self.app
+            .validate()
+            .map_err(|e| at(format!("route {}: {e}", self.path)))?;
+        if let Some(t) = &self.ws.publish_to {
+            if self.ws.protocol != WsProtocol::Raw {
+                return Err(at(format!(
+                    "route {}: ws.publish_to needs ws.protocol: raw",
+                    self.path
+                )));
+            }
+            Template::parse_with(t, &params, claims).map_err(|e| {
+                (
+                    Some(t.clone()),
+                    format!("route {}: ws.publish_to {t}: {e}", self.path),
+                )
+            })?;
         }
         if self.history.jetstream.as_deref() == Some("") {
             return Err(at(format!(

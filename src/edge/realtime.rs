@@ -17,16 +17,18 @@ use super::cors::{self, OriginCheck};
 use super::handoff::take_h1_stream;
 use super::respond::Refusal;
 use super::route::Route;
+use crate::app::{Admission, App, Connecting, Disconnects};
 use crate::auth::{self, Admitted, Authorizer};
 use crate::broker::{Broker, BrokerError};
 use crate::config::{Cidr, RouteConfig, Transport};
 use crate::drain::Drain;
+use crate::hub::direct::Directory;
 use crate::hub::{Hub, JoinError};
 use crate::limits::{ConnectionLimits, Refused};
 use crate::metrics::Metrics;
 use crate::routing::path::{MatchError, Params, query_param};
 use crate::transport::sse::{PingoraSink, RawSink};
-use crate::transport::{Held, Joined, RouteContext, echo, poll, sse, ws};
+use crate::transport::{Conn, Held, Joined, RouteContext, echo, poll, sse, ws};
 use crate::wire::ws::check_handshake;
 
 struct LiveRoute {
@@ -53,6 +55,10 @@ pub struct Shared {
     pub http: reqwest::Client,
     /// Proxies whose forwarded headers are believed.
     pub trusted: Vec<Cidr>,
+    /// This instance's connections (`fanfare.connection.<id>`).
+    pub directory: Directory,
+    /// The disconnect callbacks' queue.
+    pub disconnects: Disconnects,
 }
 
 /// The realtime side of the edge.
@@ -79,6 +85,15 @@ impl Realtime {
                 )
                 .map_err(|e| format!("route {}: {e}", route.config.path))?;
                 let (bound, policy) = route.queue();
+                let app = App::new(
+                    &route.config.app,
+                    &shared.upstream_base,
+                    &route.config.path,
+                    shared.http.clone(),
+                    &shared.metrics,
+                    &shared.disconnects,
+                )
+                .map_err(|e| format!("route {}: app: {e}", route.config.path))?;
                 let ctx = Arc::new(RouteContext {
                     hub: shared.hub.clone(),
                     broker: shared.broker.clone(),
@@ -92,6 +107,9 @@ impl Realtime {
                     poll: route.config.poll.clone(),
                     heartbeat: ticker(route.config.heartbeat.0),
                     retry_ms: route.config.retry.0.as_millis(),
+                    app,
+                    directory: shared.directory.clone(),
+                    spec: Arc::new(route.topic()),
                 });
                 Ok(LiveRoute { route, ctx, auth })
             })
@@ -209,8 +227,25 @@ impl Realtime {
             .auth
             .authorize(session.req_header(), &self.metrics)
             .await?;
-        let admitted = auth::admit(route, params, grant, &self.metrics)?;
         let ctx = live.ctx.clone();
+        let path_params = ctx.app.is_some().then(|| params.clone());
+        let admitted = auth::admit(route, params, grant, &self.metrics)?;
+        let client_id = ctx.hub.client_id();
+        let (conn, opening) = if ctx.ws.echo {
+            (None, None)
+        } else {
+            open(
+                session,
+                &ctx,
+                client_id,
+                transport,
+                &admitted,
+                path_params,
+                client.ip,
+            )
+            .await?
+        };
+        let opening = opening.as_ref();
         let origin = allowed_origin.as_ref();
         match transport {
             Transport::Ws => {
@@ -220,7 +255,12 @@ impl Realtime {
                     None
                 } else {
                     let cursor = query_param(session.req_header().uri.query(), "last_event_id");
-                    Some(join(&ctx, &admitted, cursor.as_deref()).await?)
+                    let joined =
+                        join(&ctx, client_id, &admitted, cursor.as_deref(), opening).await?;
+                    let registered =
+                        ctx.directory
+                            .register(client_id, joined.queue.clone(), ctx.spec.clone());
+                    Some((joined, registered))
                 };
                 let stream = take_h1_stream(session).await.ok_or_else(|| {
                     Refusal::new(
@@ -235,8 +275,9 @@ impl Realtime {
                         return;
                     };
                     match joined {
-                        Some(joined) => {
-                            ws::serve(socket, ctx, joined, admitted.permissions).await;
+                        Some((joined, registered)) => {
+                            ws::serve(socket, ctx, joined, admitted.permissions, conn).await;
+                            drop(registered);
                         }
                         None => echo::echo(socket).await,
                     }
@@ -248,7 +289,10 @@ impl Realtime {
                 // While the broker is unreachable an EventSource is admitted anyway (a
                 // non-200 would end it for good) and joins once the broker is back.
                 let joined = if *ctx.hub.connected().borrow() {
-                    match ctx.join(&admitted.subjects, cursor.as_deref()).await {
+                    match ctx
+                        .join(client_id, &admitted.subjects, cursor.as_deref(), opening)
+                        .await
+                    {
                         Ok(j) => Ok(j),
                         Err(JoinError::Broker(_)) => Err(()),
                         Err(e) => return Err(join_refusal(&ctx, e)),
@@ -259,22 +303,28 @@ impl Realtime {
                 let (client, queue, held) = match joined {
                     Ok(j) => (j.client, j.queue, Held::Now(j.memberships)),
                     Err(()) => {
-                        let d = ctx.join_later(admitted.subjects.clone(), cursor);
+                        let d =
+                            ctx.join_later(client_id, admitted.subjects.clone(), cursor, opening);
                         (d.client, d.queue, Held::Later(d.memberships))
                     }
                 };
                 let expires = admitted.permissions.expires;
-                let mut sse_session = sse::Session::new(ctx.clone(), queue, client, expires);
+                let registered = ctx
+                    .directory
+                    .register(client, queue.clone(), ctx.spec.clone());
+                let mut sse_session =
+                    sse::Session::new(ctx.clone(), queue.clone(), client, expires);
                 if let Some(mut stream) = take_h1_stream(session).await {
                     let head = cors::sse_head_h1(origin);
                     tokio::spawn(async move {
                         let _slot = slot;
                         let mut sink = RawSink(&mut stream);
                         if sink.write_head(head).await.is_ok() {
-                            ctx.counted("sse", sse_session.run(&mut sink)).await;
+                            let outcome = ctx.counted("sse", sse_session.run(&mut sink)).await;
+                            ctx.ended(conn.as_deref(), "sse", outcome, &queue);
                             sink.finish().await;
                         }
-                        drop(held);
+                        drop((held, registered));
                     });
                     return Ok(());
                 }
@@ -283,9 +333,11 @@ impl Realtime {
                     .write_response_header(Box::new(head), false)
                     .await
                     .map_err(Refusal::internal)?;
-                ctx.counted("sse", sse_session.run(&mut PingoraSink(session)))
+                let outcome = ctx
+                    .counted("sse", sse_session.run(&mut PingoraSink(session)))
                     .await;
-                drop((held, slot));
+                ctx.ended(conn.as_deref(), "sse", outcome, &queue);
+                drop((held, registered, slot));
             }
             Transport::Poll => {
                 let cursor = query_param(session.req_header().uri.query(), "cursor")
@@ -301,7 +353,7 @@ impl Realtime {
                     .cursor_now(&first)
                     .await
                     .map_err(|e| unavailable(&e))?;
-                let joined = join(&ctx, &admitted, cursor.as_deref()).await?;
+                let joined = join(&ctx, client_id, &admitted, cursor.as_deref(), opening).await?;
                 let head = cors::ok_head(origin).map_err(Refusal::internal)?;
                 poll::serve(session, &ctx, joined, cursor, now, head)
                     .await
@@ -316,15 +368,63 @@ impl Realtime {
 /// Joins a new client to its subjects (and resumes from `cursor`).
 async fn join(
     ctx: &RouteContext,
+    client: u64,
     admitted: &Admitted,
     cursor: Option<&str>,
+    opening: Option<&Admission>,
 ) -> Result<Joined, Refusal> {
     if !*ctx.hub.connected().borrow() {
         return Err(unavailable(&BrokerError::Disconnected));
     }
-    ctx.join(&admitted.subjects, cursor)
+    ctx.join(client, &admitted.subjects, cursor, opening)
         .await
         .map_err(|e| join_refusal(ctx, e))
+}
+
+/// On a route with app callbacks (or a raw `publish_to`): the connection's shared
+/// state, and the app's connect answer (which may refuse it).
+async fn open(
+    session: &Session,
+    ctx: &RouteContext,
+    client: u64,
+    transport: Transport,
+    admitted: &Admitted,
+    params: Option<crate::routing::path::Params>,
+    ip: Option<std::net::IpAddr>,
+) -> Result<(Option<Arc<Conn>>, Option<Admission>), Refusal> {
+    if ctx.app.is_none() && admitted.publish_to.is_none() {
+        return Ok((None, None));
+    }
+    let req = session.req_header();
+    let conn = Arc::new(Conn {
+        id: ctx.directory.id(client),
+        params: params.unwrap_or_default(),
+        headers: ctx
+            .app
+            .as_ref()
+            .map_or_else(|| Arc::from([]), |a| a.capture(&req.headers)),
+        started: std::time::Instant::now(),
+        in_flight: std::sync::atomic::AtomicUsize::new(0),
+        publish_to: admitted.publish_to.clone(),
+    });
+    let opening = match &ctx.app {
+        Some(app) => {
+            let connecting = Connecting {
+                id: &conn.id,
+                params: &conn.params,
+                transport: transport.name(),
+                subjects: &admitted.subjects,
+                remote_addr: ip,
+                user_agent: req
+                    .headers
+                    .get(http::header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok()),
+            };
+            app.connect(&connecting, &conn.headers).await?
+        }
+        None => None,
+    };
+    Ok((Some(conn), opening))
 }
 
 fn join_refusal(ctx: &RouteContext, e: JoinError) -> Refusal {

@@ -16,6 +16,7 @@ pub struct Route {
     subjects: Vec<Template>,
     allow_subscribe: Vec<Template>,
     allow_publish: Vec<Template>,
+    publish_to: Option<Template>,
 }
 
 impl Route {
@@ -33,6 +34,7 @@ impl Route {
         let subjects = parse(&config.subjects, &params)?;
         let allow_subscribe = parse(&config.allow_subscribe, &[])?;
         let allow_publish = parse(&config.allow_publish, &[])?;
+        let publish_to = parse(config.ws.publish_to.as_slice(), &params)?.pop();
         let mode = config.auth.mode;
         let auth = std::mem::replace(&mut config.auth, AuthConfig::mode_only(mode));
         Ok((
@@ -42,6 +44,7 @@ impl Route {
                 subjects,
                 allow_subscribe,
                 allow_publish,
+                publish_to,
             },
             auth,
         ))
@@ -83,6 +86,15 @@ impl Route {
     pub fn allowances(&self, values: &Params) -> (Vec<String>, Vec<String>) {
         let render = |ts: &[Template]| ts.iter().filter_map(|t| t.render(values).ok()).collect();
         (render(&self.allow_subscribe), render(&self.allow_publish))
+    }
+
+    /// Raw mode's `ws.publish_to` for a connection (each value checked against
+    /// injection, as the route's subjects are).
+    pub fn publish_to(&self, values: &Params) -> Result<Option<String>, SubjectError> {
+        self.publish_to
+            .as_ref()
+            .map(|t| t.render(values))
+            .transpose()
     }
 
     /// The hub topic template of this route (its history settings; no subject yet).

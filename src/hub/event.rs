@@ -30,6 +30,7 @@ pub struct Event {
     pub received: Instant,
     sse: OnceLock<Bytes>,
     ws: OnceLock<Bytes>,
+    raw: OnceLock<Bytes>,
 }
 
 impl Event {
@@ -45,7 +46,27 @@ impl Event {
             received: msg.received,
             sse: OnceLock::new(),
             ws: OnceLock::new(),
+            raw: OnceLock::new(),
         }
+    }
+
+    /// A message addressed to one connection: no cursor (it is not part of any
+    /// topic's history, so it carries no `id`).
+    pub fn direct(msg: Message) -> Event {
+        Event::new(msg, 0, String::new())
+    }
+
+    /// An event whose WebSocket frame is already made (an rpc's reply): written as
+    /// it is by a JSON-protocol session.
+    pub fn frame(frame: Bytes) -> Event {
+        let e = Event::new(Message::new("", frame.clone()), 0, String::new());
+        let _ = e.ws.set(frame);
+        e
+    }
+
+    /// The raw-mode frame: the payload alone, text when it is UTF-8, else binary.
+    pub fn raw_frame(&self) -> &Bytes {
+        self.raw.get_or_init(|| ws::payload_frame(&self.payload))
     }
 
     /// The SSE encoding, made on first use.

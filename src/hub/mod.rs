@@ -17,6 +17,7 @@
 //! the subscription task and the fan-out; `event` the shared encodings; `history`
 //! cursors and the ring; [`queue`] the client queue.
 
+pub mod direct;
 mod event;
 mod history;
 pub mod queue;

@@ -32,6 +32,8 @@ struct State {
     /// Live events are queued but not handed out until a resume is spliced in (a
     /// client that joins after its session started writing).
     held: bool,
+    /// Events handed to the writer so far (the disconnect callback's `delivered`).
+    taken: u64,
 }
 
 /// A queue's bound: past either, the [`Policy`] applies.
@@ -53,10 +55,13 @@ pub enum Policy {
 }
 
 /// Why a queue was closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Closed {
     /// The client fell behind under the `disconnect` policy.
     SlowConsumer,
+    /// The app closed the connection (`Fanfare-Control: close`), with its reason. What
+    /// was queued before is still written.
+    ByApp(Arc<str>),
 }
 
 /// What one push did.
@@ -188,7 +193,8 @@ impl ClientQueue {
         }
     }
 
-    /// Waits until the queue is closed.
+    /// Waits until the queue is closed for a slow consumer (a write under way is then
+    /// abandoned; a close by the app lets it finish).
     pub async fn closed(&self) {
         loop {
             let notified = self.closed.notified();
@@ -207,16 +213,33 @@ impl ClientQueue {
                 events: VecDeque::new(),
                 dropped: 0,
                 reset: None,
-                closed: s.closed,
+                closed: s.closed.clone(),
             };
         }
         s.bytes = 0;
+        s.taken += s.events.len() as u64;
         Batch {
             events: std::mem::take(&mut s.events),
             dropped: std::mem::take(&mut s.dropped),
             reset: s.reset.take(),
-            closed: s.closed,
+            closed: s.closed.clone(),
         }
+    }
+
+    /// Closes the queue for the app: what is queued is still handed out, then the
+    /// batch says [`Closed::ByApp`]. A queue already closed stays as it was.
+    pub fn close_by_app(&self, reason: &str) {
+        let mut s = self.lock();
+        if s.closed.is_none() {
+            s.closed = Some(Closed::ByApp(reason.into()));
+        }
+        drop(s);
+        self.ready.notify_one();
+    }
+
+    /// Events handed to the writer so far.
+    pub fn delivered(&self) -> u64 {
+        self.lock().taken
     }
 
     /// Puts a resume's outcome in front of the live events queued since the join:
@@ -250,6 +273,21 @@ impl ClientQueue {
         }
     }
 
+    /// Puts `events` in front of everything queued (the app's first events, before a
+    /// replay and live events).
+    pub fn prepend(&self, events: Vec<Arc<Event>>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut s = self.lock();
+        s.bytes += events.iter().map(|e| e.cost()).sum::<usize>();
+        for e in events.into_iter().rev() {
+            s.events.push_front(e);
+        }
+        drop(s);
+        self.ready.notify_one();
+    }
+
     /// Holds live events back (queued, bounded as usual) until the next
     /// [`ClientQueue::splice`], so that a resume done after the writer started still
     /// comes first and nothing is written twice.
@@ -262,9 +300,9 @@ impl ClientQueue {
         self.lock().reset.is_some()
     }
 
-    /// Whether the queue has been closed.
+    /// Whether the queue has been closed for a slow consumer.
     pub fn is_closed(&self) -> bool {
-        self.lock().closed.is_some()
+        self.lock().closed == Some(Closed::SlowConsumer)
     }
 
     /// Events and bytes queued now.

@@ -14,6 +14,7 @@ use super::history::{Ring, expire};
 use super::queue::{ClientQueue, Pushed};
 use crate::broker::{Broker, Message};
 use crate::metrics::Metrics;
+use crate::routing::subject::is_connection_subject;
 use crate::wire::sse::is_safe_field;
 
 /// Why a message was refused before fan-out.
@@ -220,6 +221,11 @@ impl Inner {
 
     /// Delivers one message to every client of `topic`.
     fn fan_out(&self, topic: &Topic, msg: Message) {
+        // A message addressed to one connection reaches it through the directory
+        // only, never through a topic whose pattern happens to cover it (`>`).
+        if is_connection_subject(&msg.subject) {
+            return;
+        }
         self.metrics.messages_received.inc();
         if let Some(reason) = refuse_reason(&msg) {
             tracing::warn!(reason, "message refused");

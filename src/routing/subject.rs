@@ -279,6 +279,21 @@ pub fn is_valid_publish_subject(subject: &str) -> bool {
 /// anyone's behalf, whatever a grant or `allow_publish` says: `$JS.API.STREAM.DELETE.X`
 /// deletes a stream.
 pub fn is_reserved(subject: &str) -> bool {
+    is_reserved_for_nats(subject)
+}
+
+/// The prefix of the subjects that address one connection
+/// (`fanfare.connection.<instance>.<n>`): the app publishes there, clients never do, and
+/// no topic delivers them.
+pub const CONNECTION_PREFIX: &str = "fanfare.connection.";
+
+/// Whether `subject` addresses one connection (or could, as a pattern a client
+/// publishes to).
+pub fn is_connection_subject(subject: &str) -> bool {
+    subject.starts_with(CONNECTION_PREFIX)
+}
+
+fn is_reserved_for_nats(subject: &str) -> bool {
     subject.starts_with('$') || subject == "_INBOX" || subject.starts_with("_INBOX.")
 }
 

@@ -7,19 +7,27 @@
 
 pub mod echo;
 pub mod poll;
+mod rpc;
 pub mod sse;
 pub mod ws;
 mod ws_socket;
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Instant;
 
 use tokio::sync::watch;
 
+use crate::app::{Admission, App, Ended, Headers};
+use crate::broker::Message;
 use crate::config::{PollConfig, WsConfig};
 use crate::drain::Drain;
-use crate::hub::{Bound, ClientQueue, Hub, JoinError, Membership, Policy, TopicSpec};
+use crate::hub::direct::Directory;
+use crate::hub::{Bound, ClientQueue, Event, Hub, JoinError, Membership, Policy, TopicSpec};
 use crate::metrics::Metrics;
+use crate::routing::path::Params;
+use crate::routing::subject::CONNECTION_PREFIX;
 
 /// What every session of one route shares.
 pub struct RouteContext {
@@ -47,6 +55,29 @@ pub struct RouteContext {
     pub heartbeat: watch::Receiver<u64>,
     /// The SSE `retry:` hint in milliseconds.
     pub retry_ms: u128,
+    /// The app's callbacks on this route, if any.
+    pub app: Option<App>,
+    /// This instance's connections (addressing one, control messages).
+    pub directory: Directory,
+    /// The route's topic settings, shared by every connection's directory entry.
+    pub spec: Arc<TopicSpec>,
+}
+
+/// What a connection of a route with app callbacks (or a raw `publish_to`) carries:
+/// made once at the handshake, shared with its rpcs under way.
+pub struct Conn {
+    /// Its id, `<instance>.<n>`.
+    pub id: String,
+    /// The route's path parameters.
+    pub params: Params,
+    /// The handshake headers forwarded with every callback.
+    pub headers: Headers,
+    /// When it was admitted.
+    pub started: Instant,
+    /// rpcs under way.
+    pub in_flight: AtomicUsize,
+    /// Raw mode: the subject every client frame is published to.
+    pub publish_to: Option<String>,
 }
 
 /// Joins the subjects of one topic in a membership's label (a NUL never occurs in a
@@ -92,16 +123,19 @@ impl RouteContext {
         }
     }
 
-    /// Subscribes a new client's queue to the route's `subjects` (one topic for all of
-    /// them, so they arrive in one order and the cursor is exact across them) and, with
-    /// a `cursor`, splices in what it missed (or a reset) ahead of the live events.
+    /// Subscribes client `client`'s new queue to the route's `subjects` (one topic for
+    /// all of them, so they arrive in one order and the cursor is exact across them)
+    /// and, with a `cursor`, splices in what it missed (or a reset) ahead of the live
+    /// events. What the app's connect answer added (`opening`) comes on top: its
+    /// subjects as topics of their own, its events before everything else.
     pub async fn join(
         &self,
+        client: u64,
         subjects: &[String],
         cursor: Option<&str>,
+        opening: Option<&Admission>,
     ) -> Result<Joined, JoinError> {
         let queue = Arc::new(ClientQueue::new(self.bound, self.policy));
-        let client = self.hub.client_id();
         let mut memberships = Vec::with_capacity(1);
         if !subjects.is_empty() {
             let spec = self.topic(subjects);
@@ -111,6 +145,17 @@ impl RouteContext {
                 self.hub.resume(&[spec], cursor, &queue).await?;
             }
         }
+        if let Some(opening) = opening {
+            for subject in &opening.subscribe {
+                if subjects.contains(subject) || memberships.iter().any(|(l, _)| l == subject) {
+                    continue;
+                }
+                let spec = self.topic(std::slice::from_ref(subject));
+                let m = self.hub.join_spec(&spec, client, queue.clone()).await?;
+                memberships.push((subject.clone(), m));
+            }
+            queue.prepend(self.first_events(client, opening));
+        }
         Ok(Joined {
             client,
             queue,
@@ -118,13 +163,61 @@ impl RouteContext {
         })
     }
 
+    /// The connect answer's `events`, as messages to this one connection.
+    fn first_events(&self, client: u64, opening: &Admission) -> Vec<Arc<Event>> {
+        let subject = format!("{CONNECTION_PREFIX}{}", self.directory.id(client));
+        opening
+            .events
+            .iter()
+            .map(|e| {
+                let mut msg = Message::new(subject.clone(), e.payload());
+                msg.event.clone_from(&e.event);
+                Arc::new(Event::direct(msg))
+            })
+            .collect()
+    }
+
+    /// After a held connection ended: tells the app (queued, never waited for).
+    pub fn ended(
+        &self,
+        conn: Option<&Conn>,
+        transport: &'static str,
+        outcome: Outcome,
+        queue: &ClientQueue,
+    ) {
+        if let (Some(app), Some(conn)) = (&self.app, conn) {
+            app.disconnected(
+                &Ended {
+                    id: &conn.id,
+                    params: &conn.params,
+                    transport,
+                    reason: outcome.label(),
+                    duration: conn.started.elapsed(),
+                    delivered: queue.delivered(),
+                },
+                &conn.headers,
+            );
+        }
+    }
+
     /// Admits a client while the broker is unreachable: returns at once, and joins its
     /// subjects once the broker is back, replaying from its cursor, or (without one,
     /// on a JetStream route) everything stored since it was admitted, so an
     /// EventSource opened during an outage misses nothing and is never refused.
-    pub fn join_later(self: &Arc<Self>, subjects: Vec<String>, cursor: Option<String>) -> Deferred {
+    pub fn join_later(
+        self: &Arc<Self>,
+        client: u64,
+        mut subjects: Vec<String>,
+        cursor: Option<String>,
+        opening: Option<&Admission>,
+    ) -> Deferred {
         let queue = Arc::new(ClientQueue::new(self.bound, self.policy));
-        let client = self.hub.client_id();
+        let mut extra = Vec::new();
+        if let Some(opening) = opening {
+            queue.prepend(self.first_events(client, opening));
+            extra = opening.subscribe.clone();
+            extra.retain(|s| !subjects.contains(s));
+        }
         let memberships = Arc::new(std::sync::Mutex::new(Vec::new()));
         let since = std::time::SystemTime::now();
         let (ctx, weak_queue, weak_slot) = (
@@ -134,6 +227,11 @@ impl RouteContext {
         );
         tokio::spawn(async move {
             let mut connected = ctx.hub.connected();
+            if subjects.is_empty() {
+                // Only what the app added: one topic each is not needed here, the
+                // set of them is joined as one (no cursor applies to them).
+                subjects = std::mem::take(&mut extra);
+            }
             loop {
                 if subjects.is_empty() || connected.wait_for(|c| *c).await.is_err() {
                     return;
@@ -167,10 +265,20 @@ impl RouteContext {
                     tracing::warn!(error = %e, "replay after an outage failed: the client gets a reset");
                     queue.splice(Vec::new(), Some("replay_failed"));
                 }
+                let mut joined = vec![(subjects.join(SET_SEPARATOR), m)];
+                for subject in &extra {
+                    let spec = ctx.topic(std::slice::from_ref(subject));
+                    match ctx.hub.join_spec(&spec, client, queue.clone()).await {
+                        Ok(m) => joined.push((subject.clone(), m)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "joining a subject the app added failed");
+                        }
+                    }
+                }
                 if let Some(slot) = weak_slot.upgrade() {
                     slot.lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .push((subjects.join(SET_SEPARATOR), m));
+                        .extend(joined);
                 }
                 return;
             }
@@ -183,7 +291,11 @@ impl RouteContext {
     }
 
     /// Counts a held connection of `transport` while `f` runs, then its outcome.
-    pub async fn counted(&self, transport: &'static str, f: impl Future<Output = Outcome>) {
+    pub async fn counted(
+        &self,
+        transport: &'static str,
+        f: impl Future<Output = Outcome>,
+    ) -> Outcome {
         let gauge = self.metrics.connections.with_label_values(&[transport]);
         gauge.inc();
         let outcome = f.await;
@@ -192,6 +304,7 @@ impl RouteContext {
             .connections_closed
             .with_label_values(&[transport, outcome.label()])
             .inc();
+        outcome
     }
 }
 
@@ -214,6 +327,8 @@ pub enum Outcome {
     Shutdown,
     /// The client's token expired.
     Expired,
+    /// The app closed it (`Fanfare-Control: close`).
+    ClosedByApp,
     /// A poll answered with messages.
     Delivered,
     /// A poll answered empty after its wait.
@@ -232,6 +347,7 @@ impl Outcome {
             Outcome::SlowConsumer => "slow_consumer",
             Outcome::Shutdown => "shutdown",
             Outcome::Expired => "expired",
+            Outcome::ClosedByApp => "closed_by_app",
             Outcome::Delivered => "delivered",
             Outcome::Timeout => "timeout",
         }

@@ -47,7 +47,9 @@ pub async fn serve(
         .deliveries
         .with_label_values(&["poll"])
         .inc_by(events.len() as u64);
-    let cursor_out = match (events.last(), batch.reset, cursor) {
+    // Messages to this one connection (the app's first events) carry no cursor.
+    let last = events.iter().rev().find(|e| !e.id.is_empty());
+    let cursor_out = match (last, batch.reset, cursor) {
         (Some(e), _, _) => e.id.clone(),
         (None, Some(_), _) | (None, None, None) => now,
         (None, None, Some(c)) => c,

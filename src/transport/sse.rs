@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use super::{Outcome, RouteContext};
 use crate::hub::{Batch, ClientQueue, Closed};
 use crate::wire::sse::{
-    DRAIN, EXPIRED, HEARTBEAT, encode_reset, encode_reset_reason, encode_retry,
+    DRAIN, EXPIRED, HEARTBEAT, encode_closed, encode_reset, encode_reset_reason, encode_retry,
 };
 
 /// Where an SSE session writes, and how it learns the peer is gone.
@@ -26,6 +26,9 @@ pub trait Sink {
     /// Resolves when the peer has gone away.
     fn gone(&mut self) -> impl Future<Output = ()> + Send;
 }
+
+/// How long the end of a stream may take to write.
+const FINISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A raw HTTP/1.1 connection taken out of pingora after the response head (which
 /// says `transfer-encoding: chunked`). Each write is one chunk, written with one
@@ -43,9 +46,14 @@ where
     }
 
     /// Ends the chunked body (the last, empty chunk), so the client sees a clean end.
+    /// Bounded: a client that stopped reading (a slow consumer) cannot hold the
+    /// connection open by never taking these five bytes.
     pub async fn finish(&mut self) {
-        let _ = self.0.write_all(b"0\r\n\r\n").await;
-        let _ = self.0.flush().await;
+        let _ = tokio::time::timeout(FINISH_TIMEOUT, async {
+            let _ = self.0.write_all(b"0\r\n\r\n").await;
+            let _ = self.0.flush().await;
+        })
+        .await;
     }
 }
 
@@ -173,7 +181,7 @@ impl Session {
                 }
                 Wake::Queue => {
                     let batch = self.queue.take();
-                    let closed = batch.closed;
+                    let closed = batch.closed.clone();
                     let (buf, n, oldest) = assemble(&batch);
                     if !buf.is_empty() {
                         let queue = self.queue.clone();
@@ -196,8 +204,13 @@ impl Session {
                                 .observe(t.elapsed().as_secs_f64());
                         }
                     }
-                    if closed == Some(Closed::SlowConsumer) {
-                        return Outcome::SlowConsumer;
+                    match closed {
+                        Some(Closed::SlowConsumer) => return Outcome::SlowConsumer,
+                        Some(Closed::ByApp(reason)) => {
+                            let _ = sink.write(encode_closed(&reason)).await;
+                            return Outcome::ClosedByApp;
+                        }
+                        None => {}
                     }
                 }
             }

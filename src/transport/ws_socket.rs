@@ -24,7 +24,18 @@ pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A batch's frames in one buffer: resets first, then the events. A lone event's
 /// shared frame is written as is, without a copy (the common case at a steady rate).
-pub(super) fn assemble(batch: &Batch) -> Bytes {
+/// In raw mode the frames carry the payloads alone, and resets have no frame.
+pub(super) fn assemble(batch: &Batch, raw: bool) -> Bytes {
+    if raw {
+        if batch.events.len() == 1 {
+            return batch.events[0].raw_frame().clone();
+        }
+        let mut buf = BytesMut::new();
+        for e in &batch.events {
+            buf.put_slice(e.raw_frame());
+        }
+        return buf.freeze();
+    }
     if batch.events.len() == 1 && batch.reset.is_none() && batch.dropped == 0 {
         return batch.events[0].ws_frame().clone();
     }

@@ -4,12 +4,16 @@
 //! - `{"type":"subscribe","subject":"…","since":"<cursor>","ref":…}`
 //! - `{"type":"unsubscribe","subject":"…","ref":…}`
 //! - `{"type":"publish","subject":"…","data":…,"event":"…","encoding":"base64","ref":…}`
+//! - `{"type":"rpc","data":…,"event":"…","ref":…}`: `data` is POSTed to the route's
+//!   `app.message`; the app's answer comes back as `reply` (or `error`) with the `ref`
 //!
 //! server → client
 //! - `{"type":"message","subject":"…","event":"…","id":"<cursor>","data":<payload>}`
 //!   (`data` is the payload when it is JSON, else a string, else base64 with
 //!   `"encoding":"base64"`)
 //! - `{"type":"ack","ref":…}`, `{"type":"error","ref":…,"code":"…","reason":"…"}`
+//! - `{"type":"reply","ref":…,"status":200,"data":<the app's body>}`, and for an app
+//!   that refused `{"type":"error","ref":…,"code":"app_error","status":N,"data":…}`
 //! - `{"type":"reset","reason":"slow_consumer","dropped":N}`
 
 use base64::Engine;
@@ -38,8 +42,16 @@ pub enum Code {
     RateLimited,
     /// fanfare holds `limits.max_topics` subjects already.
     TooManyTopics,
-    /// The broker is not reachable right now.
+    /// The broker (or, for an rpc, the app) is not reachable right now.
     Unavailable,
+    /// The app answered an rpc with a non-2xx status.
+    AppError,
+    /// The app did not answer an rpc within `app.timeout`.
+    Timeout,
+    /// The connection has `app.max_in_flight` rpcs under way already.
+    Busy,
+    /// The route has no handler for this (no `app.message` for an rpc).
+    NotConfigured,
 }
 
 impl Code {
@@ -55,6 +67,10 @@ impl Code {
             Code::RateLimited => "rate_limited",
             Code::TooManyTopics => "too_many_topics",
             Code::Unavailable => "unavailable",
+            Code::AppError => "app_error",
+            Code::Timeout => "timeout",
+            Code::Busy => "busy",
+            Code::NotConfigured => "not_configured",
         }
     }
 }
@@ -101,6 +117,15 @@ pub enum Request {
         /// The payload bytes.
         payload: Bytes,
         /// The event name (`Fanfare-Event`).
+        event: Option<String>,
+    },
+    /// A request to the app's `app.message` handler.
+    Rpc {
+        /// The body to POST (the JSON of `data`, or its bytes with base64).
+        body: Bytes,
+        /// Whether `body` is JSON (else raw bytes from base64).
+        json: bool,
+        /// The event name, sent as `Fanfare-Event`.
         event: Option<String>,
     },
 }
@@ -155,7 +180,7 @@ pub fn parse(text: &str) -> Result<(Request, Option<Value>), ParseError> {
         Some("unsubscribe") => Request::Unsubscribe {
             subject: subject()?,
         },
-        Some("publish") => {
+        Some(kind @ ("publish" | "rpc")) => {
             let data = raw
                 .data
                 .as_ref()
@@ -179,10 +204,18 @@ pub fn parse(text: &str) -> Result<(Request, Option<Value>), ParseError> {
                     "\"event\" must be 1-256 bytes without CR, LF or NUL",
                 ));
             }
-            Request::Publish {
-                subject: subject()?,
-                payload,
-                event: raw.event.clone(),
+            if kind == "rpc" {
+                Request::Rpc {
+                    body: payload,
+                    json: raw.encoding.is_none(),
+                    event: raw.event.clone(),
+                }
+            } else {
+                Request::Publish {
+                    subject: subject()?,
+                    payload,
+                    event: raw.event.clone(),
+                }
             }
         }
         Some(other) => return Err(fail(Code::BadRequest, &format!("unknown type {other:?}"))),
@@ -212,6 +245,40 @@ pub fn error(reference: Option<&Value>, code: Code, reason: &str) -> String {
     v.to_string()
 }
 
+/// `{"type":"reply","ref":…,"status":N,"data":<body>}`: the app's answer to an rpc
+/// (`data` is the body as JSON when it is JSON, else a string, else base64).
+pub fn reply(reference: Option<&Value>, status: u16, body: &[u8]) -> Vec<u8> {
+    app_answer(br#"{"type":"reply""#, reference, status, body)
+}
+
+/// `{"type":"error","ref":…,"code":"app_error","status":N,"data":<body>}`: the app
+/// refused an rpc.
+pub fn app_error(reference: Option<&Value>, status: u16, body: &[u8]) -> Vec<u8> {
+    app_answer(
+        br#"{"type":"error","code":"app_error""#,
+        reference,
+        status,
+        body,
+    )
+}
+
+fn app_answer(head: &[u8], reference: Option<&Value>, status: u16, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 64);
+    out.extend_from_slice(head);
+    if let Some(r) = reference {
+        out.extend_from_slice(br#","ref":"#);
+        let _ = serde_json::to_writer(&mut out, r);
+    }
+    out.extend_from_slice(format!(r#","status":{status},"data":"#).as_bytes());
+    if body.is_empty() {
+        out.extend_from_slice(b"null");
+    } else {
+        push_data(&mut out, body);
+    }
+    out.push(b'}');
+    out
+}
+
 /// `{"type":"reset","reason":"slow_consumer","dropped":N}`.
 pub fn reset(dropped: u64) -> String {
     format!(r#"{{"type":"reset","reason":"slow_consumer","dropped":{dropped}}}"#)
@@ -229,14 +296,23 @@ pub fn message(subject: &str, name: &str, id: &str, payload: &[u8]) -> Vec<u8> {
     push_json_str(&mut out, subject);
     out.extend_from_slice(br#","event":"#);
     push_json_str(&mut out, name);
-    out.extend_from_slice(br#","id":"#);
-    push_json_str(&mut out, id);
+    if !id.is_empty() {
+        out.extend_from_slice(br#","id":"#);
+        push_json_str(&mut out, id);
+    }
     out.extend_from_slice(br#","data":"#);
-    let p = payload;
+    push_data(&mut out, payload);
+    out.push(b'}');
+    out
+}
+
+/// Appends `payload` as a JSON value: itself when it is JSON, else a string, else
+/// base64 (followed by `"encoding":"base64"`).
+fn push_data(out: &mut Vec<u8>, p: &[u8]) {
     if !p.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(p).is_ok() {
         out.extend_from_slice(p);
     } else if let Ok(s) = std::str::from_utf8(p) {
-        push_json_str(&mut out, s);
+        push_json_str(out, s);
     } else {
         out.push(b'"');
         out.extend_from_slice(
@@ -246,8 +322,6 @@ pub fn message(subject: &str, name: &str, id: &str, payload: &[u8]) -> Vec<u8> {
         );
         out.extend_from_slice(br#"","encoding":"base64""#);
     }
-    out.push(b'}');
-    out
 }
 
 fn push_json_str(out: &mut Vec<u8>, s: &str) {
@@ -361,5 +435,65 @@ mod tests {
             "unknown \"encoding\""
         );
         assert_eq!(reason(r#"{"type":"dance"}"#), "unknown type \"dance\"");
+    }
+
+    #[test]
+    fn rpc_parses_its_data_as_the_body() {
+        let (r, reference) =
+            parse(r#"{"type":"rpc","data":{"say":"hi"},"event":"said","ref":1}"#).unwrap();
+        assert_eq!(reference, Some(Value::from(1)));
+        assert_eq!(
+            r,
+            Request::Rpc {
+                body: Bytes::from_static(br#"{"say":"hi"}"#),
+                json: true,
+                event: Some("said".into())
+            }
+        );
+        let (r, _) = parse(r#"{"type":"rpc","data":"AAE=","encoding":"base64"}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Rpc {
+                body: Bytes::from_static(&[0, 1]),
+                json: false,
+                event: None
+            }
+        );
+        assert_eq!(
+            parse(r#"{"type":"rpc","ref":2}"#).unwrap_err().reason,
+            "missing \"data\""
+        );
+        assert!(
+            parse(r#"{"type":"rpc","data":1,"event":"a\nb"}"#).is_err(),
+            "an event name cannot carry a line break into a header"
+        );
+    }
+
+    #[test]
+    fn replies_carry_the_apps_body_as_json_or_a_string() {
+        let v: Value =
+            serde_json::from_slice(&reply(Some(&Value::from(1)), 200, br#"{"ok":true}"#)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"reply","ref":1,"status":200,"data":{"ok":true}})
+        );
+        let v: Value = serde_json::from_slice(&reply(None, 201, b"plain text")).unwrap();
+        assert_eq!(v["data"], "plain text");
+        assert!(v.get("ref").is_none());
+        let v: Value = serde_json::from_slice(&reply(None, 204, b"")).unwrap();
+        assert_eq!(v["data"], Value::Null);
+        let v: Value =
+            serde_json::from_slice(&app_error(Some(&Value::from("x")), 422, br#"{"e":1}"#))
+                .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"error","code":"app_error","ref":"x","status":422,"data":{"e":1}})
+        );
+    }
+
+    #[test]
+    fn a_message_without_a_cursor_has_no_id() {
+        let v: Value = serde_json::from_slice(&message("s", "e", "", b"1")).unwrap();
+        assert!(v.get("id").is_none(), "{v}");
     }
 }

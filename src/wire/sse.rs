@@ -22,12 +22,16 @@ pub fn is_safe_field(v: &str) -> bool {
 /// The comment line sent as a heartbeat.
 pub const HEARTBEAT: &[u8] = b": heartbeat\n\n";
 
-/// Encodes one event.
+/// Encodes one event. An empty `id` writes no `id:` line (a message addressed to one
+/// connection has no cursor, and an empty `id:` would reset the client's).
 pub fn encode_event(id: &str, event: &str, payload: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(payload.len() + id.len() + event.len() + 24);
-    b.put_slice(b"id: ");
-    b.put_slice(id.as_bytes());
-    b.put_slice(b"\nevent: ");
+    if !id.is_empty() {
+        b.put_slice(b"id: ");
+        b.put_slice(id.as_bytes());
+        b.put_u8(b'\n');
+    }
+    b.put_slice(b"event: ");
     b.put_slice(event.as_bytes());
     b.put_u8(b'\n');
     put_data_lines(&mut b, payload);
@@ -89,6 +93,12 @@ pub const DRAIN: &[u8] = b"event: fanfare.drain\ndata: {\"reason\":\"restart\"}\
 
 /// The event sent when a token expires during a held stream.
 pub const EXPIRED: &[u8] = b"event: fanfare.expired\ndata: {\"reason\":\"token_expired\"}\n\n";
+
+/// The event sent when the app closes a stream (`Fanfare-Control: close`).
+pub fn encode_closed(reason: &str) -> Bytes {
+    let data = serde_json::json!({ "reason": reason }).to_string();
+    encode_event("", "fanfare.closed", data.as_bytes())
+}
 
 #[cfg(test)]
 mod tests {

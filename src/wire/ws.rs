@@ -31,6 +31,8 @@ pub mod close {
     pub const PING_TIMEOUT: u16 = 4002;
     /// The client held no subscription for `ws.idle_timeout`.
     pub const IDLE: u16 = 4003;
+    /// The app closed the connection (`Fanfare-Control: close`); the reason is the app's.
+    pub const BY_APP: u16 = 4005;
 }
 
 /// Why an upgrade request is refused.
@@ -128,8 +130,26 @@ pub fn header_len(len: usize) -> usize {
 
 /// An unmasked server text frame (FIN set) carrying `payload`.
 pub fn text_frame(payload: &[u8]) -> Bytes {
+    data_frame(0x81, payload)
+}
+
+/// An unmasked server binary frame (FIN set) carrying `payload`.
+pub fn binary_frame(payload: &[u8]) -> Bytes {
+    data_frame(0x82, payload)
+}
+
+/// `payload` as it is: a text frame when it is UTF-8, else a binary frame (raw mode).
+pub fn payload_frame(payload: &[u8]) -> Bytes {
+    if std::str::from_utf8(payload).is_ok() {
+        text_frame(payload)
+    } else {
+        binary_frame(payload)
+    }
+}
+
+fn data_frame(first: u8, payload: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(payload.len() + header_len(payload.len()));
-    b.put_u8(0x81);
+    b.put_u8(first);
     match payload.len() {
         n if n < 126 => b.put_u8(n as u8),
         n if n <= u16::MAX as usize => {

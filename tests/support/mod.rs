@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 mod app;
+mod callbacks;
 mod instance;
 mod nats;
 mod sse;
@@ -11,7 +12,7 @@ mod ws;
 
 // Each test crate uses a part of the harness; the rest is unused there.
 #[allow(unused_imports)]
-pub use {app::*, instance::*, nats::*, sse::*, ws::*};
+pub use {app::*, callbacks::*, instance::*, nats::*, sse::*, ws::*};
 
 use std::future::Future;
 use std::net::TcpListener;

@@ -100,10 +100,21 @@ impl NatsServer {
         self.spawn().await;
     }
 
-    /// The subscriptions fanfare's connections (named `fanfare`) hold at the server,
-    /// from the monitoring endpoint `/connz`.
+    /// The topic subscriptions fanfare's connections (named `fanfare`) hold at the
+    /// server, from the monitoring endpoint `/connz`: every one but the instance's
+    /// single `fanfare.connection.<instance>.*` (see [`NatsServer::subscriptions`]).
     pub async fn subscription_count(&self) -> u64 {
-        let url = format!("http://127.0.0.1:{}/connz", self.monitor_port);
+        self.subscriptions()
+            .await
+            .iter()
+            .filter(|s| !s.starts_with("fanfare.connection."))
+            .count() as u64
+    }
+
+    /// The subjects fanfare's connections subscribe at nats-server (from `/connz`),
+    /// its per-instance `fanfare.connection.<instance>.*` included.
+    pub async fn subscriptions(&self) -> Vec<String> {
+        let url = format!("http://127.0.0.1:{}/connz?subs=1", self.monitor_port);
         let v: serde_json::Value = http_client()
             .get(url)
             .send()
@@ -118,10 +129,16 @@ impl NatsServer {
                 conns
                     .iter()
                     .filter(|c| c["name"] == "fanfare")
-                    .map(|c| c["subscriptions"].as_u64().unwrap_or(0))
-                    .sum()
+                    .flat_map(|c| {
+                        c["subscriptions_list"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default()
+                    })
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
             })
-            .unwrap_or(0)
+            .unwrap_or_default()
     }
 }
 

@@ -59,10 +59,10 @@ pub async fn ws_close_code(ws: &mut Ws) -> u16 {
     }
 }
 
-/// Opens a WebSocket by hand (raw TCP) and returns the socket right after the `101`:
-/// for clients that misbehave on purpose (never read, send bad frames).
-pub async fn raw_ws(addr: SocketAddr, path: &str) -> tokio::net::TcpStream {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// Sends a WebSocket handshake by hand (raw TCP) and returns the socket before any
+/// answer is read (a test of a refused handshake reads it).
+pub async fn raw_ws_request(addr: SocketAddr, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(
         format!(
@@ -73,6 +73,14 @@ pub async fn raw_ws(addr: SocketAddr, path: &str) -> tokio::net::TcpStream {
     )
     .await
     .unwrap();
+    s
+}
+
+/// Opens a WebSocket by hand (raw TCP) and returns the socket right after the `101`:
+/// for clients that misbehave on purpose (never read, send bad frames).
+pub async fn raw_ws(addr: SocketAddr, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncReadExt;
+    let mut s = raw_ws_request(addr, path).await;
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {

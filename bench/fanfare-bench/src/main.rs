@@ -10,6 +10,7 @@
 
 mod client;
 mod proc;
+mod rpc;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +29,11 @@ use proc::{clk_tck, cpu_ticks, now_ns, raise_nofile, rss_kib, sum_over};
 ///             messages per subject.
 ///   idle      N idle connections: RSS per held connection (needs --server-pid).
 ///   storm     connect N as fast as possible: connections per second.
+///   rpc       what fanfare adds to an rpc: serves the app itself on --app-listen
+///             (answering after --app-delay-ms), then M rpcs at --rate (default
+///             1000/s) over N connections, first straight to the app, then as
+///             WebSocket `rpc` requests through fanfare (whose app.message points
+///             there); reports both latencies, the difference, and CPU per rpc.
 ///
 /// Examples (fanfare on :8080/:9090, NATS on :4222):
 ///   fanfare-bench --scenario fanout --transport ws --url ws://127.0.0.1:8080/feed \
@@ -85,6 +91,12 @@ struct Args {
     /// A label for the report (e.g. the server's name).
     #[arg(long, default_value = "")]
     label: String,
+    /// rpc: where the bench's own app listens (fanfare's app.message points here).
+    #[arg(long, default_value = "127.0.0.1:3999")]
+    app_listen: std::net::SocketAddr,
+    /// rpc: how long the app takes to answer, in milliseconds.
+    #[arg(long, default_value_t = 1)]
+    app_delay_ms: u64,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -93,6 +105,7 @@ enum Scenario {
     Subjects,
     Idle,
     Storm,
+    Rpc,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -178,6 +191,48 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 async fn main() {
     let args = Args::parse();
     raise_nofile();
+    if args.scenario == Scenario::Rpc {
+        let listener = tokio::net::TcpListener::bind(args.app_listen)
+            .await
+            .expect("bind --app-listen");
+        let app = listener.local_addr().expect("the app's address");
+        tokio::spawn(rpc::serve_app(
+            listener,
+            Duration::from_millis(args.app_delay_ms),
+        ));
+        let report = rpc::run(&args, app).await;
+        if args.json {
+            println!("{report}");
+        } else {
+            let ms = |k: &str, p: &str| report[k][p].as_f64().unwrap_or(0.0);
+            println!(
+                "rpc {} ({} connections, {}/s)",
+                args.label, report["connections"], report["rate"]
+            );
+            println!(
+                "  app direct: {} rpcs, p50 {:.2} ms, p99 {:.2} ms",
+                report["app_direct_ms"]["count"],
+                ms("app_direct_ms", "p50"),
+                ms("app_direct_ms", "p99")
+            );
+            println!(
+                "  through fanfare: {} / {} rpcs, p50 {:.2} ms, p99 {:.2} ms",
+                report["through_fanfare_ms"]["count"],
+                report["expected"],
+                ms("through_fanfare_ms", "p50"),
+                ms("through_fanfare_ms", "p99")
+            );
+            println!(
+                "  fanfare adds p50 {:.2} ms, p99 {:.2} ms",
+                ms("added_ms", "p50"),
+                ms("added_ms", "p99")
+            );
+            if let Some(c) = report["server_cpu_us_per_rpc"].as_f64() {
+                println!("  fanfare CPU {c:.1} µs per rpc");
+            }
+        }
+        return;
+    }
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let subjects = if args.scenario == Scenario::Subjects {
         args.connections

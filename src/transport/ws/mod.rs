@@ -24,14 +24,15 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 pub use super::ws_socket::accept;
 use super::ws_socket::{CLOSE_TIMEOUT, assemble, close_for_error};
-use super::{Joined, Outcome, RouteContext, SET_SEPARATOR};
+use super::{Conn, Joined, Outcome, RouteContext, SET_SEPARATOR};
 use crate::auth::Permissions;
-use crate::broker::Message as BrokerMessage;
-use crate::hub::{ClientQueue, JoinError, Membership};
+use crate::config::WsProtocol;
+use crate::hub::{ClientQueue, Closed, Membership};
 use crate::limits::Bucket;
-use crate::routing::subject;
-use crate::wire::protocol::{self, Code, Failure, Request};
+use crate::wire::protocol::{self, Code};
 use crate::wire::ws::close;
+
+mod requests;
 
 /// A connection's subscriptions: a few at most (`ws.max_subscriptions`), so a vector
 /// (one small allocation) beats a hash map (a bucket array) for every held connection.
@@ -77,17 +78,21 @@ impl Subscriptions {
     }
 }
 
-/// Runs a client's connection after its `101`: counted in the connection metrics.
+/// Runs a client's connection after its `101`: counted in the connection metrics;
+/// the app is told when it ends.
 pub async fn serve<S>(
     ws: Box<WebSocketStream<S>>,
     ctx: Arc<RouteContext>,
     joined: Joined,
     permissions: Permissions,
+    conn: Option<Arc<Conn>>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut session = Session::new(ws, ctx.clone(), joined, permissions);
-    ctx.counted("ws", session.run()).await;
+    session.conn = conn;
+    let outcome = ctx.counted("ws", session.run()).await;
+    ctx.ended(session.conn.as_deref(), "ws", outcome, &session.queue);
 }
 
 /// One client's session.
@@ -102,6 +107,9 @@ pub struct Session<S> {
     /// one, and an empty box costs 8 bytes of every held connection.
     publish_bucket: Option<Box<Bucket>>,
     subscribe_bucket: Option<Box<Bucket>>,
+    /// On a route with app callbacks (or a raw `publish_to`): the connection's id and
+    /// forwarded headers, shared with its rpcs under way.
+    conn: Option<Arc<Conn>>,
 }
 
 enum Wake {
@@ -132,6 +140,7 @@ where
             permissions,
             publish_bucket: None,
             subscribe_bucket: None,
+            conn: None,
         }
     }
 
@@ -143,7 +152,10 @@ where
         let mut tick =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
         let mut last_heard = Instant::now();
-        let mut idle_since = self.subscriptions.is_empty().then(Instant::now);
+        // A connection the app can address (it has callbacks) is never idle.
+        let can_idle = self.conn.is_none();
+        let raw = self.ctx.ws.protocol == WsProtocol::Raw;
+        let mut idle_since = (can_idle && self.subscriptions.is_empty()).then(Instant::now);
         let mut expiry = super::expiry_timer(self.permissions.expires);
         loop {
             let wake = tokio::select! {
@@ -157,7 +169,7 @@ where
                 Wake::Queue => {
                     let batch = self.queue.take();
                     let closed = batch.closed.is_some();
-                    let buf = assemble(&batch);
+                    let buf = assemble(&batch, raw);
                     if !buf.is_empty() {
                         let queue = self.queue.clone();
                         let ok = tokio::select! {
@@ -179,10 +191,18 @@ where
                                 .observe(first.received.elapsed().as_secs_f64());
                         }
                     }
-                    if closed {
-                        return self
-                            .close(close::TRY_AGAIN, "slow consumer", Outcome::SlowConsumer)
-                            .await;
+                    match batch.closed {
+                        Some(Closed::SlowConsumer) => {
+                            return self
+                                .close(close::TRY_AGAIN, "slow consumer", Outcome::SlowConsumer)
+                                .await;
+                        }
+                        Some(Closed::ByApp(reason)) => {
+                            return self
+                                .close(close::BY_APP, &reason, Outcome::ClosedByApp)
+                                .await;
+                        }
+                        None => {}
                     }
                 }
                 Wake::Frame(None) => return Outcome::ClientClosed,
@@ -190,6 +210,16 @@ where
                 Wake::Frame(Some(Ok(msg))) => {
                     last_heard = Instant::now();
                     match msg {
+                        Message::Text(t) if raw => {
+                            if !Box::pin(self.on_raw(Bytes::from(t), true)).await {
+                                return self.unrouted().await;
+                            }
+                        }
+                        Message::Binary(b) if raw => {
+                            if !Box::pin(self.on_raw(b, false)).await {
+                                return self.unrouted().await;
+                            }
+                        }
                         Message::Text(t) => self.on_text(t.as_str()).await,
                         Message::Binary(_) => {
                             let e = protocol::error(
@@ -206,7 +236,7 @@ where
                         }
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                     }
-                    idle_since = match (self.subscriptions.is_empty(), idle_since) {
+                    idle_since = match (can_idle && self.subscriptions.is_empty(), idle_since) {
                         (true, None) => Some(Instant::now()),
                         (true, since) => since,
                         (false, _) => None,
@@ -276,11 +306,16 @@ where
         }
     }
 
-    /// Sends a close frame and waits (bounded) for the client's reply.
-    async fn close(&mut self, code: u16, reason: &'static str, outcome: Outcome) -> Outcome {
+    /// Sends a close frame and waits (bounded) for the client's reply. The reason is
+    /// cut to the 123 bytes a close frame holds.
+    async fn close(&mut self, code: u16, reason: &str, outcome: Outcome) -> Outcome {
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
         let frame = CloseFrame {
             code: CloseCode::from(code),
-            reason: reason.into(),
+            reason: reason[..end].to_string().into(),
         };
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
             if self.ws.send(Message::Close(Some(frame))).await.is_ok() {
@@ -289,210 +324,5 @@ where
         })
         .await;
         outcome
-    }
-
-    async fn on_text(&mut self, text: &str) {
-        let reply = match protocol::parse(text) {
-            Err(e) => protocol::error(e.reference.as_ref(), e.code, &e.reason),
-            // Boxed: handling a request (a subscribe may replay from JetStream) needs far
-            // more future state than an idle session; boxing keeps that out of every
-            // held connection's task (measured: ~7 KiB per idle WebSocket).
-            Ok((request, reference)) => match Box::pin(self.handle(request)).await {
-                Ok(subject) => protocol::ack(reference.as_ref(), subject.as_deref()),
-                Err(f) => protocol::error(reference.as_ref(), f.code, &f.reason),
-            },
-        };
-        self.send_text(reply).await;
-    }
-
-    /// Takes a token for a run-time subscribe or unsubscribe: each one may create or
-    /// drop a broker subscription, so a connection cannot churn them without bound.
-    fn churn(&mut self) -> Result<(), Failure> {
-        let ws = &self.ctx.ws;
-        if self
-            .subscribe_bucket
-            .get_or_insert_with(|| Box::new(Bucket::new(ws.subscribe_rate, ws.subscribe_burst)))
-            .take()
-        {
-            return Ok(());
-        }
-        self.ctx
-            .metrics
-            .rejected
-            .with_label_values(&["rate_limited"])
-            .inc();
-        Err(Failure::new(
-            Code::RateLimited,
-            format!(
-                "at most {} subscribes and unsubscribes per second",
-                ws.subscribe_rate
-            ),
-        ))
-    }
-
-    /// A `forbidden` answer, counted in `fanfare_rejected_total`.
-    fn forbidden(&self, action: &str) -> Failure {
-        self.ctx
-            .metrics
-            .rejected
-            .with_label_values(&["forbidden"])
-            .inc();
-        Failure::new(
-            Code::Forbidden,
-            format!("this connection may not {action} that subject"),
-        )
-    }
-
-    /// Carries out a request; `Ok(Some(subject))` acks with the subject.
-    async fn handle(&mut self, request: Request) -> Result<Option<String>, Failure> {
-        match request {
-            Request::Subscribe { subject, since } => {
-                self.churn()?;
-                if !subject::is_valid_subscribe_subject(&subject) {
-                    return Err(Failure::new(
-                        Code::InvalidSubject,
-                        "not a valid NATS subject",
-                    ));
-                }
-                if !self
-                    .permissions
-                    .subscribe
-                    .iter()
-                    .any(|p| subject::covers(p, &subject))
-                {
-                    return Err(self.forbidden("subscribe to"));
-                }
-                if self.subscriptions.contains_key(&subject) {
-                    return Ok(Some(subject));
-                }
-                if self.subscriptions.len() >= self.ctx.ws.max_subscriptions {
-                    self.ctx
-                        .metrics
-                        .rejected
-                        .with_label_values(&["too_many_subscriptions"])
-                        .inc();
-                    return Err(Failure::new(
-                        Code::TooManySubscriptions,
-                        format!(
-                            "at most {} subscriptions per connection",
-                            self.ctx.ws.max_subscriptions
-                        ),
-                    ));
-                }
-                let spec = self.ctx.topic(std::slice::from_ref(&subject));
-                let m = self
-                    .ctx
-                    .hub
-                    .join_spec(&spec, self.client, self.queue.clone())
-                    .await
-                    .map_err(|e| match e {
-                        JoinError::TooManyTopics(_) => {
-                            self.ctx
-                                .metrics
-                                .rejected
-                                .with_label_values(&["too_many_topics"])
-                                .inc();
-                            Failure::new(Code::TooManyTopics, e.to_string())
-                        }
-                        JoinError::Broker(e) => Failure::new(Code::Unavailable, e.to_string()),
-                    })?;
-                if let Some(cursor) = since {
-                    self.ctx
-                        .hub
-                        .resume(&[spec], &cursor, &self.queue)
-                        .await
-                        .map_err(|e| Failure::new(Code::Unavailable, e.to_string()))?;
-                }
-                self.subscriptions.insert(subject.clone(), m);
-                Ok(Some(subject))
-            }
-            Request::Unsubscribe { subject } => {
-                self.churn()?;
-                match self.subscriptions.remove(&subject) {
-                    Ok(_) => Ok(Some(subject)),
-                    Err(Leave::NotSubscribed) => Err(Failure::new(
-                        Code::NotSubscribed,
-                        "not subscribed to that subject",
-                    )),
-                    Err(Leave::PartOfRoute) => Err(Failure::new(
-                        Code::BadRequest,
-                        "this subject is one of the route's subjects, which are one subscription; it cannot be left alone",
-                    )),
-                }
-            }
-            Request::Publish {
-                subject,
-                payload,
-                event,
-            } => {
-                let result = self.publish(subject, payload, event).await;
-                let label = match &result {
-                    Ok(()) => "ok",
-                    Err(f) => match f.code {
-                        Code::Forbidden => "forbidden",
-                        Code::RateLimited => "rate_limited",
-                        Code::Unavailable => "unavailable",
-                        _ => "invalid",
-                    },
-                };
-                self.ctx
-                    .metrics
-                    .client_publish
-                    .with_label_values(&[label])
-                    .inc();
-                result.map(|()| None)
-            }
-        }
-    }
-
-    /// Publishes for the client, within its grant and its rate.
-    async fn publish(
-        &mut self,
-        subject: String,
-        payload: Bytes,
-        event: Option<String>,
-    ) -> Result<(), Failure> {
-        if !subject::is_valid_publish_subject(&subject) {
-            return Err(Failure::new(
-                Code::InvalidSubject,
-                "publish needs a subject without wildcards",
-            ));
-        }
-        if subject::is_reserved(&subject)
-            || !self
-                .permissions
-                .publish
-                .iter()
-                .any(|p| subject::matches(p, &subject))
-        {
-            return Err(self.forbidden("publish to"));
-        }
-        let ws = &self.ctx.ws;
-        if !self
-            .publish_bucket
-            .get_or_insert_with(|| Box::new(Bucket::new(ws.publish_rate, ws.publish_burst)))
-            .take()
-        {
-            self.ctx
-                .metrics
-                .rejected
-                .with_label_values(&["rate_limited"])
-                .inc();
-            return Err(Failure::new(
-                Code::RateLimited,
-                format!("at most {} publishes per second", self.ctx.ws.publish_rate),
-            ));
-        }
-        let mut msg = BrokerMessage::new(subject, payload);
-        msg.event = event;
-        msg.headers.push(("Fanfare-Route", self.ctx.path.clone()));
-        msg.headers
-            .push(("Fanfare-Connection", format!("{:x}", self.client)));
-        self.ctx
-            .broker
-            .publish(msg)
-            .await
-            .map_err(|e| Failure::new(Code::Unavailable, e.to_string()))?;
-        Ok(())
     }
 }
