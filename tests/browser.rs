@@ -1,6 +1,7 @@
 //! In a real browser (Debian's `chromium`, driven over the DevTools protocol): an
 //! EventSource opened while NATS is down stays open through the outage and, without a
-//! reload, receives what the app publishes once NATS is back (issue 14, item 2).
+//! reload, receives what the app publishes once NATS is back (issue 14, item 2); the
+//! bare `WebSocket` snippet of MDN talks to a raw-mode route (issue 15).
 //!
 //! Needs `chromium` (`apt-get install chromium`; `scripts/test` installs it when run as
 //! root). Without it the test says so and checks nothing else.
@@ -212,5 +213,54 @@ async fn an_event_source_opened_during_a_nats_outage_receives_without_a_reload()
         browser.eval("window.seen.errors").await,
         json!(0),
         "no error event, no reconnect"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_browser_websocket_talks_to_the_app_through_a_raw_route() {
+    let Some(bin) = Browser::binary() else {
+        eprintln!(
+            "SKIPPED: no chromium; install the Debian package `chromium` (scripts/test does, as root)"
+        );
+        return;
+    };
+    let app = CallbackApp::start().await;
+    let yaml = base_yaml(&app.url(), None)
+        + "routes:\n  - path: /native\n    transports: [ws]\n    auth: { mode: none }\n    ws: { protocol: raw }\n    app: { connect: /rt/connect, message: /rt/message }\n";
+    let ff = start_fanfare(&yaml).await;
+    let mut browser = Browser::open(bin, &format!("http://{}/page/native", ff.edge_addr)).await;
+    // The app receives "Hello Server!" and its answer arrives as event.data.
+    let call = wait_for("the page's message at the app", DEADLINE, || async {
+        app.messages.lock().unwrap().first().cloned()
+    })
+    .await;
+    assert_eq!(&call.body[..], b"Hello Server!");
+    let deadline = Instant::now() + DEADLINE;
+    while browser.eval("window.got.length").await != json!(1) {
+        assert!(Instant::now() < deadline, "no answer in the page");
+    }
+    assert_eq!(
+        browser.eval("window.got[0]").await,
+        json!("you said: Hello Server!")
+    );
+    // What the app publishes to this connection arrives verbatim.
+    let id = call.header("fanfare-connection").unwrap();
+    publish(
+        ff.admin_addr,
+        &format!("fanfare.connection.{id}"),
+        None,
+        "{\"order\": 42, \"status\": \"shipped\"}",
+    )
+    .await;
+    let deadline = Instant::now() + DEADLINE;
+    while browser.eval("window.got.length").await != json!(2) {
+        assert!(
+            Instant::now() < deadline,
+            "the published message never arrived"
+        );
+    }
+    assert_eq!(
+        browser.eval("window.got[1]").await,
+        json!("{\"order\": 42, \"status\": \"shipped\"}")
     );
 }

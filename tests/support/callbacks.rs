@@ -91,6 +91,7 @@ impl CallbackApp {
             .route("/rt/connect", post(connect))
             .route("/rt/message", post(message))
             .route("/rt/disconnect", post(disconnect))
+            .route("/page/native", axum::routing::get(native_page))
             .with_state(st.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -221,4 +222,28 @@ async fn disconnect(State(st): State<St>, headers: HeaderMap, body: Bytes) -> St
     }
     record(&st.disconnects, headers, body);
     StatusCode::NO_CONTENT
+}
+
+/// The browser's bare WebSocket, as in MDN's example (only the URL names the raw
+/// route); `window.got` keeps what arrived for the test to read.
+async fn native_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(
+        r#"<!doctype html><meta charset="utf-8"><title>native</title>
+<script>
+window.got = [];
+// Create WebSocket connection.
+const socket = new WebSocket("ws://" + location.host + "/native");
+
+// Connection opened
+socket.addEventListener("open", (event) => {
+  socket.send("Hello Server!");
+});
+
+// Listen for messages
+socket.addEventListener("message", (event) => {
+  console.log("Message from server ", event.data);
+});
+socket.addEventListener("message", (event) => window.got.push(event.data));
+</script>"#,
+    )
 }
