@@ -476,6 +476,26 @@ async fn disconnect_callbacks_for_each_reason_arrive_within_a_second() {
     assert!(closed.elapsed() < Duration::from_secs(1));
     assert_eq!(d["reason"], "expired");
 
+    // A protocol error (an unmasked client frame): the connection ends as an error.
+    let mut s = raw_ws(ff.edge_addr, "/chat/lobby").await;
+    let id = wait_for("the raw client's connect", DEADLINE, || async {
+        let c = app.connects.lock().unwrap();
+        (c.len() == 5).then(|| c[4].json()["connection"].as_str().unwrap().to_string())
+    })
+    .await;
+    tokio::io::AsyncWriteExt::write_all(&mut s, &[0x81, 0x02, b'{', b'}'])
+        .await
+        .unwrap();
+    let closed = Instant::now();
+    let d = disconnect_of(&app, &id, DEADLINE).await;
+    assert!(
+        closed.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        closed.elapsed()
+    );
+    assert_eq!(d["reason"], "write_error");
+    drop(s);
+
     // Shutdown: every held connection's callback is sent before shutdown returns.
     let mut held = Vec::new();
     for _ in 0..20 {
@@ -857,4 +877,102 @@ fn app_config_is_checked() {
     assert!(err("    ws: { publish_to: \"a.b\" }\n").contains("protocol: raw"));
     assert!(err("    ws: { protocol: raw, publish_to: \"a.{nope}\" }\n").contains("publish_to"));
     assert!(err("    ws: { protocol: jsonish }\n").contains("jsonish"));
+}
+
+/// The README's example app (the ```python block of the full-duplex section), run as
+/// written behind fanfare: connect, rpc, fan-out and disconnect all work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_example_app_works() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme.find("## Full duplex").expect("the section")..];
+    let start = section.find("```python\n").expect("the example app") + "```python\n".len();
+    let code = &section[start..start + section[start..].find("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("app.py");
+    std::fs::write(&script, code).unwrap();
+
+    let port = free_port();
+    let routes = format!(
+        "
+routes:
+  - path: /chat/{{room}}
+    transports: [ws, sse]
+    subjects: [\"chat.{{room}}\"]
+    auth: {{ mode: none }}
+    app:
+      connect: /realtime/connect
+      message: /realtime/message
+      disconnect: /realtime/disconnect
+"
+    );
+    let ff = start_fanfare(&(base_yaml(&format!("http://127.0.0.1:{port}"), None) + &routes)).await;
+    let python = std::env::var("FANFARE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut app = tokio::process::Command::new(python)
+        .arg(&script)
+        .env("PORT", port.to_string())
+        .env("FANFARE_ADMIN", ff.admin_addr.to_string())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for("the example app listening", DEADLINE, || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+    })
+    .await;
+
+    // connect: the welcome names the connection, which joined its private subject.
+    let mut a = ws_connect(ff.edge_addr, "/chat/lobby").await;
+    let mut b = ws_connect(ff.edge_addr, "/chat/lobby").await;
+    let w = ws_json(&mut a).await;
+    assert_eq!(w["event"], "welcome", "{w}");
+    let id = w["data"]["you"].as_str().unwrap().to_string();
+    assert_eq!(ws_json(&mut b).await["event"], "welcome");
+    publish(
+        ff.admin_addr,
+        &format!("user.{}", id.replace('.', "-")),
+        None,
+        "just you",
+    )
+    .await;
+    assert_eq!(ws_json(&mut a).await["data"], "just you");
+
+    // rpc: the app stores, fans out to the room, and answers.
+    ws_send(
+        &mut a,
+        json!({"type":"rpc","data":{"room":"lobby","text":"hi"},"ref":1}),
+    )
+    .await;
+    let mut got = vec![ws_json(&mut a).await, ws_json(&mut a).await];
+    got.sort_by_key(|v| v["type"].as_str().unwrap().to_string());
+    assert_eq!(got[0]["type"], "message", "{got:?}");
+    assert_eq!(got[0]["data"], json!({"from": id, "text": "hi"}));
+    assert_eq!(
+        got[1],
+        json!({"type":"reply","ref":1,"status":200,"data":{"stored":true}})
+    );
+    let m = ws_json(&mut b).await;
+    assert_eq!(
+        (m["event"].as_str(), m["data"]["text"].as_str()),
+        (Some("said"), Some("hi"))
+    );
+
+    // disconnect: the app prints who left and why.
+    a.close(None).await.unwrap();
+    finish_close(&mut a).await;
+    let mut out = tokio::io::BufReader::new(app.stdout.take().unwrap());
+    let mut line = String::new();
+    tokio::time::timeout(
+        DEADLINE,
+        tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line),
+    )
+    .await
+    .expect("the app prints the disconnect")
+    .unwrap();
+    assert!(
+        line.starts_with(&format!("left: {id} client_closed ")),
+        "{line}"
+    );
 }
