@@ -893,20 +893,18 @@ async fn the_readme_example_app_works() {
     std::fs::write(&script, code).unwrap();
 
     let port = free_port();
-    let routes = format!(
-        "
+    let routes = "
 routes:
-  - path: /chat/{{room}}
+  - path: /chat/{room}
     transports: [ws, sse]
-    subjects: [\"chat.{{room}}\"]
-    auth: {{ mode: none }}
+    subjects: [\"chat.{room}\"]
+    auth: { mode: none }
     app:
       connect: /realtime/connect
       message: /realtime/message
       disconnect: /realtime/disconnect
-"
-    );
-    let ff = start_fanfare(&(base_yaml(&format!("http://127.0.0.1:{port}"), None) + &routes)).await;
+";
+    let ff = start_fanfare(&(base_yaml(&format!("http://127.0.0.1:{port}"), None) + routes)).await;
     let python = std::env::var("FANFARE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let mut app = tokio::process::Command::new(python)
         .arg(&script)

@@ -7,7 +7,9 @@ use http::{Method, Response, StatusCode};
 use pingora::protocols::http::ServerSession;
 use sha2::{Digest, Sha256};
 
-use crate::broker::{Broker, BrokerError, CONTROL_HEADER, EVENT_HEADER, MSG_ID_HEADER, Message};
+use crate::broker::{
+    ARGS_HEADER, Broker, BrokerError, CONTROL_HEADER, EVENT_HEADER, MSG_ID_HEADER, Message,
+};
 use crate::edge::respond::{Refusal, json_response};
 use crate::metrics::Metrics;
 use crate::routing::path::percent_decode;
@@ -172,6 +174,7 @@ pub(crate) async fn handle(
             );
         }
     };
+    let spread = header(ARGS_HEADER).and_then(Result::ok).as_deref() == Some("spread");
     let mut body = BytesMut::new();
     loop {
         match session.read_request_body().await {
@@ -200,6 +203,9 @@ pub(crate) async fn handle(
     msg.msg_id = msg_id;
     if let Some(c) = control {
         msg.headers.push((CONTROL_HEADER, c));
+    }
+    if spread {
+        msg.headers.push((ARGS_HEADER, "spread".to_string()));
     }
     match broker.publish(msg).await {
         Ok(()) => {

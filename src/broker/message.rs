@@ -10,6 +10,9 @@ pub const EVENT_HEADER: &str = "Fanfare-Event";
 /// The NATS header of a control message to one connection (`subscribe`,
 /// `unsubscribe`, `close`).
 pub const CONTROL_HEADER: &str = "Fanfare-Control";
+/// The NATS header that says how a payload maps onto Socket.IO arguments: `spread`
+/// (a JSON array's elements are the arguments).
+pub const ARGS_HEADER: &str = "Fanfare-Args";
 /// The NATS header carrying a message id.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 

@@ -12,7 +12,8 @@ use tokio::sync::watch;
 
 pub use memory::MemoryBroker;
 pub use message::{
-    BrokerError, CONTROL_HEADER, EVENT_HEADER, MSG_ID_HEADER, Message, Replay, ReplayFrom,
+    ARGS_HEADER, BrokerError, CONTROL_HEADER, EVENT_HEADER, MSG_ID_HEADER, Message, Replay,
+    ReplayFrom,
 };
 pub use nats::NatsBroker;
 

@@ -7,7 +7,8 @@ use async_nats::{ConnectOptions, Event, HeaderMap};
 use tokio::sync::watch;
 
 use super::message::{
-    BrokerError, CONTROL_HEADER, EVENT_HEADER, MSG_ID_HEADER, Message, Replay, ReplayFrom,
+    ARGS_HEADER, BrokerError, CONTROL_HEADER, EVENT_HEADER, MSG_ID_HEADER, Message, Replay,
+    ReplayFrom,
 };
 use crate::config::NatsConfig;
 use crate::metrics::Metrics;
@@ -340,9 +341,10 @@ pub(super) fn convert(m: async_nats::Message) -> Message {
         event: header(EVENT_HEADER),
         msg_id: header(MSG_ID_HEADER),
         subject: m.subject.to_string(),
-        headers: header(CONTROL_HEADER)
-            .map(|v| vec![(CONTROL_HEADER, v)])
-            .unwrap_or_default(),
+        headers: [CONTROL_HEADER, ARGS_HEADER]
+            .into_iter()
+            .filter_map(|name| header(name).map(|v| (name, v)))
+            .collect(),
         payload: m.payload,
         seq: None,
         received: Instant::now(),

@@ -14,6 +14,7 @@ mod app;
 mod auth;
 mod invalid;
 mod route;
+mod socketio;
 mod value;
 
 use std::fmt;
@@ -27,6 +28,7 @@ pub use auth::{AuthConfig, AuthMode, JwtAlgorithm};
 pub use route::{
     HistoryConfig, PollConfig, QueueConfig, RouteConfig, SlowConsumer, Transport, WsConfig,
 };
+pub use socketio::{NamespaceConfig, SocketIoConfig};
 pub use value::{Addr, Cidr, Dur, Upstream, interpolate};
 use value::{interpolated, interpolated_opt};
 

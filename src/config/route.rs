@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use super::app::{AppConfig, WsProtocol};
 use super::auth::{AuthConfig, AuthMode};
+use super::socketio::SocketIoConfig;
 use super::value::{Dur, interpolated_opt};
 use crate::routing::{path::PathPattern, subject::Template};
 
@@ -63,6 +64,9 @@ pub struct RouteConfig {
     /// The app's callbacks: connect, message (rpc) and disconnect. Default: none.
     #[serde(default)]
     pub app: AppConfig,
+    /// Socket.IO settings (`transports: [socketio]`).
+    #[serde(default)]
+    pub socketio: SocketIoConfig,
 }
 
 fn default_true() -> bool {
@@ -205,6 +209,9 @@ pub enum Transport {
     Ws,
     /// HTTP long-polling.
     Poll,
+    /// Socket.IO (Engine.IO v4 over long-polling and WebSocket).
+    #[serde(rename = "socketio")]
+    SocketIo,
 }
 
 impl Transport {
@@ -214,6 +221,7 @@ impl Transport {
             Transport::Sse => "sse",
             Transport::Ws => "ws",
             Transport::Poll => "poll",
+            Transport::SocketIo => "socketio",
         }
     }
 }
@@ -261,7 +269,20 @@ impl RouteConfig {
         if self.transports.is_empty() {
             return Err(at(format!("route {} lists no transports", self.path)));
         }
+        let socketio = self.transports.contains(&Transport::SocketIo);
+        if socketio && self.transports.len() > 1 {
+            return Err(at(format!(
+                "route {}: socketio is a transport of its own: transports: [socketio]",
+                self.path
+            )));
+        }
+        if socketio {
+            self.socketio
+                .validate()
+                .map_err(|e| at(format!("route {}: {e}", self.path)))?;
+        }
         if self.subjects.is_empty()
+            && !socketio
             && !self.ws.echo
             && self.allow_subscribe.is_empty()
             && !self.app.is_active()

@@ -22,6 +22,7 @@ mod proxy;
 pub mod realtime;
 pub mod respond;
 pub mod route;
+pub mod socketio;
 
 pub use handoff::take_h1_stream;
 pub use proxy::{Edge, InFlight};

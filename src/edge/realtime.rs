@@ -34,7 +34,9 @@ use crate::wire::ws::check_handshake;
 struct LiveRoute {
     route: Route,
     ctx: Arc<RouteContext>,
-    auth: Authorizer,
+    auth: Arc<Authorizer>,
+    /// A Socket.IO route's namespaces and sessions.
+    sio: Option<Arc<crate::transport::socketio::SioRoute>>,
 }
 
 /// What the realtime side needs from the rest of fanfare.
@@ -111,7 +113,21 @@ impl Realtime {
                     directory: shared.directory.clone(),
                     spec: Arc::new(route.topic()),
                 });
-                Ok(LiveRoute { route, ctx, auth })
+                let auth = Arc::new(auth);
+                let sio = if route.serves(Transport::SocketIo) {
+                    Some(Arc::new(
+                        super::socketio::sio_route(&route, auth.clone())
+                            .map_err(|e| format!("route {}: socketio: {e}", route.config.path))?,
+                    ))
+                } else {
+                    None
+                };
+                Ok(LiveRoute {
+                    route,
+                    ctx,
+                    auth,
+                    sio,
+                })
             })
             .collect::<Result<_, String>>()?;
         Ok(Realtime {
@@ -186,6 +202,17 @@ impl Realtime {
             return cors::preflight(session, allowed_origin.as_ref())
                 .await
                 .map_err(Refusal::internal);
+        }
+        if let Some(sio) = &live.sio {
+            return super::socketio::serve(
+                session,
+                &live.ctx,
+                sio,
+                &self.limits,
+                &client,
+                allowed_origin.as_ref(),
+            )
+            .await;
         }
         if method != http::Method::GET {
             return Err(Refusal::new(
@@ -339,6 +366,8 @@ impl Realtime {
                 ctx.ended(conn.as_deref(), "sse", outcome, &queue);
                 drop((held, registered, slot));
             }
+            // Served above, before the method check (Engine.IO POSTs).
+            Transport::SocketIo => return Err(Refusal::internal("socketio")),
             Transport::Poll => {
                 let cursor = query_param(session.req_header().uri.query(), "cursor")
                     .filter(|c| !c.is_empty());

@@ -67,6 +67,37 @@ impl Refusal {
         }
     }
 
+    /// The refusal as a Socket.IO `connect_error`'s message and data: fanfare's reason,
+    /// or the app's JSON `message` (else the status text), with the status and body.
+    pub fn message_and_data(&self) -> (String, Option<serde_json::Value>) {
+        match self {
+            Refusal::Error {
+                code,
+                reason,
+                status,
+            } => (
+                reason.clone(),
+                Some(serde_json::json!({ "status": status.as_u16(), "error": code })),
+            ),
+            Refusal::App { status, body, .. } => {
+                let data = serde_json::from_slice::<serde_json::Value>(body).unwrap_or_else(|_| {
+                    serde_json::Value::from(String::from_utf8_lossy(body).into_owned())
+                });
+                let message = data
+                    .get("message")
+                    .and_then(serde_json::Value::as_str)
+                    .map_or_else(
+                        || status.canonical_reason().unwrap_or("refused").to_string(),
+                        str::to_string,
+                    );
+                (
+                    message,
+                    Some(serde_json::json!({ "status": status.as_u16(), "body": data })),
+                )
+            }
+        }
+    }
+
     fn parts(&self) -> (http::HeaderMap, Bytes) {
         match self {
             Refusal::Error { code, reason, .. } => {

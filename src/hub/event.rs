@@ -28,6 +28,9 @@ pub struct Event {
     pub payload: Bytes,
     /// When fanfare received it.
     pub received: Instant,
+    /// `Fanfare-Args: spread`: a JSON array payload's elements are the Socket.IO
+    /// arguments.
+    pub spread: bool,
     sse: OnceLock<Bytes>,
     ws: OnceLock<Bytes>,
     raw: OnceLock<Bytes>,
@@ -37,7 +40,12 @@ impl Event {
     /// Builds the event for `msg` with sequence `seq` and cursor `id`. Nothing is
     /// encoded yet.
     pub fn new(msg: Message, seq: u64, id: String) -> Event {
+        let spread = msg
+            .headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case(crate::broker::ARGS_HEADER) && v == "spread");
         Event {
+            spread,
             subject: msg.subject,
             name: msg.event.unwrap_or_else(|| "message".to_string()),
             id,

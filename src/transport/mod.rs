@@ -8,6 +8,7 @@
 pub mod echo;
 pub mod poll;
 mod rpc;
+pub mod socketio;
 pub mod sse;
 pub mod ws;
 mod ws_socket;

@@ -248,7 +248,12 @@ fn encode_with(
 /// An EVENT of `name` with a payload as its one argument: JSON as JSON, other UTF-8 as
 /// a string, other bytes as an attachment. With `spread`, a JSON array's elements are
 /// the arguments.
-pub fn event_from_payload(nsp: &str, name: &str, payload: &[u8], spread: bool) -> (String, Vec<Bytes>) {
+pub fn event_from_payload(
+    nsp: &str,
+    name: &str,
+    payload: &[u8],
+    spread: bool,
+) -> (String, Vec<Bytes>) {
     let mut args = vec![Arg::Json(Value::from(name))];
     match serde_json::from_slice::<Value>(payload) {
         Ok(Value::Array(items)) if spread => args.extend(items.into_iter().map(Arg::Json)),
@@ -274,8 +279,12 @@ pub fn inline_attachments(v: &mut Value, attachments: &[Bytes]) {
                 *v = Value::from(base64::engine::general_purpose::STANDARD.encode(b));
             }
         }
-        Value::Object(o) => o.values_mut().for_each(|x| inline_attachments(x, attachments)),
-        Value::Array(a) => a.iter_mut().for_each(|x| inline_attachments(x, attachments)),
+        Value::Object(o) => o
+            .values_mut()
+            .for_each(|x| inline_attachments(x, attachments)),
+        Value::Array(a) => a
+            .iter_mut()
+            .for_each(|x| inline_attachments(x, attachments)),
         _ => {}
     }
 }
@@ -294,9 +303,15 @@ mod tests {
         let p = one("0");
         assert_eq!((p.kind, p.nsp.as_str(), p.data), (Kind::Connect, "/", None));
         let p = one(r#"0/admin,{"token":"123"}"#);
-        assert_eq!((p.nsp.as_str(), p.data), ("/admin", Some(json!({"token":"123"}))));
+        assert_eq!(
+            (p.nsp.as_str(), p.data),
+            ("/admin", Some(json!({"token":"123"})))
+        );
         let p = one(r#"2["hello",1]"#);
-        assert_eq!((p.kind, p.id, p.data), (Kind::Event, None, Some(json!(["hello", 1]))));
+        assert_eq!(
+            (p.kind, p.id, p.data),
+            (Kind::Event, None, Some(json!(["hello", 1])))
+        );
         let p = one(r#"2/admin,456["project:delete",123]"#);
         assert_eq!((p.nsp.as_str(), p.id), ("/admin", Some(456)));
         let p = one(r#"3/admin,456[]"#);
@@ -333,11 +348,18 @@ mod tests {
             d.text(r#"52-["hello",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#),
             Ok(None)
         );
-        assert!(d.text("2[\"x\"]").is_err(), "text while attachments are due");
+        assert!(
+            d.text("2[\"x\"]").is_err(),
+            "text while attachments are due"
+        );
         let mut d = Decoder::default();
-        d.text(r#"51-/admin,7["up",{"_placeholder":true,"num":0}]"#).unwrap();
+        d.text(r#"51-/admin,7["up",{"_placeholder":true,"num":0}]"#)
+            .unwrap();
         let p = d.binary(Bytes::from_static(&[1, 2])).unwrap().unwrap();
-        assert_eq!((p.kind, p.nsp.as_str(), p.id), (Kind::Event, "/admin", Some(7)));
+        assert_eq!(
+            (p.kind, p.nsp.as_str(), p.id),
+            (Kind::Event, "/admin", Some(7))
+        );
         assert_eq!(p.attachments, vec![Bytes::from_static(&[1, 2])]);
         let mut data = p.data.unwrap();
         inline_attachments(&mut data, &p.attachments);

@@ -1,0 +1,204 @@
+//! A `transports: [socketio]` route at the edge: the Engine.IO query checks, the
+//! handshakes (polling and WebSocket), and each request handed to its session's
+//! transport pump (`transport::socketio`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{Method, StatusCode};
+use pingora::prelude::Session;
+
+use super::client::Client;
+use super::cors::{self, AllowOrigin};
+use super::handoff::take_h1_stream;
+use super::respond::Refusal;
+use super::route::Route;
+use crate::auth::Authorizer;
+use crate::config::{AuthMode, WsConfig};
+use crate::limits::{ConnectionLimits, Refused};
+use crate::routing::path::query_param;
+use crate::routing::subject::Template;
+use crate::transport::RouteContext;
+use crate::transport::socketio::session::{self, Handshake};
+use crate::transport::socketio::{Mode, Namespace, Registry, SioRoute, polling, ws};
+use crate::wire::engineio::{self, TransportName};
+use crate::wire::ws::check_handshake;
+
+/// Compiles a Socket.IO route's namespaces.
+pub fn sio_route(route: &Route, auth: Arc<Authorizer>) -> Result<SioRoute, String> {
+    let claims = route.config.auth.mode == AuthMode::Jwt;
+    let parse = |s: &String| Template::parse_with(s, &[], claims).map_err(|e| format!("{s}: {e}"));
+    let mut namespaces = HashMap::new();
+    for (name, ns) in &route.config.socketio.namespaces {
+        namespaces.insert(
+            name.clone(),
+            Namespace {
+                subjects: ns.subjects.iter().map(parse).collect::<Result<_, _>>()?,
+                emit: ns
+                    .emit
+                    .iter()
+                    .map(|(event, s)| Ok((event.clone(), parse(s)?)))
+                    .collect::<Result<_, String>>()?,
+            },
+        );
+    }
+    Ok(SioRoute {
+        config: route.config.socketio.clone(),
+        namespaces,
+        auth,
+        allow_publish: route
+            .config
+            .allow_publish
+            .iter()
+            .map(parse)
+            .collect::<Result<_, _>>()?,
+        registry: Registry::default(),
+    })
+}
+
+fn open_json(sio: &SioRoute, sid: &str, upgrades: &[&str]) -> String {
+    let c = &sio.config;
+    engineio::open_json(
+        sid,
+        upgrades,
+        c.ping_interval.0.as_millis(),
+        c.ping_timeout.0.as_millis(),
+        c.max_payload,
+    )
+}
+
+/// Engine.IO's own refusal: `400 {"code":N,"message":"…"}`.
+fn bad(code: u8, message: &'static str) -> Refusal {
+    Refusal::App {
+        status: StatusCode::BAD_REQUEST,
+        headers: Box::new({
+            let mut h = http::HeaderMap::new();
+            h.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            h
+        }),
+        body: polling::error_body(code, message),
+    }
+}
+
+/// Serves one Engine.IO request of a Socket.IO route.
+pub async fn serve(
+    session: &mut Session,
+    ctx: &Arc<RouteContext>,
+    sio: &Arc<SioRoute>,
+    limits: &Arc<ConnectionLimits>,
+    client: &Client,
+    origin: Option<&AllowOrigin>,
+) -> Result<(), Refusal> {
+    let req = session.req_header();
+    let q = req.uri.query();
+    let Some(transport) = engineio::check_query(
+        query_param(q, "EIO").as_deref(),
+        query_param(q, "transport").as_deref(),
+    ) else {
+        return Err(bad(0, "Transport unknown"));
+    };
+    let sid = query_param(q, "sid");
+    let method = req.method.clone();
+    let head = cors::ok_head(origin).map_err(Refusal::internal)?;
+    match (transport, sid, method) {
+        (TransportName::Polling, None, Method::GET) => {
+            let slot = acquire(limits, client)?;
+            let handshake = Handshake {
+                request: session.req_header().clone(),
+                remote: client.ip,
+            };
+            let engine = session::start(ctx.clone(), sio.clone(), handshake, Mode::Polling, slot);
+            polling::open(session, head, &open_json(sio, &engine.sid, &["websocket"]))
+                .await
+                .map_err(Refusal::internal)
+        }
+        (TransportName::Polling, Some(sid), m) if m == Method::GET || m == Method::POST => {
+            let engine = sio
+                .registry
+                .get(&sid)
+                .ok_or_else(|| bad(1, "Session ID unknown"))?;
+            let served = if m == Method::GET {
+                polling::get(session, &engine, head).await
+            } else {
+                polling::post(session, &engine, head, sio.config.max_payload).await
+            };
+            served.map_err(Refusal::internal)
+        }
+        (TransportName::Websocket, sid, Method::GET) => {
+            let accept = check_handshake(session.req_header())
+                .map_err(|e| Refusal::new(e.status(), e.code(), e.to_string()))?;
+            let ws_config = WsConfig {
+                max_message: sio.config.max_payload,
+                ..ctx.ws.clone()
+            };
+            match sid {
+                None => {
+                    let slot = acquire(limits, client)?;
+                    let handshake = Handshake {
+                        request: session.req_header().clone(),
+                        remote: client.ip,
+                    };
+                    let stream = take_h1_stream(session).await.ok_or_else(h1_only)?;
+                    let engine =
+                        session::start(ctx.clone(), sio.clone(), handshake, Mode::Websocket, slot);
+                    let open = open_json(sio, &engine.sid, &[]);
+                    tokio::spawn(async move {
+                        if let Some(socket) =
+                            crate::transport::ws::accept(stream, &accept, &ws_config).await
+                        {
+                            ws::serve_new(socket, engine, open).await;
+                        } else {
+                            engine.end(crate::transport::socketio::Ended::ByClient);
+                        }
+                    });
+                }
+                Some(sid) => {
+                    let engine = sio
+                        .registry
+                        .get(&sid)
+                        .ok_or_else(|| bad(1, "Session ID unknown"))?;
+                    let stream = take_h1_stream(session).await.ok_or_else(h1_only)?;
+                    tokio::spawn(async move {
+                        if let Some(socket) =
+                            crate::transport::ws::accept(stream, &accept, &ws_config).await
+                        {
+                            ws::serve_upgrade(socket, engine).await;
+                        }
+                    });
+                }
+            }
+            Ok(())
+        }
+        _ => Err(bad(2, "Bad handshake method")),
+    }
+}
+
+fn h1_only() -> Refusal {
+    Refusal::new(
+        StatusCode::BAD_REQUEST,
+        "bad_handshake",
+        "WebSocket needs HTTP/1.1",
+    )
+}
+
+fn acquire(
+    limits: &Arc<ConnectionLimits>,
+    client: &Client,
+) -> Result<crate::limits::Slot, Refusal> {
+    limits.acquire(client.ip).map_err(|r| {
+        let (reason, text) = match r {
+            Refused::Total => (
+                "too_many_connections",
+                "fanfare holds its maximum of connections",
+            ),
+            Refused::PerIp => (
+                "too_many_connections_per_ip",
+                "too many connections from this address",
+            ),
+        };
+        Refusal::new(StatusCode::TOO_MANY_REQUESTS, reason, text)
+    })
+}

@@ -1,0 +1,251 @@
+//! Socket.IO at the edge: Engine.IO v4 sessions (HTTP long-polling and WebSocket, with
+//! the upgrade between them) carrying Socket.IO v5 namespaces, each namespace socket a
+//! fanfare connection (subjects, queue, app callbacks, addressable by id).
+//!
+//! One task per Engine.IO session ([`session`]) holds the Socket.IO state; the
+//! transports are thin pumps between the client and the session's [`Engine`]: what the
+//! client sends goes to the session's inbox, what the session sends waits in the
+//! engine's outbox until a poll or the WebSocket takes it.
+//!
+//! Invariants: at most one GET and one POST of a session are under way (a second one
+//! closes it, as the protocol says); after an upgrade HTTP requests for the session
+//! are refused; the outbox is bounded by the session, which leaves events in the
+//! client queues (and their slow-consumer policy) while it is full.
+
+pub mod polling;
+pub mod session;
+pub mod ws;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Notify, mpsc};
+
+use crate::auth::Authorizer;
+use crate::config::SocketIoConfig;
+use crate::routing::subject::Template;
+use crate::wire::engineio::Packet;
+
+/// Packets the outbox holds before the session stops moving events into it.
+pub const OUTBOX_HIGH: usize = 256;
+
+/// A compiled namespace.
+pub struct Namespace {
+    /// Subjects every socket of it subscribes to (templates over claims).
+    pub subjects: Vec<Template>,
+    /// Event name → subject template its emits publish to.
+    pub emit: HashMap<String, Template>,
+}
+
+/// What every session of a Socket.IO route shares.
+pub struct SioRoute {
+    /// Timings and payload bound.
+    pub config: SocketIoConfig,
+    /// Namespaces by name.
+    pub namespaces: HashMap<String, Namespace>,
+    /// The route's authorizer (run at each namespace CONNECT).
+    pub auth: Arc<Authorizer>,
+    /// The route's `allow_publish` patterns (templates over claims).
+    pub allow_publish: Vec<Template>,
+    /// Live sessions by sid.
+    pub registry: Registry,
+}
+
+/// Live Engine.IO sessions by sid.
+#[derive(Default)]
+pub struct Registry(Mutex<HashMap<String, Arc<Engine>>>);
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Engine>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The session `sid`.
+    pub fn get(&self, sid: &str) -> Option<Arc<Engine>> {
+        self.lock().get(sid).cloned()
+    }
+
+    fn insert(&self, e: Arc<Engine>) {
+        self.lock().insert(e.sid.clone(), e);
+    }
+
+    fn remove(&self, sid: &str) {
+        self.lock().remove(sid);
+    }
+
+    /// Sessions live now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Which transport carries the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// HTTP long-polling.
+    Polling,
+    /// WebSocket (from the start, or after an upgrade).
+    Websocket,
+}
+
+/// How a session ended, as far as a pending poll is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The client closed it: a pending poll answers `6` (noop).
+    ByClient,
+    /// The server closed it: a pending poll answers `1` (close).
+    ByServer,
+}
+
+struct State {
+    out: VecDeque<Packet>,
+    mode: Mode,
+    get_pending: bool,
+    post_pending: bool,
+    ended: Option<Ended>,
+}
+
+/// One Engine.IO session as its transports see it.
+pub struct Engine {
+    /// Its id.
+    pub sid: String,
+    inbox: mpsc::Sender<Packet>,
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+impl Engine {
+    fn new(sid: String, mode: Mode) -> (Arc<Engine>, mpsc::Receiver<Packet>) {
+        let (tx, rx) = mpsc::channel(64);
+        (
+            Arc::new(Engine {
+                sid,
+                inbox: tx,
+                state: Mutex::new(State {
+                    out: VecDeque::new(),
+                    mode,
+                    get_pending: false,
+                    post_pending: false,
+                    ended: None,
+                }),
+                wake: Notify::new(),
+            }),
+            rx,
+        )
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Every update is a few field writes: a poisoned lock is still consistent.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues a packet for the client.
+    pub fn send(&self, p: Packet) {
+        self.lock().out.push_back(p);
+        self.wake.notify_waiters();
+    }
+
+    /// Packets waiting for the client.
+    pub fn queued(&self) -> usize {
+        self.lock().out.len()
+    }
+
+    /// Takes everything queued.
+    pub fn take(&self) -> Vec<Packet> {
+        self.lock().out.drain(..).collect()
+    }
+
+    /// Hands a client packet to the session; `false` when it has ended.
+    pub async fn deliver(&self, p: Packet) -> bool {
+        self.inbox.send(p).await.is_ok()
+    }
+
+    /// Ends the session (idempotent: the first reason stays).
+    pub fn end(&self, how: Ended) {
+        let mut s = self.lock();
+        if s.ended.is_none() {
+            s.ended = Some(how);
+        }
+        drop(s);
+        self.wake.notify_waiters();
+    }
+
+    /// How it ended, if it has.
+    pub fn ended(&self) -> Option<Ended> {
+        self.lock().ended
+    }
+
+    /// Waits until the session has ended.
+    pub async fn until_ended(&self) {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.ended().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The transport in use.
+    pub fn mode(&self) -> Mode {
+        self.lock().mode
+    }
+
+    fn set_mode(&self, mode: Mode) {
+        self.lock().mode = mode;
+        self.wake.notify_waiters();
+    }
+
+    /// Waits until there is something to send, the session ended, or the mode changed
+    /// away from `mode`.
+    pub async fn wait(&self, mode: Mode) {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let s = self.lock();
+                if !s.out.is_empty() || s.ended.is_some() || s.mode != mode {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Marks a GET (`get`) or POST under way; `false` if one already is (the
+    /// protocol then closes the session).
+    fn begin(&self, get: bool) -> bool {
+        let mut s = self.lock();
+        let slot = if get {
+            &mut s.get_pending
+        } else {
+            &mut s.post_pending
+        };
+        if *slot {
+            return false;
+        }
+        *slot = true;
+        true
+    }
+
+    fn finish(&self, get: bool) {
+        let mut s = self.lock();
+        if get {
+            s.get_pending = false;
+        } else {
+            s.post_pending = false;
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! A namespace socket's emits: published to the namespace's `emit` subject, or, with
+//! an acknowledgement, sent to the app's `message` handler whose answer is the ack.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::{Session, send_sio};
+use crate::app::Answer;
+use crate::broker::Message as BrokerMessage;
+use crate::limits::Bucket;
+use crate::routing::subject;
+use crate::wire::socketio::{self, Arg, Kind};
+
+impl Session {
+    /// `socket.emit(name, ...args)`: with an acknowledgement to the app's `message`
+    /// handler, without one published to the namespace's `emit` subject.
+    pub(super) async fn on_event(&mut self, i: usize, p: socketio::Packet) {
+        let mut data = p.data.unwrap_or_default();
+        socketio::inline_attachments(&mut data, &p.attachments);
+        let Value::Array(mut items) = data else {
+            return;
+        };
+        let Value::String(name) = items.remove(0) else {
+            return;
+        };
+        let args = Value::Array(items);
+        let nsp = self.sockets[i].nsp.clone();
+        if let Some(ack) = p.id {
+            self.ack_by_app(i, ack, name, &args);
+            return;
+        }
+        let target = self
+            .sio
+            .namespaces
+            .get(&nsp)
+            .and_then(|ns| ns.emit.get(&name))
+            .map(|t| t.render(&self.sockets[i].claims));
+        let Some(Ok(subject)) = target else {
+            self.error_event(
+                &nsp,
+                "not_mapped",
+                &name,
+                "no subject for this event: see the namespace's emit",
+            );
+            return;
+        };
+        let s = &mut self.sockets[i];
+        if subject::is_reserved(&subject)
+            || subject::is_connection_subject(&subject)
+            || !s.publish.iter().any(|p| subject::matches(p, &subject))
+        {
+            self.ctx
+                .metrics
+                .client_publish
+                .with_label_values(&["forbidden"])
+                .inc();
+            self.error_event(
+                &nsp,
+                "forbidden",
+                &name,
+                "allow_publish does not cover this event's subject",
+            );
+            return;
+        }
+        let ws = &self.ctx.ws;
+        if !s
+            .bucket
+            .get_or_insert_with(|| Box::new(Bucket::new(ws.publish_rate, ws.publish_burst)))
+            .take()
+        {
+            self.ctx
+                .metrics
+                .client_publish
+                .with_label_values(&["rate_limited"])
+                .inc();
+            self.error_event(&nsp, "rate_limited", &name, "too many emits");
+            return;
+        }
+        let mut msg = BrokerMessage::new(subject, Bytes::from(args.to_string()));
+        if crate::wire::sse::is_safe_field(&name) {
+            msg.event = Some(name.clone());
+        }
+        msg.headers.push(("Fanfare-Route", self.ctx.path.clone()));
+        msg.headers.push(("Fanfare-Connection", s.conn.id.clone()));
+        // The arguments, as they were emitted, are what the subscribers' sockets get.
+        msg.headers
+            .push((crate::broker::ARGS_HEADER, "spread".to_string()));
+        let label = match self.ctx.broker.publish(msg).await {
+            Ok(()) => "ok",
+            Err(e) => {
+                tracing::debug!(error = %e, "a Socket.IO emit could not be published");
+                self.error_event(&nsp, "unavailable", &name, "the broker is not reachable");
+                "unavailable"
+            }
+        };
+        self.ctx
+            .metrics
+            .client_publish
+            .with_label_values(&[label])
+            .inc();
+    }
+
+    /// An emit with an acknowledgement: its arguments go to `app.message`; the app's
+    /// answer (a JSON array: the arguments; anything else: the one argument) is the ack.
+    fn ack_by_app(&self, i: usize, ack: u64, name: String, args: &Value) {
+        let s = &self.sockets[i];
+        let nsp = s.nsp.clone();
+        let Some(app) = self.ctx.app.as_ref().filter(|a| a.handles_messages()) else {
+            send_sio(
+                &self.engine,
+                Kind::Ack,
+                &nsp,
+                Some(ack),
+                &[Arg::Json(json!({"error": "not_configured"}))],
+            );
+            return;
+        };
+        if s.conn.in_flight.fetch_add(1, Ordering::AcqRel) >= app.max_in_flight {
+            s.conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+            app.count_busy();
+            send_sio(
+                &self.engine,
+                Kind::Ack,
+                &nsp,
+                Some(ack),
+                &[Arg::Json(json!({"error": "busy"}))],
+            );
+            return;
+        }
+        let (ctx, conn, engine) = (self.ctx.clone(), s.conn.clone(), self.engine.clone());
+        let body = Bytes::from(args.to_string());
+        tokio::spawn(async move {
+            let answer = match &ctx.app {
+                Some(app) => {
+                    app.message(
+                        &conn.id,
+                        &conn.headers,
+                        Some(&name),
+                        body,
+                        "application/json",
+                    )
+                    .await
+                }
+                None => None,
+            };
+            conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+            let args = match answer {
+                Some(Answer::Reply(_, body)) => match serde_json::from_slice::<Value>(&body) {
+                    Ok(Value::Array(items)) => items,
+                    Ok(v) => vec![v],
+                    Err(_) if body.is_empty() => Vec::new(),
+                    Err(_) => vec![Value::from(String::from_utf8_lossy(&body).into_owned())],
+                },
+                Some(Answer::AppError(status, body)) => vec![json!({
+                    "error": "app_error",
+                    "status": status,
+                    "data": serde_json::from_slice::<Value>(&body)
+                        .unwrap_or_else(|_| Value::from(String::from_utf8_lossy(&body).into_owned())),
+                })],
+                Some(Answer::Timeout) => vec![json!({"error": "timeout"})],
+                Some(Answer::Unavailable(_)) | None => vec![json!({"error": "unavailable"})],
+            };
+            let args: Vec<Arg> = args.into_iter().map(Arg::Json).collect();
+            send_sio(&engine, Kind::Ack, &nsp, Some(ack), &args);
+        });
+    }
+
+    /// `socket.on("fanfare:error", ({code, event, message}) => …)`: an emit fanfare
+    /// could not carry out (never silence).
+    pub(super) fn error_event(&self, nsp: &str, code: &str, event: &str, message: &str) {
+        self.send_sio(
+            Kind::Event,
+            nsp,
+            None,
+            &[
+                Arg::Json(Value::from("fanfare:error")),
+                Arg::Json(json!({ "code": code, "event": event, "message": message })),
+            ],
+        );
+    }
+
+}

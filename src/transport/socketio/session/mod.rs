@@ -1,0 +1,384 @@
+//! One Engine.IO session's task: heartbeats, Socket.IO namespaces, events from the
+//! hub out, emits and acknowledgements in.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use pingora::http::RequestHeader;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::{Ended, Engine, Mode, OUTBOX_HIGH, SioRoute};
+
+mod events;
+use crate::app::Connecting;
+use crate::hub::direct::Registration;
+use crate::hub::{ClientQueue, Closed, Membership};
+use crate::limits::Bucket;
+use crate::transport::{Conn, Outcome, RouteContext};
+use crate::wire::engineio::{Kind as EioKind, Packet};
+use crate::wire::socketio::{self, Arg, Decoder, Kind};
+
+/// The HTTP request that opened the session (its headers authenticate the namespace
+/// connects, and go to the app's callbacks).
+pub struct Handshake {
+    /// The request head.
+    pub request: RequestHeader,
+    /// The client's address.
+    pub remote: Option<IpAddr>,
+}
+
+/// One connected namespace: a fanfare connection of its own.
+struct Socket {
+    nsp: String,
+    queue: Arc<ClientQueue>,
+    _memberships: Vec<(String, Membership)>,
+    _registration: Registration,
+    conn: Arc<Conn>,
+    claims: HashMap<String, String>,
+    publish: Vec<String>,
+    bucket: Option<Box<Bucket>>,
+}
+
+/// Starts a session: registers it and spawns its task, which holds `slot` (the
+/// connection's place in the limits) for as long as it runs.
+pub fn start(
+    ctx: Arc<RouteContext>,
+    sio: Arc<SioRoute>,
+    handshake: Handshake,
+    mode: Mode,
+    slot: crate::limits::Slot,
+) -> Arc<Engine> {
+    let id = ctx.hub.client_id();
+    let (engine, inbox) = Engine::new(ctx.directory.id(id), mode);
+    sio.registry.insert(engine.clone());
+    let mut s = Session {
+        ctx,
+        sio,
+        engine: engine.clone(),
+        handshake,
+        sockets: Vec::new(),
+        decoder: Decoder::default(),
+        id,
+        pong: false,
+    };
+    tokio::spawn(async move {
+        let ctx = s.ctx.clone();
+        let outcome = ctx.counted("socketio", s.run(inbox)).await;
+        s.finish(outcome);
+        drop(slot);
+    });
+    engine
+}
+
+struct Session {
+    ctx: Arc<RouteContext>,
+    sio: Arc<SioRoute>,
+    engine: Arc<Engine>,
+    handshake: Handshake,
+    sockets: Vec<Socket>,
+    decoder: Decoder,
+    id: u64,
+    /// A pong arrived since the last look.
+    pong: bool,
+}
+
+impl Session {
+    async fn run(&mut self, mut inbox: mpsc::Receiver<Packet>) -> Outcome {
+        let c = &self.sio.config;
+        let (every, timeout) = (c.ping_interval.0, c.ping_timeout.0);
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut pong_due: Option<tokio::time::Instant> = None;
+        let connect_by = tokio::time::Instant::now() + c.connect_timeout.0;
+        let mut ever_connected = false;
+        loop {
+            let engine = self.engine.clone();
+            let room = engine.queued() < OUTBOX_HIGH;
+            let queues: Vec<Arc<ClientQueue>> =
+                self.sockets.iter().map(|s| s.queue.clone()).collect();
+            tokio::select! {
+                p = inbox.recv() => match p {
+                    None => return Outcome::ClientClosed,
+                    Some(p) => {
+                        if let Err(o) = self.on_packet(p).await {
+                            return o;
+                        }
+                        ever_connected |= !self.sockets.is_empty();
+                    }
+                },
+                i = any_ready(&queues), if room && !queues.is_empty() => {
+                    if let Some(o) = self.flush(i) {
+                        return o;
+                    }
+                }
+                _ = ping.tick() => {
+                    if pong_due.is_none() {
+                        self.engine.send(Packet::bare(EioKind::Ping));
+                        pong_due = Some(tokio::time::Instant::now() + timeout);
+                    }
+                }
+                () = sleep_until(pong_due) => return Outcome::PingTimeout,
+                () = tokio::time::sleep_until(connect_by), if !ever_connected => return Outcome::Idle,
+                () = self.ctx.drain.turn(self.id) => return Outcome::Shutdown,
+                () = engine.until_ended() => return Outcome::ClientClosed,
+            }
+            if std::mem::take(&mut self.pong) {
+                pong_due = None;
+            }
+        }
+    }
+
+    /// After the session: the client learns it is closed, the registry forgets it, and
+    /// the app hears of every namespace socket that ended.
+    fn finish(&mut self, outcome: Outcome) {
+        if self.engine.ended().is_none() {
+            self.engine.send(Packet::bare(EioKind::Close));
+            self.engine.end(Ended::ByServer);
+        }
+        self.sio.registry.remove(&self.engine.sid);
+        for s in std::mem::take(&mut self.sockets) {
+            self.ctx.ended(Some(&s.conn), "socketio", outcome, &s.queue);
+        }
+    }
+
+    /// A client packet; `Err` ends the session.
+    async fn on_packet(&mut self, p: Packet) -> Result<(), Outcome> {
+        let decoded = match p {
+            Packet::Text(EioKind::Pong, _) => {
+                self.pong = true;
+                return Ok(());
+            }
+            Packet::Text(EioKind::Close, _) => {
+                self.engine.end(Ended::ByClient);
+                return Err(Outcome::ClientClosed);
+            }
+            // An upgrade's probe and finish are the WebSocket pump's business.
+            Packet::Text(EioKind::Ping | EioKind::Upgrade | EioKind::Noop, _) => return Ok(()),
+            Packet::Text(EioKind::Open, _) => return Err(self.invalid()),
+            Packet::Text(EioKind::Message, t) => self.decoder.text(&t),
+            Packet::Binary(b) => self.decoder.binary(b),
+        };
+        match decoded {
+            Ok(Some(packet)) => self.on_sio(packet).await,
+            Ok(None) => Ok(()),
+            Err(e) => {
+                tracing::debug!(error = %e, "closing a Socket.IO session");
+                Err(self.invalid())
+            }
+        }
+    }
+
+    fn invalid(&self) -> Outcome {
+        self.ctx
+            .metrics
+            .rejected
+            .with_label_values(&["invalid_packet"])
+            .inc();
+        Outcome::WriteError
+    }
+
+    fn send_sio(&self, kind: Kind, nsp: &str, id: Option<u64>, args: &[Arg]) {
+        send_sio(&self.engine, kind, nsp, id, args);
+    }
+
+    async fn on_sio(&mut self, p: socketio::Packet) -> Result<(), Outcome> {
+        let at = self.sockets.iter().position(|s| s.nsp == p.nsp);
+        match (p.kind, at) {
+            (Kind::Connect, Some(_)) => Ok(()),
+            (Kind::Connect, None) => {
+                Box::pin(self.connect(p.nsp, p.data)).await;
+                Ok(())
+            }
+            (Kind::Disconnect, Some(i)) => {
+                let s = self.sockets.swap_remove(i);
+                self.ctx
+                    .ended(Some(&s.conn), "socketio", Outcome::ClientClosed, &s.queue);
+                Ok(())
+            }
+            (Kind::Event, Some(i)) => {
+                Box::pin(self.on_event(i, p)).await;
+                Ok(())
+            }
+            // Events on a namespace not connected, and client acks (fanfare asks for
+            // none), are ignored, as the reference server does.
+            _ => Ok(()),
+        }
+    }
+
+    /// A namespace CONNECT: authorize (the handshake's credentials, or the `token` of
+    /// the auth payload), ask the app, join the subjects, answer `{sid}`.
+    async fn connect(&mut self, nsp: String, auth: Option<Value>) {
+        let refuse = |this: &Self, message: &str, data: Option<Value>| {
+            let mut body = json!({ "message": message });
+            if let Some(d) = data {
+                body["data"] = d;
+            }
+            this.send_sio(Kind::ConnectError, &nsp, None, &[Arg::Json(body)]);
+        };
+        let Some(ns) = self.sio.namespaces.get(&nsp) else {
+            refuse(self, "Invalid namespace", None);
+            return;
+        };
+        let mut request = self.handshake.request.clone();
+        if let Some(token) = auth
+            .as_ref()
+            .and_then(|a| a.get("token"))
+            .and_then(Value::as_str)
+        {
+            let _ = request.insert_header("authorization", format!("Bearer {token}"));
+        }
+        let grant = match self.sio.auth.authorize(&request, &self.ctx.metrics).await {
+            Ok(g) => g,
+            Err(r) => {
+                let (message, data) = r.message_and_data();
+                refuse(self, &message, data);
+                return;
+            }
+        };
+        let subjects: Result<Vec<String>, _> = ns
+            .subjects
+            .iter()
+            .map(|t| t.render(&grant.claims))
+            .collect();
+        let subjects = match subjects {
+            Ok(s) => s,
+            Err(e) => {
+                refuse(self, &e.to_string(), None);
+                return;
+            }
+        };
+        let mut publish = grant.publish.clone();
+        publish.extend(
+            self.sio
+                .allow_publish
+                .iter()
+                .filter_map(|t| t.render(&grant.claims).ok()),
+        );
+        let client = self.ctx.hub.client_id();
+        let conn = Arc::new(Conn {
+            id: self.ctx.directory.id(client),
+            params: HashMap::from([("namespace".to_string(), nsp.clone())]),
+            headers: self.ctx.app.as_ref().map_or_else(
+                || Arc::from([]),
+                |a| a.capture(&self.handshake.request.headers),
+            ),
+            started: Instant::now(),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            publish_to: None,
+        });
+        let opening = match &self.ctx.app {
+            Some(app) => {
+                let connecting = Connecting {
+                    id: &conn.id,
+                    params: &conn.params,
+                    transport: "socketio",
+                    subjects: &subjects,
+                    remote_addr: self.handshake.remote,
+                    user_agent: self
+                        .handshake
+                        .request
+                        .headers
+                        .get(http::header::USER_AGENT)
+                        .and_then(|v| v.to_str().ok()),
+                };
+                match app.connect(&connecting, &conn.headers).await {
+                    Ok(o) => o,
+                    Err(r) => {
+                        let (message, data) = r.message_and_data();
+                        refuse(self, &message, data);
+                        return;
+                    }
+                }
+            }
+            None => None,
+        };
+        let joined = match self
+            .ctx
+            .join(client, &subjects, None, opening.as_ref())
+            .await
+        {
+            Ok(j) => j,
+            Err(e) => {
+                refuse(self, &e.to_string(), None);
+                return;
+            }
+        };
+        let registration =
+            self.ctx
+                .directory
+                .register(client, joined.queue.clone(), self.ctx.spec.clone());
+        self.send_sio(
+            Kind::Connect,
+            &nsp,
+            None,
+            &[Arg::Json(json!({ "sid": conn.id }))],
+        );
+        self.sockets.push(Socket {
+            nsp,
+            queue: joined.queue,
+            _memberships: joined.memberships,
+            _registration: registration,
+            conn,
+            claims: grant.claims,
+            publish,
+            bucket: None,
+        });
+    }
+
+    /// Moves the events of socket `i`'s queue into the outbox.
+    fn flush(&mut self, i: usize) -> Option<Outcome> {
+        let s = &self.sockets[i];
+        let batch = s.queue.take();
+        let deliveries = self.ctx.metrics.deliveries.with_label_values(&["socketio"]);
+        for e in &batch.events {
+            let (text, attachments) =
+                socketio::event_from_payload(&s.nsp, &e.name, &e.payload, e.spread);
+            self.engine.send(Packet::message(text));
+            for a in attachments {
+                self.engine.send(Packet::Binary(a));
+            }
+        }
+        deliveries.inc_by(batch.events.len() as u64);
+        if let Some(first) = batch.events.front() {
+            self.ctx
+                .metrics
+                .delivery_lag
+                .observe(first.received.elapsed().as_secs_f64());
+        }
+        match batch.closed {
+            Some(Closed::SlowConsumer) => Some(Outcome::SlowConsumer),
+            Some(Closed::ByApp(_)) => {
+                let s = self.sockets.swap_remove(i);
+                self.send_sio(Kind::Disconnect, &s.nsp, None, &[]);
+                self.ctx
+                    .ended(Some(&s.conn), "socketio", Outcome::ClosedByApp, &s.queue);
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+/// Queues a Socket.IO packet (and its attachments) for the client.
+fn send_sio(engine: &Engine, kind: Kind, nsp: &str, id: Option<u64>, args: &[Arg]) {
+    let (text, attachments) = socketio::encode(kind, nsp, id, args);
+    engine.send(Packet::message(text));
+    for a in attachments {
+        engine.send(Packet::Binary(a));
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The index of a queue with something to take.
+async fn any_ready(queues: &[Arc<ClientQueue>]) -> usize {
+    let waits = queues.iter().map(|q| Box::pin(q.ready()));
+    futures::future::select_all(waits).await.1
+}

@@ -1,0 +1,124 @@
+//! Engine.IO over WebSocket: a session opened on it, or upgraded to it from
+//! long-polling (`2probe` / `3probe`, the pending poll ended with a noop, `5`).
+
+use std::sync::Arc;
+
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{Ended, Engine, Mode};
+use crate::wire::engineio::{self, Kind, Packet};
+
+/// A session opened over WebSocket: the open packet first, then the pump.
+pub async fn serve_new<S>(mut ws: Box<WebSocketStream<S>>, engine: Arc<Engine>, open_json: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let open = engineio::encode_text(Kind::Open, &open_json);
+    if ws.send(Message::text(open)).await.is_err() {
+        engine.end(Ended::ByClient);
+        return;
+    }
+    pump(ws, &engine).await;
+}
+
+/// An upgrade of a polling session: the probe, then `5`, then the pump. A second
+/// WebSocket for a session already upgraded is closed, the session left alone.
+pub async fn serve_upgrade<S>(mut ws: Box<WebSocketStream<S>>, engine: Arc<Engine>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    if engine.mode() != Mode::Polling {
+        let _ = ws.close().await;
+        return;
+    }
+    loop {
+        let Some(Ok(msg)) = ws.next().await else {
+            // The probe failed: the session goes on over polling.
+            return;
+        };
+        let Message::Text(t) = msg else {
+            continue;
+        };
+        match engineio::decode_text(t.as_str()) {
+            Ok(Packet::Text(Kind::Ping, p)) if p == "probe" => {
+                if ws
+                    .send(Message::text(engineio::encode_text(Kind::Pong, "probe")))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                // Ends the poll the client holds, so it can finish the upgrade.
+                engine.send(Packet::bare(Kind::Noop));
+            }
+            Ok(Packet::Text(Kind::Upgrade, _)) => {
+                engine.set_mode(Mode::Websocket);
+                pump(ws, &engine).await;
+                return;
+            }
+            _ => {
+                let _ = ws.close().await;
+                return;
+            }
+        }
+    }
+}
+
+/// Moves packets both ways until the session or the socket ends.
+async fn pump<S>(mut ws: Box<WebSocketStream<S>>, engine: &Arc<Engine>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    loop {
+        tokio::select! {
+            frame = ws.next() => {
+                let packet = match frame {
+                    Some(Ok(Message::Text(t))) => match engineio::decode_text(t.as_str()) {
+                        Ok(p) => p,
+                        Err(_) => {
+                            engine.end(Ended::ByServer);
+                            let _ = ws.close().await;
+                            return;
+                        }
+                    },
+                    Some(Ok(Message::Binary(b))) => Packet::Binary(b),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => {
+                        engine.end(Ended::ByClient);
+                        let _ = ws.flush().await;
+                        return;
+                    }
+                };
+                if !engine.deliver(packet).await {
+                    let _ = ws.close().await;
+                    return;
+                }
+            }
+            () = engine.wait(Mode::Websocket) => {
+                for p in engine.take() {
+                    let m = match p {
+                        // A leftover of the upgrade: nothing to say over WebSocket.
+                        Packet::Text(Kind::Noop, _) => continue,
+                        Packet::Text(kind, data) => Message::text(engineio::encode_text(kind, &data)),
+                        Packet::Binary(b) => Message::Binary(b),
+                    };
+                    if ws.feed(m).await.is_err() {
+                        engine.end(Ended::ByClient);
+                        return;
+                    }
+                }
+                if ws.flush().await.is_err() {
+                    engine.end(Ended::ByClient);
+                    return;
+                }
+                if engine.ended().is_some() {
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), ws.close()).await;
+                    return;
+                }
+            }
+        }
+    }
+}
