@@ -7,12 +7,13 @@ mod app;
 mod callbacks;
 mod instance;
 mod nats;
+mod node;
 mod sse;
 mod ws;
 
 // Each test crate uses a part of the harness; the rest is unused there.
 #[allow(unused_imports)]
-pub use {app::*, callbacks::*, instance::*, nats::*, sse::*, ws::*};
+pub use {app::*, callbacks::*, instance::*, nats::*, node::*, sse::*, ws::*};
 
 use std::future::Future;
 use std::net::TcpListener;

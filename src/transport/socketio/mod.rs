@@ -26,8 +26,11 @@ use crate::config::SocketIoConfig;
 use crate::routing::subject::Template;
 use crate::wire::engineio::Packet;
 
-/// Packets the outbox holds before the session stops moving events into it.
-pub const OUTBOX_HIGH: usize = 256;
+/// Packets the outbox holds before the session stops moving events into it (they
+/// then wait in the client queues, under their bound and slow-consumer policy). A
+/// polling client takes the outbox once per poll, so this is what a burst between
+/// two polls may hold on top of the queue.
+pub const OUTBOX_HIGH: usize = 1024;
 
 /// A compiled namespace.
 pub struct Namespace {
@@ -159,9 +162,29 @@ impl Engine {
         self.lock().out.len()
     }
 
-    /// Takes everything queued.
+    /// Takes everything queued (and wakes a session waiting for room).
     pub fn take(&self) -> Vec<Packet> {
-        self.lock().out.drain(..).collect()
+        let taken: Vec<Packet> = self.lock().out.drain(..).collect();
+        if !taken.is_empty() {
+            self.wake.notify_waiters();
+        }
+        taken
+    }
+
+    /// Waits until the outbox has room below [`OUTBOX_HIGH`] (or the session ended).
+    pub async fn room(&self) {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let s = self.lock();
+                if s.out.len() < OUTBOX_HIGH || s.ended.is_some() {
+                    return;
+                }
+            }
+            notified.await;
+        }
     }
 
     /// Hands a client packet to the session; `false` when it has ended.

@@ -113,6 +113,8 @@ impl Session {
                         return o;
                     }
                 }
+                // The outbox was full; the transport took it: look again.
+                () = engine.room(), if !room => {}
                 _ = ping.tick() => {
                     if pong_due.is_none() {
                         self.engine.send(Packet::bare(EioKind::Ping));

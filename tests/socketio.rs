@@ -1,0 +1,495 @@
+//! Socket.IO: socket.io-client 4 (the real one, in Node.js) against fanfare, on every
+//! transport setting, with a real nats-server and a real app; and the Engine.IO
+//! protocol's rules checked packet by packet with plain HTTP and WebSocket clients.
+
+mod support;
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use support::*;
+
+/// The chat of Socket.IO's "get started", as a fanfare config: what a client emits
+/// as `chat message` is published to `chat`, which every socket of `/` subscribes to.
+fn chat(app: &CallbackApp, extra: &str) -> String {
+    format!(
+        "
+routes:
+  - path: /socket.io/
+    transports: [socketio]
+    auth: {{ mode: none }}
+    allow_publish: [\"chat\"]
+    app: {{ message: {}/rt/message }}
+    socketio:
+      namespaces:
+        \"/\":
+          subjects: [chat, news]
+          emit: {{ \"chat message\": chat }}
+        \"/custom\": {{}}
+{extra}",
+        app.url()
+    )
+}
+
+async fn nats_publish(
+    nc: &async_nats::Client,
+    subject: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) {
+    let mut h = async_nats::HeaderMap::new();
+    for (k, v) in headers {
+        h.insert(*k, *v);
+    }
+    nc.publish_with_headers(subject.to_string(), h, body.into())
+        .await
+        .unwrap();
+    nc.flush().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_client_talks_to_fanfare_on_every_transport_setting() {
+    let nats = NatsServer::start().await;
+    let app = CallbackApp::start().await;
+    let ff = start_fanfare(&(base_yaml(&app.url(), Some(&nats.url())) + &chat(&app, ""))).await;
+    let nc = async_nats::connect(nats.url()).await.unwrap();
+    let mut tap = nc.subscribe("chat").await.unwrap();
+    nc.flush().await.unwrap();
+    let url = format!("http://{}", ff.edge_addr);
+    for (transports, last) in [
+        (json!(null), "websocket"),
+        (json!(["polling"]), "polling"),
+        (json!(["websocket"]), "websocket"),
+    ] {
+        let mut c = SioClient::start(&json!({"url": url, "transports": transports}));
+        // The connect, and with the default transports the upgrade (in either order).
+        let (mut id, mut upgraded) = (None, !transports.is_null());
+        while id.is_none() || !upgraded {
+            let v = c.next().await;
+            match v["ev"].as_str() {
+                Some("connect") => id = Some(v["id"].as_str().unwrap().to_string()),
+                Some("upgrade") => {
+                    assert_eq!(v["transport"], "websocket");
+                    upgraded = true;
+                }
+                Some("open") => assert_eq!(
+                    v["transport"],
+                    if transports == json!(["websocket"]) {
+                        "websocket"
+                    } else {
+                        "polling"
+                    }
+                ),
+                _ => panic!("{v}"),
+            }
+        }
+        let id = id.unwrap();
+        let _ = last;
+        // Events from NATS: JSON as JSON, a spread array as several arguments,
+        // other bytes as a binary argument.
+        nats_publish(
+            &nc,
+            "news",
+            &[("Fanfare-Event", "news")],
+            br#"{"n":1}"#.to_vec(),
+        )
+        .await;
+        let e = c.until("event").await;
+        assert_eq!(
+            (e["name"].clone(), e["args"].clone()),
+            (json!("news"), json!([{"n": 1}])),
+            "{transports}"
+        );
+        nats_publish(
+            &nc,
+            "news",
+            &[("Fanfare-Event", "many"), ("Fanfare-Args", "spread")],
+            br#"[1,"two",{"three":3}]"#.to_vec(),
+        )
+        .await;
+        assert_eq!(
+            c.until("event").await["args"],
+            json!([1, "two", {"three": 3}])
+        );
+        nats_publish(
+            &nc,
+            "news",
+            &[("Fanfare-Event", "blob")],
+            vec![0, 159, 146, 150],
+        )
+        .await;
+        assert_eq!(
+            c.until("event").await["args"],
+            json!([{"binary": [0, 159, 146, 150]}])
+        );
+
+        // An emit is published with its event name and arguments, and comes back to
+        // every socket of the chat (this one included) with the same arguments.
+        c.emit("chat message", json!(["hello", {"from": last}]), false)
+            .await;
+        let m = tokio::time::timeout(DEADLINE, tap.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap(),
+            json!(["hello", {"from": last}])
+        );
+        let h = m.headers.unwrap();
+        assert_eq!(h.get("Fanfare-Event").unwrap().as_str(), "chat message");
+        assert_eq!(h.get("Fanfare-Connection").unwrap().as_str(), id);
+        let e = c.until("event").await;
+        assert_eq!(
+            (e["name"].clone(), e["args"].clone()),
+            (json!("chat message"), json!(["hello", {"from": last}]))
+        );
+
+        // An emit with an acknowledgement is the app's: its answer is the ack.
+        c.emit("ask", json!(["q", 2]), true).await;
+        let a = c.until("ack").await;
+        assert_eq!(
+            a["args"],
+            json!([{"echo": ["q", 2], "connection": id}]),
+            "{transports}"
+        );
+        let call = app.messages.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(call.header("fanfare-event").as_deref(), Some("ask"));
+
+        // An emit that maps nowhere gets an error event, never silence.
+        c.emit("nowhere", json!([1]), false).await;
+        let e = c.until("event").await;
+        assert_eq!(e["name"], "fanfare:error");
+        assert_eq!(
+            (e["args"][0]["code"].clone(), e["args"][0]["event"].clone()),
+            (json!("not_mapped"), json!("nowhere"))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_events_arrive_in_order_across_the_upgrade() {
+    let nats = NatsServer::start().await;
+    let app = CallbackApp::start().await;
+    // A queue that holds the whole burst: what is tested is that nothing is lost
+    // between the queue, the session's outbox (past its 1,024 packets) and the polls.
+    let queue = "    queue: { messages: 4096, bytes: 16777216 }\n";
+    let ff = start_fanfare(&(base_yaml(&app.url(), Some(&nats.url())) + &chat(&app, queue))).await;
+    let nc = async_nats::connect(nats.url()).await.unwrap();
+    for transports in [json!(null), json!(["polling"])] {
+        let mut c = SioClient::start(
+            &json!({"url": format!("http://{}", ff.edge_addr), "transports": transports}),
+        );
+        c.until("connect").await;
+        // Published while the client may still be polling and upgrading.
+        for n in 0..3000u32 {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Fanfare-Event", "tick");
+            h.insert("Fanfare-Args", "spread");
+            nc.publish_with_headers("news", h, format!("[{n},\"n{n}\"]").into())
+                .await
+                .unwrap();
+        }
+        nc.flush().await.unwrap();
+        for n in 0..1000u32 {
+            let e = c.until("event").await;
+            assert_eq!(
+                e["args"],
+                json!([n, format!("n{n}")]),
+                "{transports}: event {n}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_errors_carry_the_refusal() {
+    let app = CallbackApp::start().await;
+    app.answer_connects(ConnectAnswer::Refuse(
+        403,
+        r#"{"message":"banned","until":"tomorrow"}"#,
+    ));
+    let routes = format!(
+        "
+routes:
+  - path: /socket.io/
+    transports: [socketio]
+    auth: {{ mode: none }}
+    app: {{ connect: {}/rt/connect }}
+",
+        app.url()
+    );
+    let ff = start_fanfare(&(base_yaml(&app.url(), None) + &routes)).await;
+    let url = format!("http://{}", ff.edge_addr);
+    for transports in [json!(["polling"]), json!(["websocket"])] {
+        let mut c = SioClient::start(&json!({"url": url, "transports": transports}));
+        let e = c.until("connect_error").await;
+        assert_eq!(e["message"], "banned", "{e}");
+        assert_eq!(
+            e["data"],
+            json!({"status": 403, "body": {"message": "banned", "until": "tomorrow"}})
+        );
+        let body = app.connects.lock().unwrap().last().unwrap().json();
+        assert_eq!(
+            (body["transport"].clone(), body["params"].clone()),
+            (json!("socketio"), json!({"namespace": "/"}))
+        );
+        let mut c =
+            SioClient::start(&json!({"url": url, "transports": transports, "nsp": "/nope"}));
+        assert_eq!(
+            c.until("connect_error").await["message"],
+            "Invalid namespace"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_in_the_auth_payload_authorizes_the_namespace() {
+    let routes = format!(
+        "
+routes:
+  - path: /socket.io/
+    transports: [socketio]
+    auth: {{ mode: jwt, algorithms: [HS256], secret: {SECRET} }}
+    socketio:
+      namespaces:
+        \"/\": {{ subjects: [\"user.{{claims.sub}}\"] }}
+"
+    );
+    let ff = start_fanfare(&(base_yaml("http://127.0.0.1:1", None) + &routes)).await;
+    let url = format!("http://{}", ff.edge_addr);
+    let mut c = SioClient::start(&json!({"url": url, "transports": ["websocket"]}));
+    let e = c.until("connect_error").await;
+    assert!(e["message"].as_str().unwrap().contains("token"), "{e}");
+    let token = hs256(&json!({"sub": "u7", "exp": now() + 600}));
+    let mut c = SioClient::start(&json!({"url": url, "auth": {"token": token}}));
+    c.until("connect").await;
+    publish(ff.admin_addr, "user.u7", Some("private"), "for u7").await;
+    let e = c.until("event").await;
+    assert_eq!(
+        (e["name"].clone(), e["args"].clone()),
+        (json!("private"), json!(["for u7"]))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_client_reconnects_by_itself_after_fanfare_restarts() {
+    let port = free_port();
+    let admin = free_port();
+    let yaml = format!(
+        "listen: 127.0.0.1:{port}\nupstream: http://127.0.0.1:1\nadmin: {{ listen: 127.0.0.1:{admin} }}\nshutdown: {{ grace: 2s, drain: 500ms }}\n\
+routes:\n  - path: /socket.io/\n    transports: [socketio]\n    auth: {{ mode: none }}\n    socketio:\n      namespaces:\n        \"/\": {{ subjects: [news] }}\n"
+    );
+    let mut first = FanfareProcess::start(&yaml).await;
+    let mut c =
+        SioClient::start(&json!({"url": format!("http://127.0.0.1:{port}"), "reconnection": true}));
+    c.until("connect").await;
+    first.signal("TERM");
+    first.wait_exit(DEADLINE).await;
+    let d = c.until("disconnect").await;
+    assert!(
+        ["transport close", "transport error"].contains(&d["reason"].as_str().unwrap()),
+        "{d}"
+    );
+    let _second = FanfareProcess::start(&yaml).await;
+    c.until("connect").await;
+    publish(
+        format!("127.0.0.1:{admin}").parse().unwrap(),
+        "news",
+        Some("back"),
+        "again",
+    )
+    .await;
+    assert_eq!(c.until("event").await["args"], json!(["again"]));
+}
+
+// --- Engine.IO, packet by packet (the rules of the protocol's own test suite) ---
+
+const EIO: &str = "
+routes:
+  - path: /engine.io/
+    transports: [socketio]
+    auth: { mode: none }
+    socketio: { ping_interval: 300ms, ping_timeout: 200ms }
+";
+
+async fn eio() -> (fanfare::Handle, String) {
+    let ff = start_fanfare(&(base_yaml("http://127.0.0.1:1", None) + EIO)).await;
+    let base = format!("http://{}/engine.io/", ff.edge_addr);
+    (ff, base)
+}
+
+async fn handshake(base: &str) -> String {
+    let r = http_client()
+        .get(format!("{base}?EIO=4&transport=polling"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let t = r.text().await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(t.strip_prefix('0').unwrap()).unwrap();
+    v["sid"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_io_handshakes_and_refuses_bad_queries() {
+    let (ff, base) = eio().await;
+    let c = http_client();
+    let t = c
+        .get(format!("{base}?EIO=4&transport=polling"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(t.strip_prefix('0').unwrap()).unwrap();
+    assert_eq!(
+        (
+            v["upgrades"].clone(),
+            v["pingInterval"].clone(),
+            v["pingTimeout"].clone(),
+            v["maxPayload"].clone()
+        ),
+        (
+            json!(["websocket"]),
+            json!(300),
+            json!(200),
+            json!(1_000_000)
+        )
+    );
+    for q in [
+        "?transport=polling",
+        "?EIO=abc&transport=polling",
+        "?EIO=4",
+        "?EIO=4&transport=abc",
+    ] {
+        let r = c.get(format!("{base}{q}")).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{q}");
+    }
+    for m in [reqwest::Method::POST, reqwest::Method::PUT] {
+        let r = c
+            .request(m.clone(), format!("{base}?EIO=4&transport=polling"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{m}");
+    }
+    let r = c
+        .get(format!("{base}?EIO=4&transport=polling&sid=nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        json!({"code": 1, "message": "Session ID unknown"})
+    );
+    // Over WebSocket: the open packet is the first frame, with no upgrades.
+    let mut ws = ws_connect(ff.edge_addr, "/engine.io/?EIO=4&transport=websocket").await;
+    let Message::Text(t) = ws_next(&mut ws).await.unwrap() else {
+        panic!()
+    };
+    let v: serde_json::Value = serde_json::from_str(t.as_str().strip_prefix('0').unwrap()).unwrap();
+    assert_eq!(v["upgrades"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_io_polling_pings_closes_on_bad_input_and_on_duplicate_polls() {
+    let (_ff, base) = eio().await;
+    let c = http_client();
+    // The server pings; the client's pong keeps the session.
+    let sid = handshake(&base).await;
+    let url = format!("{base}?EIO=4&transport=polling&sid={sid}");
+    for _ in 0..3 {
+        assert_eq!(c.get(&url).send().await.unwrap().text().await.unwrap(), "2");
+        let r = c.post(&url).body("3").send().await.unwrap();
+        assert_eq!(
+            (r.status().as_u16(), r.text().await.unwrap()),
+            (200, "ok".to_string())
+        );
+    }
+    // No pong: closed after pingInterval + pingTimeout.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+
+    // A bad payload closes the session.
+    let sid = handshake(&base).await;
+    let url = format!("{base}?EIO=4&transport=polling&sid={sid}");
+    assert_eq!(c.post(&url).body("abc").send().await.unwrap().status(), 400);
+    assert_eq!(c.get(&url).send().await.unwrap().status(), 400);
+
+    // Two polls at once: the first gets a close packet, the second a 400, then the
+    // session is gone.
+    let sid = handshake(&base).await;
+    let url = format!("{base}?EIO=4&transport=polling&sid={sid}");
+    let first = tokio::spawn({
+        let (c, url) = (c.clone(), url.clone());
+        async move { c.get(&url).send().await.unwrap().text().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = c.get(format!("{url}&t=burst")).send().await.unwrap();
+    assert_eq!(second.status(), 400);
+    assert_eq!(first.await.unwrap(), "1");
+    assert_eq!(c.get(&url).send().await.unwrap().status(), 400);
+
+    // The client closes: a pending poll answers noop.
+    let sid = handshake(&base).await;
+    let url = format!("{base}?EIO=4&transport=polling&sid={sid}");
+    let pending = tokio::spawn({
+        let (c, url) = (c.clone(), url.clone());
+        async move { c.get(&url).send().await.unwrap().text().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(c.post(&url).body("1").send().await.unwrap().status(), 200);
+    assert_eq!(pending.await.unwrap(), "6");
+    assert_eq!(c.get(&url).send().await.unwrap().status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_io_upgrades_from_polling_to_websocket() {
+    let (ff, base) = eio().await;
+    let c = http_client();
+    let sid = handshake(&base).await;
+    let url = format!("{base}?EIO=4&transport=polling&sid={sid}");
+    let mut ws = ws_connect(
+        ff.edge_addr,
+        &format!("/engine.io/?EIO=4&transport=websocket&sid={sid}"),
+    )
+    .await;
+    ws.send(Message::text("2probe")).await.unwrap();
+    let Message::Text(t) = ws_next(&mut ws).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(t.as_str(), "3probe");
+    // The pending (or next) poll ends with a noop.
+    assert_eq!(c.get(&url).send().await.unwrap().text().await.unwrap(), "6");
+    ws.send(Message::text("5")).await.unwrap();
+    // Upgraded: the server's pings come over WebSocket, HTTP is refused, and a second
+    // WebSocket for the session is closed without harming it.
+    loop {
+        match ws_next(&mut ws).await.unwrap() {
+            Message::Text(t) if t.as_str() == "2" => break,
+            Message::Text(t) if t.as_str() == "6" => continue,
+            other => panic!("{other:?}"),
+        }
+    }
+    ws.send(Message::text("3")).await.unwrap();
+    assert_eq!(c.get(&url).send().await.unwrap().status(), 400);
+    let mut second = ws_connect(
+        ff.edge_addr,
+        &format!("/engine.io/?EIO=4&transport=websocket&sid={sid}"),
+    )
+    .await;
+    assert!(matches!(
+        ws_next(&mut second).await,
+        Some(Message::Close(_)) | None
+    ));
+    match ws_next(&mut ws).await.unwrap() {
+        Message::Text(t) => assert_eq!(t.as_str(), "2", "the session lives on"),
+        other => panic!("{other:?}"),
+    }
+}
