@@ -1,7 +1,8 @@
 //! In a real browser (Debian's `chromium`, driven over the DevTools protocol): an
 //! EventSource opened while NATS is down stays open through the outage and, without a
 //! reload, receives what the app publishes once NATS is back (issue 14, item 2); the
-//! bare `WebSocket` snippet of MDN talks to a raw-mode route (issue 15).
+//! bare `WebSocket` snippet of MDN talks to a raw-mode route (issue 15); Socket.IO's
+//! "get started" chat works in two pages with a config and no app code (issue 16).
 //!
 //! Needs `chromium` (`apt-get install chromium`; `scripts/test` installs it when run as
 //! root). Without it the test says so and checks nothing else.
@@ -263,4 +264,42 @@ async fn a_bare_browser_websocket_talks_to_the_app_through_a_raw_route() {
         browser.eval("window.got[1]").await,
         json!("{\"order\": 42, \"status\": \"shipped\"}")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_io_chat_tutorial_works_in_two_pages_with_only_a_config() {
+    let Some(bin) = Browser::binary() else {
+        eprintln!(
+            "SKIPPED: no chromium; install the Debian package `chromium` (scripts/test does, as root)"
+        );
+        return;
+    };
+    let app = CallbackApp::start().await;
+    let yaml = base_yaml(&app.url(), None)
+        + "routes:\n  - path: /socket.io/\n    transports: [socketio]\n    auth: { mode: none }\n    allow_publish: [chat]\n    socketio:\n      namespaces:\n        \"/\": { subjects: [chat], emit: { \"chat message\": chat } }\n";
+    let ff = start_fanfare(&yaml).await;
+    let page = format!("http://{}/chat", ff.edge_addr);
+    let mut a = Browser::open(bin, &page).await;
+    let mut b = Browser::open(bin, &page).await;
+    for p in [&mut a, &mut b] {
+        let deadline = Instant::now() + DEADLINE;
+        while p.eval("window.socket && socket.connected").await != json!(true) {
+            assert!(Instant::now() < deadline, "the page never connected");
+        }
+    }
+    a.eval("(input.value = 'hello from a', form.requestSubmit(), true)")
+        .await;
+    b.eval("(input.value = 'and from b', form.requestSubmit(), true)")
+        .await;
+    let items = "[...document.querySelectorAll('#messages li')].map(li => li.textContent).sort()";
+    for p in [&mut a, &mut b] {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let got = p.eval(items).await;
+            if got == json!(["and from b", "hello from a"]) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the page shows {got}");
+        }
+    }
 }

@@ -92,6 +92,8 @@ impl CallbackApp {
             .route("/rt/message", post(message))
             .route("/rt/disconnect", post(disconnect))
             .route("/page/native", axum::routing::get(native_page))
+            .route("/chat", axum::routing::get(chat_page))
+            .route("/socket.io/socket.io.js", axum::routing::get(socket_io_js))
             .with_state(st.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -246,4 +248,52 @@ socket.addEventListener("message", (event) => {
 socket.addEventListener("message", (event) => window.got.push(event.data));
 </script>"#,
     )
+}
+
+/// Socket.IO's "get started" chat page, as its tutorial writes it.
+async fn chat_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(
+        r#"<!DOCTYPE html>
+<html>
+  <head><meta charset="utf-8"><title>Socket.IO chat</title></head>
+  <body>
+    <ul id="messages"></ul>
+    <form id="form" action="">
+      <input id="input" autocomplete="off" /><button>Send</button>
+    </form>
+    <script src="/socket.io/socket.io.js"></script>
+    <script>
+      var socket = io();
+
+      var form = document.getElementById('form');
+      var input = document.getElementById('input');
+
+      form.addEventListener('submit', function(e) {
+        e.preventDefault();
+        if (input.value) {
+          socket.emit('chat message', input.value);
+          input.value = '';
+        }
+      });
+
+      socket.on('chat message', function(msg) {
+        var item = document.createElement('li');
+        item.textContent = msg;
+        messages.appendChild(item);
+        window.scrollTo(0, document.body.scrollHeight);
+      });
+    </script>
+  </body>
+</html>"#,
+    )
+}
+
+/// The browser build of socket.io-client, served as the app's static file.
+async fn socket_io_js() -> Response {
+    let path = format!(
+        "{}/socket.io-client/dist/socket.io.min.js",
+        super::node_modules()
+    );
+    let js = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    ([("content-type", "application/javascript")], js).into_response()
 }
