@@ -14,6 +14,7 @@
 //!   [`client`]: the client's address and scheme (trusted proxies);
 //! - [`respond`]: the one refusal type and JSON writer (edge and admin).
 
+mod admission;
 pub mod client;
 pub mod cors;
 mod handoff;

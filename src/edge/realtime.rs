@@ -12,23 +12,24 @@ use http::StatusCode;
 use pingora::prelude::Session;
 use tokio::sync::watch;
 
+use super::admission::{acquire, open};
 use super::client::Client;
 use super::cors::{self, OriginCheck};
 use super::handoff::take_h1_stream;
 use super::respond::Refusal;
 use super::route::Route;
-use crate::app::{Admission, App, Connecting, Disconnects};
+use crate::app::{Admission, App, Disconnects};
 use crate::auth::{self, Admitted, Authorizer};
 use crate::broker::{Broker, BrokerError};
 use crate::config::{Cidr, RouteConfig, Transport};
 use crate::drain::Drain;
 use crate::hub::direct::Directory;
 use crate::hub::{Hub, JoinError};
-use crate::limits::{ConnectionLimits, Refused};
+use crate::limits::ConnectionLimits;
 use crate::metrics::Metrics;
 use crate::routing::path::{MatchError, Params, query_param};
 use crate::transport::sse::{PingoraSink, RawSink};
-use crate::transport::{Conn, Held, Joined, RouteContext, echo, poll, sse, ws};
+use crate::transport::{Held, Joined, RouteContext, echo, poll, sse, ws};
 use crate::wire::ws::check_handshake;
 
 struct LiveRoute {
@@ -234,22 +235,7 @@ impl Realtime {
                     format!("this route offers: {}", offered.join(", ")),
                 )
             })?;
-        let slot = self.limits.acquire(client.ip).map_err(|r| {
-            let (reason, text) = match r {
-                Refused::Total => (
-                    "too_many_connections",
-                    "fanfare holds its maximum of connections",
-                ),
-                Refused::PerIp => (
-                    "too_many_connections_per_ip",
-                    "too many connections from this address",
-                ),
-            };
-            self.reject(
-                reason,
-                Refusal::new(StatusCode::TOO_MANY_REQUESTS, reason, text),
-            )
-        })?;
+        let slot = acquire(&self.limits, &client, &self.metrics)?;
         let grant = live
             .auth
             .authorize(session.req_header(), &self.metrics)
@@ -408,52 +394,6 @@ async fn join(
     ctx.join(client, &admitted.subjects, cursor, opening)
         .await
         .map_err(|e| join_refusal(ctx, e))
-}
-
-/// On a route with app callbacks (or a raw `publish_to`): the connection's shared
-/// state, and the app's connect answer (which may refuse it).
-async fn open(
-    session: &Session,
-    ctx: &RouteContext,
-    client: u64,
-    transport: Transport,
-    admitted: &Admitted,
-    params: Option<crate::routing::path::Params>,
-    ip: Option<std::net::IpAddr>,
-) -> Result<(Option<Arc<Conn>>, Option<Admission>), Refusal> {
-    if ctx.app.is_none() && admitted.publish_to.is_none() {
-        return Ok((None, None));
-    }
-    let req = session.req_header();
-    let conn = Arc::new(Conn {
-        id: ctx.directory.id(client),
-        params: params.unwrap_or_default(),
-        headers: ctx
-            .app
-            .as_ref()
-            .map_or_else(|| Arc::from([]), |a| a.capture(&req.headers)),
-        started: std::time::Instant::now(),
-        in_flight: std::sync::atomic::AtomicUsize::new(0),
-        publish_to: admitted.publish_to.clone(),
-    });
-    let opening = match &ctx.app {
-        Some(app) => {
-            let connecting = Connecting {
-                id: &conn.id,
-                params: &conn.params,
-                transport: transport.name(),
-                subjects: &admitted.subjects,
-                remote_addr: ip,
-                user_agent: req
-                    .headers
-                    .get(http::header::USER_AGENT)
-                    .and_then(|v| v.to_str().ok()),
-            };
-            app.connect(&connecting, &conn.headers).await?
-        }
-        None => None,
-    };
-    Ok((Some(conn), opening))
 }
 
 fn join_refusal(ctx: &RouteContext, e: JoinError) -> Refusal {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use http::{Method, StatusCode};
 use pingora::prelude::Session;
 
+use super::admission::acquire;
 use super::client::Client;
 use super::cors::{self, AllowOrigin};
 use super::handoff::take_h1_stream;
@@ -15,7 +16,7 @@ use super::respond::Refusal;
 use super::route::Route;
 use crate::auth::Authorizer;
 use crate::config::{AuthMode, WsConfig};
-use crate::limits::{ConnectionLimits, Refused};
+use crate::limits::ConnectionLimits;
 use crate::routing::path::query_param;
 use crate::routing::subject::Template;
 use crate::transport::RouteContext;
@@ -105,7 +106,7 @@ pub async fn serve(
     let head = cors::ok_head(origin).map_err(Refusal::internal)?;
     match (transport, sid, method) {
         (TransportName::Polling, None, Method::GET) => {
-            let slot = acquire(limits, client)?;
+            let slot = acquire(limits, client, &ctx.metrics)?;
             let handshake = Handshake {
                 request: session.req_header().clone(),
                 remote: client.ip,
@@ -136,7 +137,7 @@ pub async fn serve(
             };
             match sid {
                 None => {
-                    let slot = acquire(limits, client)?;
+                    let slot = acquire(limits, client, &ctx.metrics)?;
                     let handshake = Handshake {
                         request: session.req_header().clone(),
                         remote: client.ip,
@@ -182,23 +183,4 @@ fn h1_only() -> Refusal {
         "bad_handshake",
         "WebSocket needs HTTP/1.1",
     )
-}
-
-fn acquire(
-    limits: &Arc<ConnectionLimits>,
-    client: &Client,
-) -> Result<crate::limits::Slot, Refusal> {
-    limits.acquire(client.ip).map_err(|r| {
-        let (reason, text) = match r {
-            Refused::Total => (
-                "too_many_connections",
-                "fanfare holds its maximum of connections",
-            ),
-            Refused::PerIp => (
-                "too_many_connections_per_ip",
-                "too many connections from this address",
-            ),
-        };
-        Refusal::new(StatusCode::TOO_MANY_REQUESTS, reason, text)
-    })
 }
