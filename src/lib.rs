@@ -8,7 +8,8 @@
 //! src/config/                     mod (Config, load, validate), route, auth, value (durations,
 //!                                 addresses, ${VAR}), tests
 //! src/wire/                       pure bytes, no I/O: sse (events, field safety), ws (frames,
-//!                                 the 101, close codes), protocol (fanfare's JSON over WS)
+//!                                 the 101, close codes), protocol (fanfare's JSON over WS),
+//!                                 engineio, socketio (Engine.IO v4 / Socket.IO v5 packets)
 //! src/routing/                    leaves: path (patterns, query), subject (templates, matching)
 //! src/hub/                        mod (Hub: join, resume), topic (registry, subscription task,
 //!                                 fan-out), event (lazy shared encodings), history (cursors,
@@ -21,9 +22,12 @@
 //! src/transport/                  per-client sessions only: mod (RouteContext, Conn, join,
 //!                                 Outcome), sse, ws/{mod (session), requests (JSON protocol,
 //!                                 raw frames)}, ws_socket (buffers, 101, error closes), rpc
-//!                                 (calls to app.message), poll, echo
+//!                                 (calls to app.message), poll, echo, socketio/{mod (Engine,
+//!                                 Registry), session/{mod,events}, polling, ws}
 //! src/edge/                       the pingora side: proxy, listener (accept loop, head deadline),
-//!                                 handoff, realtime (match -> gate -> admit -> transport), route,
+//!                                 handoff, realtime (match -> gate -> admit -> transport),
+//!                                 admission (limits, the app's connect), socketio (Engine.IO
+//!                                 requests), route,
 //!                                 client (trusted proxies), cors, respond (THE one refusal type
 //!                                 and JSON writer)
 //! src/admin/                      mod (probes, /metrics), publish
