@@ -60,6 +60,9 @@ pub struct Metrics {
     pub app_disconnect_dropped: IntCounterVec,
     /// Messages addressed to one connection (`fanfare.connection.<id>`), by result.
     pub direct_messages: IntCounterVec,
+    /// Engine.IO requests for a session another instance owns, by role (`sent`: relayed
+    /// from here, `served`: served here for another instance).
+    pub socketio_relays: IntCounterVec,
 }
 
 impl Metrics {
@@ -218,6 +221,13 @@ impl Metrics {
                 ),
                 &["result"],
             )?,
+            socketio_relays: IntCounterVec::new(
+                Opts::new(
+                    "fanfare_socketio_relays_total",
+                    "Engine.IO requests for a session another instance owns, by role (sent, served).",
+                ),
+                &["role"],
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.upstream_requests.clone()))?;
@@ -247,6 +257,10 @@ impl Metrics {
         m.registry
             .register(Box::new(m.app_disconnect_dropped.clone()))?;
         m.registry.register(Box::new(m.direct_messages.clone()))?;
+        m.registry.register(Box::new(m.socketio_relays.clone()))?;
+        for role in ["sent", "served"] {
+            m.socketio_relays.with_label_values(&[role]);
+        }
         for reason in ["queue_full", "failed", "shutdown"] {
             m.app_disconnect_dropped.with_label_values(&[reason]);
         }

@@ -493,3 +493,224 @@ async fn engine_io_upgrades_from_polling_to_websocket() {
         other => panic!("{other:?}"),
     }
 }
+
+// --- No sticky sessions: two instances, every request alternating between them ---
+
+const TWO: &str = "
+routes:
+  - path: /socket.io/
+    transports: [socketio]
+    auth: { mode: none }
+    allow_publish: [chat]
+    socketio:
+      namespaces:
+        \"/\": { subjects: [news], emit: { said: chat } }
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polling_session_and_its_upgrade_work_across_two_instances() {
+    let nats = NatsServer::start().await;
+    let yaml = base_yaml("http://127.0.0.1:1", Some(&nats.url())) + TWO;
+    let (a, b) = (start_fanfare(&yaml).await, start_fanfare(&yaml).await);
+    let nc = async_nats::connect(nats.url()).await.unwrap();
+    let c = http_client();
+    let url = |ff: &fanfare::Handle, sid: &str| {
+        format!(
+            "http://{}/socket.io/?EIO=4&transport=polling&sid={sid}",
+            ff.edge_addr
+        )
+    };
+    let sid = handshake(&format!("http://{}/socket.io/", a.edge_addr)).await;
+    // CONNECT through b, its answer polled through b, then a.
+    let r = c.post(url(&b, &sid)).body("40").send().await.unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.text().await.unwrap()),
+        (200, "ok".to_string())
+    );
+    let t = c
+        .get(url(&b, &sid))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(t.starts_with("40{\"sid\":"), "{t}");
+    // Events: published, then polled alternately.
+    for (i, ff) in [&a, &b, &a, &b].into_iter().enumerate() {
+        nats_publish(
+            &nc,
+            "news",
+            &[("Fanfare-Event", "n")],
+            format!("{i}").into_bytes(),
+        )
+        .await;
+        let t = c
+            .get(url(ff, &sid))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(t, format!("42[\"n\",{i}]"), "poll {i}");
+    }
+    // An emit through b.
+    let mut tap = nc.subscribe("chat").await.unwrap();
+    nc.flush().await.unwrap();
+    let r = c
+        .post(url(&b, &sid))
+        .body("42[\"said\",\"hi\"]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let m = tokio::time::timeout(DEADLINE, tap.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&m.payload[..], b"[\"hi\"]");
+
+    // The upgrade lands on b: probe, the pending poll (on a) ends with a noop, then
+    // the session lives on over b's WebSocket.
+    let mut ws = ws_connect(
+        b.edge_addr,
+        &format!("/socket.io/?EIO=4&transport=websocket&sid={sid}"),
+    )
+    .await;
+    ws.send(Message::text("2probe")).await.unwrap();
+    let Message::Text(t) = ws_next(&mut ws).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(t.as_str(), "3probe");
+    assert_eq!(
+        c.get(url(&a, &sid))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "6"
+    );
+    ws.send(Message::text("5")).await.unwrap();
+    nats_publish(
+        &nc,
+        "news",
+        &[("Fanfare-Event", "n")],
+        b"\"over ws\"".to_vec(),
+    )
+    .await;
+    loop {
+        match ws_next(&mut ws).await.unwrap() {
+            Message::Text(t) if t.as_str() == "2" => ws.send(Message::text("3")).await.unwrap(),
+            Message::Text(t) => {
+                assert_eq!(t.as_str(), "42[\"n\",\"over ws\"]");
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    ws.send(Message::text("42[\"said\",\"from ws\"]"))
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(DEADLINE, tap.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&m.payload[..], b"[\"from ws\"]");
+    assert_eq!(
+        c.get(url(&a, &sid)).send().await.unwrap().status(),
+        400,
+        "HTTP after the upgrade"
+    );
+    for (ff, role) in [(&b, "sent"), (&a, "served")] {
+        assert!(
+            metric(
+                ff.admin_addr,
+                &format!("fanfare_socketio_relays_total{{role=\"{role}\"}}")
+            )
+            .await
+            .unwrap()
+                >= 5.0,
+            "{role}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_owner_died_is_refused_as_unknown() {
+    let nats = NatsServer::start().await;
+    let (port, admin) = (free_port(), free_port());
+    let owner_yaml = format!(
+        "listen: 127.0.0.1:{port}\nupstream: http://127.0.0.1:1\nadmin: {{ listen: 127.0.0.1:{admin} }}\nnats: {{ url: \"{}\" }}\n{TWO}",
+        nats.url()
+    );
+    let mut owner = FanfareProcess::start(&owner_yaml).await;
+    let b = start_fanfare(&(base_yaml("http://127.0.0.1:1", Some(&nats.url())) + TWO)).await;
+    let sid = handshake(&format!("http://127.0.0.1:{port}/socket.io/")).await;
+    let url = format!(
+        "http://{}/socket.io/?EIO=4&transport=polling&sid={sid}",
+        b.edge_addr
+    );
+    let r = http_client().post(&url).body("40").send().await.unwrap();
+    assert_eq!(r.status(), 200, "relayed while the owner lives");
+    owner.signal("KILL");
+    owner.wait_exit(DEADLINE).await;
+    let r = http_client().get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        json!({"code": 1, "message": "Session ID unknown"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_client_behind_a_balancer_with_no_affinity() {
+    let nats = NatsServer::start().await;
+    let yaml = base_yaml("http://127.0.0.1:1", Some(&nats.url())) + TWO;
+    let (a, b) = (start_fanfare(&yaml).await, start_fanfare(&yaml).await);
+    let lb = Balancer::start(vec![a.edge_addr, b.edge_addr]).await;
+    let nc = async_nats::connect(nats.url()).await.unwrap();
+    for transports in [json!(["polling"]), json!(null)] {
+        let mut c = SioClient::start(&json!({
+            "url": format!("http://{}", lb.addr),
+            "transports": transports,
+            "fresh_connections": true,
+        }));
+        c.until("connect").await;
+        for n in 0..20u32 {
+            nats_publish(
+                &nc,
+                "news",
+                &[("Fanfare-Event", "n")],
+                format!("{n}").into_bytes(),
+            )
+            .await;
+            let e = c.until("event").await;
+            assert_eq!(e["args"], json!([n]), "{transports}");
+        }
+        c.emit("said", json!(["bye"]), false).await;
+    }
+    assert!(
+        lb.count(0) > 2 && lb.count(1) > 2,
+        "{} / {}",
+        lb.count(0),
+        lb.count(1)
+    );
+    for ff in [&a, &b] {
+        let sent = metric(
+            ff.admin_addr,
+            "fanfare_socketio_relays_total{role=\"sent\"}",
+        )
+        .await
+        .unwrap();
+        let served = metric(
+            ff.admin_addr,
+            "fanfare_socketio_relays_total{role=\"served\"}",
+        )
+        .await
+        .unwrap();
+        assert!(sent + served > 0.0, "both instances took part");
+    }
+}

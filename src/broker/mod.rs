@@ -67,7 +67,80 @@ impl Subscription {
     }
 }
 
+/// A request between fanfare instances, or its answer (NATS request-reply).
+#[derive(Debug, Clone)]
+pub struct Relayed {
+    /// Its headers.
+    pub headers: Vec<(String, String)>,
+    /// Its body.
+    pub payload: bytes::Bytes,
+    /// Where the answer goes (requests only).
+    pub reply: Option<String>,
+}
+
+impl Relayed {
+    /// A header's value (names compared without case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Requests served on a subject.
+pub struct Requests(Option<async_nats::Subscriber>);
+
+impl Requests {
+    /// The next request; never, on the embedded broker (one instance relays nothing).
+    pub async fn next(&mut self) -> Option<Relayed> {
+        use futures::StreamExt;
+        match &mut self.0 {
+            Some(s) => s.next().await.map(nats::relayed),
+            None => std::future::pending().await,
+        }
+    }
+}
+
 impl Broker {
+    /// Sends a request to another instance and waits (up to `timeout`) for its answer.
+    /// The embedded broker has no other instance.
+    pub async fn request(
+        &self,
+        subject: String,
+        headers: &[(&str, &str)],
+        payload: bytes::Bytes,
+        timeout: std::time::Duration,
+    ) -> Result<Relayed, BrokerError> {
+        match self {
+            Broker::Nats(n) => n.request(subject, headers, payload, timeout).await,
+            Broker::Memory(_) => Err(BrokerError::Nats(
+                "the embedded broker serves one instance".into(),
+            )),
+        }
+    }
+
+    /// Serves requests sent to `subject`.
+    pub async fn serve(&self, subject: &str) -> Result<Requests, BrokerError> {
+        match self {
+            Broker::Nats(n) => n.subscribe(subject).await.map(|s| Requests(Some(s))),
+            Broker::Memory(_) => Ok(Requests(None)),
+        }
+    }
+
+    /// Answers a request at `reply`.
+    pub async fn respond(
+        &self,
+        reply: String,
+        headers: &[(&str, &str)],
+        payload: bytes::Bytes,
+    ) -> Result<(), BrokerError> {
+        match self {
+            Broker::Nats(n) => n.respond(reply, headers, payload).await,
+            Broker::Memory(_) => Ok(()),
+        }
+    }
+
     /// Starts the configured broker. NATS connects in the background with retry and
     /// backoff; this returns at once.
     pub async fn start(

@@ -296,6 +296,47 @@ impl NatsBroker {
         outcome
     }
 
+    /// A request to another instance, answered within `timeout`.
+    pub(super) async fn request(
+        &self,
+        subject: String,
+        headers: &[(&str, &str)],
+        payload: bytes::Bytes,
+        timeout: std::time::Duration,
+    ) -> Result<super::Relayed, BrokerError> {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(*k, *v);
+        }
+        let request = async_nats::Request::new()
+            .headers(h)
+            .payload(payload)
+            .timeout(Some(timeout));
+        let m = self
+            .client
+            .send_request(subject, request)
+            .await
+            .map_err(|e| BrokerError::Nats(e.to_string()))?;
+        Ok(relayed(m))
+    }
+
+    /// Answers a request.
+    pub(super) async fn respond(
+        &self,
+        reply: String,
+        headers: &[(&str, &str)],
+        payload: bytes::Bytes,
+    ) -> Result<(), BrokerError> {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(*k, *v);
+        }
+        self.client
+            .publish_with_headers(reply, h, payload)
+            .await
+            .map_err(|e| BrokerError::Nats(e.to_string()))
+    }
+
     pub(super) async fn publish(&self, msg: Message) -> Result<(), BrokerError> {
         if !*self.connected.borrow() {
             return Err(BrokerError::Disconnected);
@@ -318,6 +359,23 @@ impl NatsBroker {
             .flush()
             .await
             .map_err(|e| BrokerError::Nats(e.to_string()))
+    }
+}
+
+/// A request or answer between instances → [`super::Relayed`].
+pub(super) fn relayed(m: async_nats::Message) -> super::Relayed {
+    super::Relayed {
+        headers: m
+            .headers
+            .iter()
+            .flat_map(|h| {
+                h.iter()
+                    .filter_map(|(k, v)| Some((k.to_string(), v.first()?.as_str().to_string())))
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+        payload: m.payload,
+        reply: m.reply.map(|r| r.to_string()),
     }
 }
 

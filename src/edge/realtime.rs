@@ -130,7 +130,17 @@ impl Realtime {
                     sio,
                 })
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<Vec<LiveRoute>, String>>()?;
+        let sio = routes
+            .iter()
+            .filter_map(|l| Some((l.route.config.path.clone(), l.sio.clone()?)))
+            .collect();
+        crate::transport::socketio::relay::serve(
+            shared.broker.clone(),
+            shared.directory.instance(),
+            sio,
+            shared.metrics.clone(),
+        );
         Ok(Realtime {
             routes,
             metrics: shared.metrics,

@@ -21,7 +21,7 @@ use crate::routing::path::query_param;
 use crate::routing::subject::Template;
 use crate::transport::RouteContext;
 use crate::transport::socketio::session::{self, Handshake};
-use crate::transport::socketio::{Mode, Namespace, Registry, SioRoute, polling, ws};
+use crate::transport::socketio::{Mode, Namespace, Registry, SioRoute, polling, relay, ws};
 use crate::wire::engineio::{self, TransportName};
 use crate::wire::ws::check_handshake;
 
@@ -116,6 +116,45 @@ pub async fn serve(
                 .await
                 .map_err(Refusal::internal)
         }
+        (TransportName::Polling, Some(sid), m)
+            if (m == Method::GET || m == Method::POST) && is_elsewhere(ctx, sio, &sid) =>
+        {
+            // No sticky sessions: the owner serves it over NATS.
+            ctx.metrics
+                .socketio_relays
+                .with_label_values(&["sent"])
+                .inc();
+            let (op, body) = if m == Method::GET {
+                ("get", bytes::Bytes::new())
+            } else {
+                match polling::read_body(session, sio.config.max_payload).await {
+                    Some(b) => ("post", b),
+                    None => return Err(bad(3, "Bad request")),
+                }
+            };
+            let path = ctx.path.clone();
+            match relay::request(&ctx.broker, sio, &path, &sid, op, body).await {
+                Ok(body) => {
+                    let ct = if op == "get" {
+                        polling::TEXT
+                    } else {
+                        "text/html"
+                    };
+                    polling::respond(session, head, StatusCode::OK, ct, body)
+                        .await
+                        .map_err(Refusal::internal)
+                }
+                Err(body) => polling::respond(
+                    session,
+                    head,
+                    StatusCode::BAD_REQUEST,
+                    "application/json",
+                    body,
+                )
+                .await
+                .map_err(Refusal::internal),
+            }
+        }
         (TransportName::Polling, Some(sid), m) if m == Method::GET || m == Method::POST => {
             let engine = sio
                 .registry
@@ -156,6 +195,21 @@ pub async fn serve(
                         }
                     });
                 }
+                Some(sid) if is_elsewhere(ctx, sio, &sid) => {
+                    ctx.metrics
+                        .socketio_relays
+                        .with_label_values(&["sent"])
+                        .inc();
+                    let stream = take_h1_stream(session).await.ok_or_else(h1_only)?;
+                    let (broker, sio, path) = (ctx.broker.clone(), sio.clone(), ctx.path.clone());
+                    tokio::spawn(async move {
+                        if let Some(socket) =
+                            crate::transport::ws::accept(stream, &accept, &ws_config).await
+                        {
+                            relay::remote_upgrade(socket, broker, sio, path, sid).await;
+                        }
+                    });
+                }
                 Some(sid) => {
                     let engine = sio
                         .registry
@@ -175,6 +229,11 @@ pub async fn serve(
         }
         _ => Err(bad(2, "Bad handshake method")),
     }
+}
+
+/// Whether `sid` belongs to another instance (its first part names the owner).
+fn is_elsewhere(ctx: &RouteContext, sio: &SioRoute, sid: &str) -> bool {
+    sio.registry.get(sid).is_none() && relay::owner(sid) != ctx.directory.instance()
 }
 
 fn h1_only() -> Refusal {

@@ -9,6 +9,13 @@ const cfg = JSON.parse(process.argv[2]);
 const out = (o) => process.stdout.write(JSON.stringify(o) + "\n");
 const opts = { reconnection: cfg.reconnection ?? false, auth: cfg.auth };
 if (cfg.transports) opts.transports = cfg.transports;
+// A new TCP connection for every HTTP request (no keep-alive), so a connection-level
+// balancer spreads a polling session's requests.
+if (cfg.fresh_connections) {
+  const http = require("http");
+  http.globalAgent = new http.Agent({ keepAlive: false });
+  opts.transportOptions = { polling: { extraHeaders: { connection: "close" } } };
+}
 const s = io(cfg.url + (cfg.nsp || ""), opts);
 
 s.io.on("open", () => {

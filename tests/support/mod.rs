@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 mod app;
+mod balancer;
 mod callbacks;
 mod instance;
 mod nats;
@@ -13,7 +14,7 @@ mod ws;
 
 // Each test crate uses a part of the harness; the rest is unused there.
 #[allow(unused_imports)]
-pub use {app::*, callbacks::*, instance::*, nats::*, node::*, sse::*, ws::*};
+pub use {app::*, balancer::*, callbacks::*, instance::*, nats::*, node::*, sse::*, ws::*};
 
 use std::future::Future;
 use std::net::TcpListener;

@@ -13,6 +13,7 @@
 //! client queues (and their slow-consumer policy) while it is full.
 
 pub mod polling;
+pub mod relay;
 pub mod session;
 pub mod ws;
 

@@ -34,11 +34,15 @@ pub async fn respond(
     session.write_response_body(Some(body), true).await
 }
 
-const TEXT: &str = "text/plain; charset=UTF-8";
+/// The content type of a polling payload.
+pub const TEXT: &str = "text/plain; charset=UTF-8";
 
 /// `400 {"code":3,"message":"Bad request"}`, the answer to a request that breaks the
 /// protocol.
-async fn bad_request(session: &mut PingoraSession, head: ResponseHeader) -> pingora::Result<()> {
+pub async fn bad_request(
+    session: &mut PingoraSession,
+    head: ResponseHeader,
+) -> pingora::Result<()> {
     respond(
         session,
         head,
@@ -59,33 +63,39 @@ pub async fn open(
     respond(session, head, StatusCode::OK, TEXT, Bytes::from(body)).await
 }
 
-/// A poll: answers what is queued, or waits for it. A second poll under way, or one
-/// after an upgrade, is a 400 that closes the session.
-pub async fn get(
-    session: &mut PingoraSession,
+/// A poll or a POST the protocol refuses (a `400` that closes the session when it
+/// broke the rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused;
+
+/// A poll's payload: what is queued, or (waiting for it) what comes next. A second
+/// poll under way, or one after an upgrade, is refused and closes the session. When
+/// `gone` resolves first (the client left), what was taken goes back and `None` is
+/// answered.
+pub async fn poll(
     engine: &Arc<Engine>,
-    head: ResponseHeader,
-) -> pingora::Result<()> {
+    gone: impl std::future::Future<Output = ()>,
+) -> Result<Option<Bytes>, Refused> {
     if engine.mode() != Mode::Polling || engine.ended().is_some() {
-        return bad_request(session, head).await;
+        return Err(Refused);
     }
     if !engine.begin(true) {
         engine.send(Packet::bare(Kind::Close));
         engine.end(Ended::ByServer);
-        return bad_request(session, head).await;
+        return Err(Refused);
     }
-    let gone = tokio::select! {
+    let left = tokio::select! {
         () = engine.wait(Mode::Polling) => false,
-        () = client_gone(session) => true,
+        () = gone => true,
     };
     let mut packets = engine.take();
     engine.finish(true);
-    if gone {
+    if left {
         // Nobody reads this answer: what was taken goes back for the next poll.
         for p in packets {
             engine.send(p);
         }
-        return Ok(());
+        return Ok(None);
     }
     if packets.is_empty() {
         packets.push(Packet::bare(match engine.ended() {
@@ -94,56 +104,70 @@ pub async fn get(
             _ => Kind::Noop,
         }));
     }
-    let body = engineio::encode_payload(&packets);
-    respond(session, head, StatusCode::OK, TEXT, Bytes::from(body)).await
+    Ok(Some(Bytes::from(engineio::encode_payload(&packets))))
 }
 
-/// A POST of packets: `ok`, or a 400 that closes the session (a bad payload, a second
-/// POST under way, one after an upgrade).
-pub async fn post(
-    session: &mut PingoraSession,
-    engine: &Arc<Engine>,
-    head: ResponseHeader,
-    max_payload: usize,
-) -> pingora::Result<()> {
+/// A POSTed payload handed to the session; a bad one is refused and closes it.
+pub async fn push(engine: &Arc<Engine>, body: &[u8], max_payload: usize) -> Result<(), Refused> {
     if engine.mode() != Mode::Polling || engine.ended().is_some() {
-        return bad_request(session, head).await;
+        return Err(Refused);
     }
     if !engine.begin(false) {
         engine.send(Packet::bare(Kind::Close));
         engine.end(Ended::ByServer);
-        return bad_request(session, head).await;
+        return Err(Refused);
     }
-    let mut body = BytesMut::new();
-    let mut too_big = false;
-    loop {
-        match session.read_request_body().await {
-            Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > max_payload {
-                    too_big = true;
-                    break;
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(None) => break,
-            Err(_) => {
-                too_big = true;
-                break;
-            }
-        }
-    }
-    let packets = if too_big {
-        Err(engineio::DecodeError::TooLarge)
-    } else {
-        engineio::decode_payload(&body, max_payload)
-    };
-    let result = match packets {
+    let result = match engineio::decode_payload(body, max_payload) {
         Ok(packets) => {
             for p in packets {
                 if !engine.deliver(p).await {
                     break;
                 }
             }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "closing an Engine.IO session");
+            engine.send(Packet::bare(Kind::Close));
+            engine.end(Ended::ByServer);
+            Err(Refused)
+        }
+    };
+    engine.finish(false);
+    result
+}
+
+/// A poll through pingora.
+pub async fn get(
+    session: &mut PingoraSession,
+    engine: &Arc<Engine>,
+    head: ResponseHeader,
+) -> pingora::Result<()> {
+    let answer = {
+        let gone = client_gone(session);
+        poll(engine, gone).await
+    };
+    match answer {
+        Ok(Some(body)) => respond(session, head, StatusCode::OK, TEXT, body).await,
+        Ok(None) => Ok(()),
+        Err(Refused) => bad_request(session, head).await,
+    }
+}
+
+/// A POST of packets through pingora: `ok`, or a 400 that closes the session.
+pub async fn post(
+    session: &mut PingoraSession,
+    engine: &Arc<Engine>,
+    head: ResponseHeader,
+    max_payload: usize,
+) -> pingora::Result<()> {
+    let Some(body) = read_body(session, max_payload).await else {
+        engine.send(Packet::bare(Kind::Close));
+        engine.end(Ended::ByServer);
+        return bad_request(session, head).await;
+    };
+    match push(engine, &body, max_payload).await {
+        Ok(()) => {
             respond(
                 session,
                 head,
@@ -153,13 +177,23 @@ pub async fn post(
             )
             .await
         }
-        Err(e) => {
-            tracing::debug!(error = %e, "closing an Engine.IO session");
-            engine.send(Packet::bare(Kind::Close));
-            engine.end(Ended::ByServer);
-            bad_request(session, head).await
+        Err(Refused) => bad_request(session, head).await,
+    }
+}
+
+/// A request's body, at most `max` bytes (`None` past it, or on a read error).
+pub async fn read_body(session: &mut PingoraSession, max: usize) -> Option<Bytes> {
+    let mut body = BytesMut::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > max {
+                    return None;
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Some(body.freeze()),
+            Err(_) => return None,
         }
-    };
-    engine.finish(false);
-    result
+    }
 }
