@@ -147,6 +147,20 @@ async fn socket_io_client_talks_to_fanfare_on_every_transport_setting() {
             (json!("chat message"), json!(["hello", {"from": last}]))
         );
 
+        // Bytes round-trip: published as {"_binary": base64}, and back as bytes.
+        c.emit("chat message", json!([{"binary": [1, 2, 3]}]), false)
+            .await;
+        let m = tokio::time::timeout(DEADLINE, tap.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap(),
+            json!([{"_binary": "AQID"}])
+        );
+        let e = c.until("event").await;
+        assert_eq!(e["args"], json!([{"binary": [1, 2, 3]}]));
+
         // An emit with an acknowledgement is the app's: its answer is the ack.
         c.emit("ask", json!(["q", 2]), true).await;
         let a = c.until("ack").await;
@@ -224,9 +238,15 @@ routes:
     let ff = start_fanfare(&(base_yaml(&app.url(), None) + &routes)).await;
     let url = format!("http://{}", ff.edge_addr);
     for transports in [json!(["polling"]), json!(["websocket"])] {
-        let mut c = SioClient::start(&json!({"url": url, "transports": transports}));
+        let mut c = SioClient::start(
+            &json!({"url": url, "transports": transports, "auth": {"token": "t1"}}),
+        );
         let e = c.until("connect_error").await;
         assert_eq!(e["message"], "banned", "{e}");
+        assert_eq!(
+            app.connects.lock().unwrap().last().unwrap().json()["auth"],
+            json!({"token": "t1"})
+        );
         assert_eq!(
             e["data"],
             json!({"status": 403, "body": {"message": "banned", "until": "tomorrow"}})
@@ -713,4 +733,65 @@ async fn socket_io_client_behind_a_balancer_with_no_affinity() {
         .unwrap();
         assert!(sent + served > 0.0, "both instances took part");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_packets_by_hand() {
+    let app = CallbackApp::start().await;
+    app.answer_connects(ConnectAnswer::Welcome(vec![]));
+    let routes = format!(
+        "
+routes:
+  - path: /socket.io/
+    transports: [socketio]
+    auth: {{ mode: none }}
+    app: {{ connect: {}/rt/connect }}
+    socketio: {{ connect_timeout: 300ms, namespaces: {{ \"/\": {{}}, \"/custom\": {{}} }} }}
+",
+        app.url()
+    );
+    let ff = start_fanfare(&(base_yaml(&app.url(), None) + &routes)).await;
+    let open = || ws_connect(ff.edge_addr, "/socket.io/?EIO=4&transport=websocket");
+    let text = |m: Message| match m {
+        Message::Text(t) => t.as_str().to_string(),
+        other => panic!("{other:?}"),
+    };
+    // CONNECT to a custom namespace: its {sid}, then the app's first event, apart.
+    let mut ws = open().await;
+    assert!(text(ws_next(&mut ws).await.unwrap()).starts_with("0{"));
+    ws.send(Message::text("40/custom,{\"token\":\"abc\"}"))
+        .await
+        .unwrap();
+    let t = text(ws_next(&mut ws).await.unwrap());
+    assert!(t.starts_with("40/custom,{\"sid\":"), "{t}");
+    let t = text(ws_next(&mut ws).await.unwrap());
+    assert!(t.starts_with("42/custom,[\"welcome\","), "{t}");
+    assert_eq!(
+        app.connects.lock().unwrap()[0].json()["auth"],
+        json!({"token": "abc"})
+    );
+    // An unknown namespace, then a packet that is not Socket.IO: refused, closed.
+    ws.send(Message::text("40/random,")).await.unwrap();
+    assert_eq!(
+        text(ws_next(&mut ws).await.unwrap()),
+        "44/random,{\"message\":\"Invalid namespace\"}"
+    );
+    ws.send(Message::text("4abc")).await.unwrap();
+    loop {
+        match ws_next(&mut ws).await {
+            None | Some(Message::Close(_)) => break,
+            Some(Message::Text(t)) if t.as_str() == "1" || t.as_str() == "2" => continue,
+            Some(other) => panic!("{other:?}"),
+        }
+    }
+    // No CONNECT within connect_timeout: closed.
+    let mut ws = open().await;
+    let started = std::time::Instant::now();
+    loop {
+        match ws_next(&mut ws).await {
+            None | Some(Message::Close(_)) => break,
+            Some(_) => continue,
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
 }

@@ -70,6 +70,8 @@ pub struct Connecting<'a> {
     pub remote_addr: Option<std::net::IpAddr>,
     /// Its `User-Agent`.
     pub user_agent: Option<&'a str>,
+    /// Socket.IO: the CONNECT packet's auth payload (`io({ auth })`).
+    pub auth: Option<&'a serde_json::Value>,
 }
 
 /// What a connect callback's 2xx answer adds.
@@ -211,7 +213,7 @@ impl App {
             return Ok(None);
         };
         let started = Instant::now();
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "connection": c.id,
             "route": self.route.to_str().unwrap_or_default(),
             "params": c.params,
@@ -220,6 +222,9 @@ impl App {
             "remote_addr": c.remote_addr.map(|a| a.to_string()),
             "user_agent": c.user_agent,
         });
+        if let Some(auth) = c.auth {
+            body["auth"] = auth.clone();
+        }
         let sent = self.post(url, c.id, headers).json(&body).send().await;
         let resp = match sent {
             Ok(r) => r,

@@ -75,6 +75,7 @@ pub async fn open(
                     .headers
                     .get(http::header::USER_AGENT)
                     .and_then(|v| v.to_str().ok()),
+                auth: None,
             };
             app.connect(&connecting, &conn.headers).await?
         }

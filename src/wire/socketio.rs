@@ -200,7 +200,11 @@ pub fn encode(kind: Kind, nsp: &str, id: Option<u64>, args: &[Arg]) -> (String, 
             let items: Vec<Value> = args
                 .iter()
                 .map(|a| match a {
-                    Arg::Json(v) => v.clone(),
+                    Arg::Json(v) => {
+                        let mut v = v.clone();
+                        extract_binary(&mut v, attachments);
+                        v
+                    }
                     Arg::Binary(b) => {
                         attachments.push(b.clone());
                         serde_json::json!({"_placeholder": true, "num": attachments.len() - 1})
@@ -266,8 +270,42 @@ pub fn event_from_payload(
     encode(Kind::Event, nsp, None, &args)
 }
 
-/// Replaces placeholders in `v` with the attachments as base64 strings (to publish a
-/// binary emit as JSON).
+/// The JSON form of bytes in fanfare's Socket.IO mapping: `{"_binary":"<base64>"}`.
+/// A binary argument a client emits is published so, and such an object in what is
+/// sent to a client (an event's payload, an ack's answer) becomes an attachment again,
+/// so bytes round-trip through NATS and the app.
+pub const BINARY_KEY: &str = "_binary";
+
+fn binary_of(v: &Value) -> Option<Bytes> {
+    use base64::Engine;
+    let o = v.as_object()?;
+    if o.len() != 1 {
+        return None;
+    }
+    let b64 = o.get(BINARY_KEY)?.as_str()?;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .ok()
+        .map(Bytes::from)
+}
+
+/// Replaces every `{"_binary":"<base64>"}` in `v` by a placeholder, its bytes
+/// appended to `attachments`.
+fn extract_binary(v: &mut Value, attachments: &mut Vec<Bytes>) {
+    if let Some(b) = binary_of(v) {
+        attachments.push(b);
+        *v = serde_json::json!({"_placeholder": true, "num": attachments.len() - 1});
+        return;
+    }
+    match v {
+        Value::Object(o) => o.values_mut().for_each(|x| extract_binary(x, attachments)),
+        Value::Array(a) => a.iter_mut().for_each(|x| extract_binary(x, attachments)),
+        _ => {}
+    }
+}
+
+/// Replaces placeholders in `v` with the attachments as `{"_binary":"<base64>"}` (to
+/// publish a binary emit as JSON).
 pub fn inline_attachments(v: &mut Value, attachments: &[Bytes]) {
     use base64::Engine;
     match v {
@@ -276,7 +314,9 @@ pub fn inline_attachments(v: &mut Value, attachments: &[Bytes]) {
         {
             let n = o.get("num").and_then(Value::as_u64).unwrap_or(u64::MAX);
             if let Some(b) = attachments.get(n as usize) {
-                *v = Value::from(base64::engine::general_purpose::STANDARD.encode(b));
+                *v = serde_json::json!({
+                    BINARY_KEY: base64::engine::general_purpose::STANDARD.encode(b)
+                });
             }
         }
         Value::Object(o) => o
@@ -363,7 +403,32 @@ mod tests {
         assert_eq!(p.attachments, vec![Bytes::from_static(&[1, 2])]);
         let mut data = p.data.unwrap();
         inline_attachments(&mut data, &p.attachments);
-        assert_eq!(data, json!(["up", "AQI="]));
+        assert_eq!(data, json!(["up", {"_binary": "AQI="}]));
+        // ... and back: a `_binary` object sent to a client is an attachment again.
+        let (t, a) = encode(
+            Kind::Event,
+            "/admin",
+            None,
+            &[
+                Arg::Json(json!("up")),
+                Arg::Json(data.as_array().unwrap()[1].clone()),
+            ],
+        );
+        assert_eq!(t, r#"51-/admin,["up",{"_placeholder":true,"num":0}]"#);
+        assert_eq!(a, vec![Bytes::from_static(&[1, 2])]);
+        let (t, a) = encode(
+            Kind::Ack,
+            "/",
+            Some(3),
+            &[Arg::Json(
+                json!([{"_binary": "AQI="}, {"_binary": "x", "y": 1}]),
+            )],
+        );
+        assert_eq!(
+            t,
+            r#"61-3[[{"_placeholder":true,"num":0},{"_binary":"x","y":1}]]"#
+        );
+        assert_eq!(a.len(), 1);
         assert!(Decoder::default().binary(Bytes::new()).is_err());
     }
 

@@ -113,6 +113,11 @@ struct State {
     mode: Mode,
     get_pending: bool,
     post_pending: bool,
+    /// A WebSocket has probed: an upgrade is under way.
+    upgrading: bool,
+    /// When the pong of the last ping is due (past it the session is as good as
+    /// closed, even before its task notices).
+    pong_due: Option<tokio::time::Instant>,
     ended: Option<Ended>,
 }
 
@@ -137,6 +142,8 @@ impl Engine {
                     mode,
                     get_pending: false,
                     post_pending: false,
+                    upgrading: false,
+                    pong_due: None,
                     ended: None,
                 }),
                 wake: Notify::new(),
@@ -203,9 +210,23 @@ impl Engine {
         self.wake.notify_waiters();
     }
 
-    /// How it ended, if it has.
+    /// How it ended, if it has (a pong overdue counts as the server's close).
     pub fn ended(&self) -> Option<Ended> {
-        self.lock().ended
+        let s = self.lock();
+        match (s.ended, s.pong_due) {
+            (None, Some(due)) if tokio::time::Instant::now() >= due => Some(Ended::ByServer),
+            (e, _) => e,
+        }
+    }
+
+    /// Whether the session's end has been recorded (an overdue pong aside).
+    fn has_ended(&self) -> bool {
+        self.lock().ended.is_some()
+    }
+
+    /// Notes when the pong of the ping just sent is due (`None`: it came).
+    fn set_pong_due(&self, due: Option<tokio::time::Instant>) {
+        self.lock().pong_due = due;
     }
 
     /// Waits until the session has ended.
@@ -214,7 +235,7 @@ impl Engine {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.ended().is_some() {
+            if self.has_ended() {
                 return;
             }
             notified.await;
@@ -227,8 +248,33 @@ impl Engine {
     }
 
     fn set_mode(&self, mode: Mode) {
-        self.lock().mode = mode;
+        let mut s = self.lock();
+        s.mode = mode;
+        s.upgrading = false;
+        drop(s);
         self.wake.notify_waiters();
+    }
+
+    /// Claims the upgrade for a probing WebSocket; `false` when another one has it (or
+    /// the session is not on polling any more).
+    fn begin_upgrade(&self) -> bool {
+        let mut s = self.lock();
+        if s.upgrading || s.mode != Mode::Polling {
+            return false;
+        }
+        s.upgrading = true;
+        true
+    }
+
+    /// The probing WebSocket went away before finishing the upgrade.
+    fn abandon_upgrade(&self) {
+        self.lock().upgrading = false;
+        self.wake.notify_waiters();
+    }
+
+    /// Whether an upgrade is under way.
+    fn upgrading(&self) -> bool {
+        self.lock().upgrading
     }
 
     /// Waits until there is something to send, the session ended, or the mode changed

@@ -63,6 +63,9 @@ pub async fn open(
     respond(session, head, StatusCode::OK, TEXT, Bytes::from(body)).await
 }
 
+/// How long a poll that arrives during an upgrade waits to see how it ends.
+const UPGRADE_RACE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// A poll or a POST the protocol refuses (a `400` that closes the session when it
 /// broke the rules).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +79,15 @@ pub async fn poll(
     engine: &Arc<Engine>,
     gone: impl std::future::Future<Output = ()>,
 ) -> Result<Option<Bytes>, Refused> {
+    if engine.upgrading() {
+        // A client that probed stops polling: this poll raced the upgrade's end.
+        let _ = tokio::time::timeout(UPGRADE_RACE, async {
+            while engine.upgrading() {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        })
+        .await;
+    }
     if engine.mode() != Mode::Polling || engine.ended().is_some() {
         return Err(Refused);
     }

@@ -120,7 +120,7 @@ async fn answer(routes: &HashMap<String, Arc<SioRoute>>, req: &Relayed) -> (&'st
                 Err(_) => bad,
             }
         }
-        Some("probe") if engine.mode() == Mode::Polling => {
+        Some("probe") if engine.begin_upgrade() => {
             engine.send(Packet::bare(Kind::Noop));
             ("200", Bytes::new())
         }

@@ -9,6 +9,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{Ended, Engine, Mode};
+
+/// Batches of at most this many packets are written a packet at a time.
+const SEPARATE_WRITES: usize = 4;
 use crate::wire::engineio::{self, Kind, Packet};
 
 /// A session opened over WebSocket: the open packet first, then the pump.
@@ -30,36 +33,49 @@ pub async fn serve_upgrade<S>(mut ws: Box<WebSocketStream<S>>, engine: Arc<Engin
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    if engine.mode() != Mode::Polling {
+    if engine.mode() != Mode::Polling || engine.upgrading() {
         let _ = ws.close().await;
         return;
     }
+    let mut probed = false;
     loop {
         let Some(Ok(msg)) = ws.next().await else {
             // The probe failed: the session goes on over polling.
+            if probed {
+                engine.abandon_upgrade();
+            }
             return;
         };
         let Message::Text(t) = msg else {
             continue;
         };
         match engineio::decode_text(t.as_str()) {
-            Ok(Packet::Text(Kind::Ping, p)) if p == "probe" => {
+            Ok(Packet::Text(Kind::Ping, p)) if p == "probe" && !probed => {
+                if !engine.begin_upgrade() {
+                    let _ = ws.close().await;
+                    return;
+                }
+                probed = true;
                 if ws
                     .send(Message::text(engineio::encode_text(Kind::Pong, "probe")))
                     .await
                     .is_err()
                 {
+                    engine.abandon_upgrade();
                     return;
                 }
                 // Ends the poll the client holds, so it can finish the upgrade.
                 engine.send(Packet::bare(Kind::Noop));
             }
-            Ok(Packet::Text(Kind::Upgrade, _)) => {
+            Ok(Packet::Text(Kind::Upgrade, _)) if probed => {
                 engine.set_mode(Mode::Websocket);
                 pump(ws, &engine).await;
                 return;
             }
             _ => {
+                if probed {
+                    engine.abandon_upgrade();
+                }
                 let _ = ws.close().await;
                 return;
             }
@@ -98,14 +114,21 @@ where
                 }
             }
             () = engine.wait(Mode::Websocket) => {
-                for p in engine.take() {
+                let packets = engine.take();
+                // A few packets (the common case: a handshake answer, then the app's
+                // first event) go out one write each, as the reference server writes
+                // them, so a client reading frame by frame sees them apart; a burst
+                // goes out in one write.
+                let one_by_one = packets.len() <= SEPARATE_WRITES;
+                for p in packets {
                     let m = match p {
                         // A leftover of the upgrade: nothing to say over WebSocket.
                         Packet::Text(Kind::Noop, _) => continue,
                         Packet::Text(kind, data) => Message::text(engineio::encode_text(kind, &data)),
                         Packet::Binary(b) => Message::Binary(b),
                     };
-                    if ws.feed(m).await.is_err() {
+                    let sent = if one_by_one { ws.send(m).await } else { ws.feed(m).await };
+                    if sent.is_err() {
                         engine.end(Ended::ByClient);
                         return;
                     }

@@ -119,6 +119,7 @@ impl Session {
                     if pong_due.is_none() {
                         self.engine.send(Packet::bare(EioKind::Ping));
                         pong_due = Some(tokio::time::Instant::now() + timeout);
+                        self.engine.set_pong_due(pong_due);
                     }
                 }
                 () = sleep_until(pong_due) => return Outcome::PingTimeout,
@@ -128,6 +129,7 @@ impl Session {
             }
             if std::mem::take(&mut self.pong) {
                 pong_due = None;
+                self.engine.set_pong_due(None);
             }
         }
     }
@@ -135,7 +137,7 @@ impl Session {
     /// After the session: the client learns it is closed, the registry forgets it, and
     /// the app hears of every namespace socket that ended.
     fn finish(&mut self, outcome: Outcome) {
-        if self.engine.ended().is_none() {
+        if !self.engine.has_ended() {
             self.engine.send(Packet::bare(EioKind::Close));
             self.engine.end(Ended::ByServer);
         }
@@ -191,6 +193,16 @@ impl Session {
             (Kind::Connect, Some(_)) => Ok(()),
             (Kind::Connect, None) => {
                 Box::pin(self.connect(p.nsp, p.data)).await;
+                // The namespace's answer goes out on its own, before the socket's first
+                // events, as the reference server writes it (a client reading frame by
+                // frame, like the protocol's own test suite, sees them apart).
+                let written = async {
+                    while self.engine.queued() > 0 && self.engine.ended().is_none() {
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                };
+                let _ = tokio::time::timeout(std::time::Duration::from_millis(100), written).await;
                 Ok(())
             }
             (Kind::Disconnect, Some(i)) => {
@@ -270,6 +282,7 @@ impl Session {
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             publish_to: None,
         });
+        let auth_payload = auth.clone().unwrap_or_else(|| json!({}));
         let opening = match &self.ctx.app {
             Some(app) => {
                 let connecting = Connecting {
@@ -284,6 +297,7 @@ impl Session {
                         .headers
                         .get(http::header::USER_AGENT)
                         .and_then(|v| v.to_str().ok()),
+                    auth: Some(&auth_payload),
                 };
                 match app.connect(&connecting, &conn.headers).await {
                     Ok(o) => o,
