@@ -795,3 +795,64 @@ routes:
     }
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_state_recovery_replays_what_a_restart_missed() {
+    let nats = NatsServer::start_jetstream().await;
+    create_stream(&nats.url(), "FEED", &["feed"]).await;
+    let (port, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "listen: 127.0.0.1:{port}\nupstream: http://127.0.0.1:1\nadmin: {{ listen: 127.0.0.1:{admin} }}\nnats: {{ url: \"{}\" }}\nshutdown: {{ grace: 2s, drain: 200ms }}\n\
+routes:\n  - path: /socket.io/\n    transports: [socketio]\n    auth: {{ mode: none }}\n    history: {{ jetstream: FEED }}\n    socketio:\n      recovery: true\n      namespaces:\n        \"/\": {{ subjects: [feed] }}\n",
+        nats.url()
+    );
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let send = |n: u32| {
+        let js = js.clone();
+        async move {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Fanfare-Event", "n");
+            js.publish_with_headers("feed", h, format!("{n}").into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    };
+    let mut first = FanfareProcess::start(&yaml).await;
+    wait_for("fanfare ready", DEADLINE, || async {
+        (admin_get(format!("127.0.0.1:{admin}").parse().unwrap(), "/readyz")
+            .await
+            .0
+            == 200)
+            .then_some(())
+    })
+    .await;
+    let mut c =
+        SioClient::start(&json!({"url": format!("http://127.0.0.1:{port}"), "reconnection": true}));
+    assert_eq!(c.until("connect").await["recovered"], false);
+    for n in 0..3 {
+        send(n).await;
+        let e = c.until("event").await;
+        // The cursor rides as the last argument (the client keeps it as its offset).
+        assert_eq!(e["args"][0], n, "{e}");
+        assert_eq!(
+            e["args"][1],
+            json!((n + 1).to_string()),
+            "the stream sequence: {e}"
+        );
+    }
+    first.signal("TERM");
+    first.wait_exit(DEADLINE).await;
+    c.until("disconnect").await;
+    for n in 3..5 {
+        send(n).await;
+    }
+    let _second = FanfareProcess::start(&yaml).await;
+    let back = c.until("connect").await;
+    assert_eq!(back["recovered"], true, "{back}");
+    for n in 3..5 {
+        let e = c.until("event").await;
+        assert_eq!(e["args"][0], n, "missed while fanfare was down: {e}");
+    }
+}

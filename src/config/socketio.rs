@@ -24,6 +24,11 @@ pub struct SocketIoConfig {
     /// The namespaces clients may connect to, by name (`/`, `/chat`). Default: `/`
     /// with nothing subscribed.
     pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// Socket.IO v4's connection-state recovery: every event carries its cursor as a
+    /// last argument (the client keeps it), and a client that reconnects with its
+    /// `pid` and `offset` is replayed what it missed from the route's history.
+    /// Default `false` (the extra argument is visible to `socket.on` listeners).
+    pub recovery: bool,
 }
 
 impl Default for SocketIoConfig {
@@ -33,6 +38,7 @@ impl Default for SocketIoConfig {
             ping_timeout: Dur(Duration::from_secs(20)),
             max_payload: 1_000_000,
             connect_timeout: Dur(Duration::from_secs(45)),
+            recovery: false,
             namespaces: BTreeMap::from([("/".to_string(), NamespaceConfig::default())]),
         }
     }

@@ -251,12 +251,13 @@ fn encode_with(
 
 /// An EVENT of `name` with a payload as its one argument: JSON as JSON, other UTF-8 as
 /// a string, other bytes as an attachment. With `spread`, a JSON array's elements are
-/// the arguments.
+/// the arguments. With an `offset` (connection-state recovery), it is the last one.
 pub fn event_from_payload(
     nsp: &str,
     name: &str,
     payload: &[u8],
     spread: bool,
+    offset: Option<&str>,
 ) -> (String, Vec<Bytes>) {
     let mut args = vec![Arg::Json(Value::from(name))];
     match serde_json::from_slice::<Value>(payload) {
@@ -266,6 +267,10 @@ pub fn event_from_payload(
             Ok(s) => args.push(Arg::Json(Value::from(s))),
             Err(_) => args.push(Arg::Binary(Bytes::copy_from_slice(payload))),
         },
+    }
+    // Connection-state recovery: the cursor rides as the last argument.
+    if let Some(o) = offset {
+        args.push(Arg::Json(Value::from(o)));
     }
     encode(Kind::Event, nsp, None, &args)
 }
@@ -447,13 +452,13 @@ mod tests {
         assert_eq!(t, r#"312["ok"]"#);
         let (t, _) = encode(Kind::Disconnect, "/admin", None, &[]);
         assert_eq!(t, "1/admin,");
-        let (t, a) = event_from_payload("/", "said", br#"{"n":1}"#, false);
+        let (t, a) = event_from_payload("/", "said", br#"{"n":1}"#, false, None);
         assert_eq!((t.as_str(), a.len()), (r#"2["said",{"n":1}]"#, 0));
-        let (t, _) = event_from_payload("/", "said", b"plain", false);
-        assert_eq!(t, r#"2["said","plain"]"#);
-        let (t, _) = event_from_payload("/", "many", b"[1,2]", true);
+        let (t, _) = event_from_payload("/", "said", b"plain", false, Some("ep-3"));
+        assert_eq!(t, r#"2["said","plain","ep-3"]"#);
+        let (t, _) = event_from_payload("/", "many", b"[1,2]", true, None);
         assert_eq!(t, r#"2["many",1,2]"#);
-        let (t, a) = event_from_payload("/", "blob", &[0xff, 0], false);
+        let (t, a) = event_from_payload("/", "blob", &[0xff, 0], false, None);
         assert_eq!(t, r#"51-["blob",{"_placeholder":true,"num":0}]"#);
         assert_eq!(a, vec![Bytes::from_static(&[0xff, 0])]);
     }

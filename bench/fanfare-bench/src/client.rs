@@ -179,7 +179,7 @@ pub(crate) async fn subscribe(
             "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
             t.path, t.host
         ),
-        Transport::Ws | Transport::NatsWs => {
+        Transport::Ws | Transport::NatsWs | Transport::Socketio => {
             let key = base64::engine::general_purpose::STANDARD.encode((i as u128).to_be_bytes());
             format!(
                 "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -206,6 +206,27 @@ pub(crate) async fn subscribe(
     } else {
         (raw, None)
     };
+    if args.transport == Transport::Socketio {
+        // The Engine.IO open packet, then CONNECT to "/" and its answer.
+        let mut acc = rest;
+        let mut b = [0u8; 4096];
+        while !acc.windows(2).any(|w| w == b"0{") {
+            let n = s.read(&mut b).await?;
+            if n == 0 {
+                return Err(std::io::Error::other("closed before the open packet"));
+            }
+            acc.extend_from_slice(&b[..n]);
+        }
+        s.write_all(&ws_mask(b"40")).await?;
+        while !acc.windows(3).any(|w| w == b"40{") {
+            let n = s.read(&mut b).await?;
+            if n == 0 {
+                return Err(std::io::Error::other("closed before the namespace answer"));
+            }
+            acc.extend_from_slice(&b[..n]);
+        }
+        return Ok((s, Vec::new(), None));
+    }
     if args.transport == Transport::NatsWs {
         let subject = args.subject.replace("{i}", &subject_index.to_string());
         let cmd = format!(

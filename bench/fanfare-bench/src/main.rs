@@ -116,6 +116,10 @@ enum Transport {
     Ws,
     /// NATS protocol over WebSocket (nats-server's websocket listener).
     NatsWs,
+    /// Socket.IO v5 over an Engine.IO WebSocket (fanfare's `socketio` routes, the Node
+    /// socket.io server): the URL is the WebSocket endpoint
+    /// (`ws://127.0.0.1:8080/socket.io/?EIO=4&transport=websocket`).
+    Socketio,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]

@@ -310,9 +310,19 @@ impl Session {
             }
             None => None,
         };
+        // Connection-state recovery: a client back with its pid and last offset is
+        // replayed what it missed (its old pid answered: `socket.recovered`).
+        let (pid, offset) = match (self.sio.config.recovery, auth.as_ref()) {
+            (true, Some(a)) => (
+                a.get("pid").and_then(Value::as_str).map(str::to_string),
+                a.get("offset").and_then(Value::as_str).map(str::to_string),
+            ),
+            _ => (None, None),
+        };
+        let cursor = pid.as_ref().and(offset.as_deref());
         let joined = match self
             .ctx
-            .join(client, &subjects, None, opening.as_ref())
+            .join(client, &subjects, cursor, opening.as_ref())
             .await
         {
             Ok(j) => j,
@@ -325,12 +335,15 @@ impl Session {
             self.ctx
                 .directory
                 .register(client, joined.queue.clone(), self.ctx.spec.clone());
-        self.send_sio(
-            Kind::Connect,
-            &nsp,
-            None,
-            &[Arg::Json(json!({ "sid": conn.id }))],
-        );
+        let mut answer = json!({ "sid": conn.id });
+        if self.sio.config.recovery {
+            let recovered = cursor.is_some() && !joined.queue.has_reset();
+            answer["pid"] = match (recovered, pid) {
+                (true, Some(pid)) => Value::from(pid),
+                _ => Value::from(format!("p{}", conn.id)),
+            };
+        }
+        self.send_sio(Kind::Connect, &nsp, None, &[Arg::Json(answer)]);
         self.sockets.push(Socket {
             nsp,
             queue: joined.queue,
@@ -348,9 +361,27 @@ impl Session {
         let s = &self.sockets[i];
         let batch = s.queue.take();
         let deliveries = self.ctx.metrics.deliveries.with_label_values(&["socketio"]);
+        let recovery = self.sio.config.recovery;
+        if batch.dropped > 0 || batch.reset.is_some() {
+            // Messages were lost for this socket (it fell behind, or a resume could
+            // not replay): the client refetches its state, as `fanfare.reset` says
+            // on the other transports.
+            let reason = batch.reset.unwrap_or("slow_consumer");
+            send_sio(
+                &self.engine,
+                Kind::Event,
+                &s.nsp,
+                None,
+                &[
+                    Arg::Json(Value::from("fanfare:reset")),
+                    Arg::Json(json!({ "reason": reason, "dropped": batch.dropped })),
+                ],
+            );
+        }
         for e in &batch.events {
+            let offset = (recovery && !e.id.is_empty()).then_some(e.id.as_str());
             let (text, attachments) =
-                socketio::event_from_payload(&s.nsp, &e.name, &e.payload, e.spread);
+                socketio::event_from_payload(&s.nsp, &e.name, &e.payload, e.spread, offset);
             self.engine.send(Packet::message(text));
             for a in attachments {
                 self.engine.send(Packet::Binary(a));
