@@ -80,3 +80,24 @@ pub enum Replay {
     /// the client must refetch its state.
     Reset(&'static str),
 }
+
+/// A request between fanfare instances, or its answer (NATS request-reply).
+#[derive(Debug, Clone)]
+pub struct Relayed {
+    /// Its headers.
+    pub headers: Vec<(String, String)>,
+    /// Its body.
+    pub payload: bytes::Bytes,
+    /// Where the answer goes (requests only).
+    pub reply: Option<String>,
+}
+
+impl Relayed {
+    /// A header's value (names compared without case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}

@@ -12,8 +12,8 @@ use tokio::sync::watch;
 
 pub use memory::MemoryBroker;
 pub use message::{
-    ARGS_HEADER, BrokerError, CONTROL_HEADER, EVENT_HEADER, MSG_ID_HEADER, Message, Replay,
-    ReplayFrom,
+    ARGS_HEADER, BrokerError, CONTROL_HEADER, EVENT_HEADER, MSG_ID_HEADER, Message, Relayed,
+    Replay, ReplayFrom,
 };
 pub use nats::NatsBroker;
 
@@ -64,27 +64,6 @@ impl Subscription {
                 }
             }
         }
-    }
-}
-
-/// A request between fanfare instances, or its answer (NATS request-reply).
-#[derive(Debug, Clone)]
-pub struct Relayed {
-    /// Its headers.
-    pub headers: Vec<(String, String)>,
-    /// Its body.
-    pub payload: bytes::Bytes,
-    /// Where the answer goes (requests only).
-    pub reply: Option<String>,
-}
-
-impl Relayed {
-    /// A header's value (names compared without case).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
     }
 }
 

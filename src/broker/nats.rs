@@ -7,8 +7,8 @@ use async_nats::{ConnectOptions, Event, HeaderMap};
 use tokio::sync::watch;
 
 use super::message::{
-    ARGS_HEADER, BrokerError, CONTROL_HEADER, EVENT_HEADER, MSG_ID_HEADER, Message, Replay,
-    ReplayFrom,
+    ARGS_HEADER, BrokerError, CONTROL_HEADER, EVENT_HEADER, MSG_ID_HEADER, Message, Relayed,
+    Replay, ReplayFrom,
 };
 use crate::config::NatsConfig;
 use crate::metrics::Metrics;
@@ -303,7 +303,7 @@ impl NatsBroker {
         headers: &[(&str, &str)],
         payload: bytes::Bytes,
         timeout: std::time::Duration,
-    ) -> Result<super::Relayed, BrokerError> {
+    ) -> Result<Relayed, BrokerError> {
         let mut h = HeaderMap::new();
         for (k, v) in headers {
             h.insert(*k, *v);
@@ -362,9 +362,9 @@ impl NatsBroker {
     }
 }
 
-/// A request or answer between instances → [`super::Relayed`].
-pub(super) fn relayed(m: async_nats::Message) -> super::Relayed {
-    super::Relayed {
+/// A request or answer between instances → [`Relayed`].
+pub(super) fn relayed(m: async_nats::Message) -> Relayed {
+    Relayed {
         headers: m
             .headers
             .iter()
