@@ -63,6 +63,8 @@ pub struct Metrics {
     /// Engine.IO requests for a session another instance owns, by role (`sent`: relayed
     /// from here, `served`: served here for another instance).
     pub socketio_relays: IntCounterVec,
+    /// Engine.IO polls held, waiting for something to answer.
+    pub socketio_polls: IntGauge,
 }
 
 impl Metrics {
@@ -228,6 +230,10 @@ impl Metrics {
                 ),
                 &["role"],
             )?,
+            socketio_polls: IntGauge::new(
+                "fanfare_socketio_polls",
+                "Engine.IO long-polling requests held, waiting for something to answer.",
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.upstream_requests.clone()))?;
@@ -258,6 +264,7 @@ impl Metrics {
             .register(Box::new(m.app_disconnect_dropped.clone()))?;
         m.registry.register(Box::new(m.direct_messages.clone()))?;
         m.registry.register(Box::new(m.socketio_relays.clone()))?;
+        m.registry.register(Box::new(m.socketio_polls.clone()))?;
         for role in ["sent", "served"] {
             m.socketio_relays.with_label_values(&[role]);
         }

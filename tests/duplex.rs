@@ -47,23 +47,6 @@ async fn ws_with_cookie(addr: std::net::SocketAddr, path: &str) -> Ws {
     ws
 }
 
-/// Publishes `body` to `subject` over NATS with `headers`, and flushes.
-async fn nats_publish(
-    nats: &async_nats::Client,
-    subject: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) {
-    let mut h = async_nats::HeaderMap::new();
-    for (k, v) in headers {
-        h.insert(*k, *v);
-    }
-    nats.publish_with_headers(subject.to_string(), h, body.to_string().into())
-        .await
-        .unwrap();
-    nats.flush().await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_admits_with_first_events_and_extra_subjects_on_every_transport() {
     let app = CallbackApp::start().await;

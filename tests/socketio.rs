@@ -34,22 +34,6 @@ routes:
     )
 }
 
-async fn nats_publish(
-    nc: &async_nats::Client,
-    subject: &str,
-    headers: &[(&str, &str)],
-    body: Vec<u8>,
-) {
-    let mut h = async_nats::HeaderMap::new();
-    for (k, v) in headers {
-        h.insert(*k, *v);
-    }
-    nc.publish_with_headers(subject.to_string(), h, body.into())
-        .await
-        .unwrap();
-    nc.flush().await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_io_client_talks_to_fanfare_on_every_transport_setting() {
     let nats = NatsServer::start().await;
@@ -416,9 +400,27 @@ async fn engine_io_handshakes_and_refuses_bad_queries() {
     assert_eq!(v["upgrades"], json!([]));
 }
 
+/// A poll of `url` started and seen held by fanfare (`fanfare_socketio_polls`); its
+/// answer's text when it comes.
+async fn held_poll(
+    ff: &fanfare::Handle,
+    c: &reqwest::Client,
+    url: &str,
+) -> tokio::task::JoinHandle<String> {
+    let before = metric(ff.admin_addr, "fanfare_socketio_polls")
+        .await
+        .unwrap();
+    let poll = tokio::spawn({
+        let (c, url) = (c.clone(), url.to_string());
+        async move { c.get(&url).send().await.unwrap().text().await.unwrap() }
+    });
+    wait_metric(ff.admin_addr, "fanfare_socketio_polls", before + 1.0).await;
+    poll
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_io_polling_pings_closes_on_bad_input_and_on_duplicate_polls() {
-    let (_ff, base) = eio().await;
+    let (ff, base) = eio().await;
     let c = http_client();
     // The server pings; the client's pong keeps the session.
     let sid = handshake(&base).await;
@@ -431,10 +433,23 @@ async fn engine_io_polling_pings_closes_on_bad_input_and_on_duplicate_polls() {
             (200, "ok".to_string())
         );
     }
-    // No pong: closed after pingInterval + pingTimeout.
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let r = c.get(&url).send().await.unwrap();
-    assert_eq!(r.status(), 400);
+    // No pong: closed after pingInterval + pingTimeout (the next poll gets the ping,
+    // and no pong follows).
+    assert_eq!(c.get(&url).send().await.unwrap().text().await.unwrap(), "2");
+    let started = std::time::Instant::now();
+    wait_for(
+        "the session closed for its missing pong",
+        DEADLINE,
+        || async {
+            let r = c.get(&url).send().await.unwrap();
+            (r.status() == 400).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "not before pingTimeout"
+    );
 
     // A bad payload closes the session.
     let sid = handshake(&base).await;
@@ -446,11 +461,7 @@ async fn engine_io_polling_pings_closes_on_bad_input_and_on_duplicate_polls() {
     // session is gone.
     let sid = handshake(&base).await;
     let url = format!("{base}?EIO=4&transport=polling&sid={sid}");
-    let first = tokio::spawn({
-        let (c, url) = (c.clone(), url.clone());
-        async move { c.get(&url).send().await.unwrap().text().await.unwrap() }
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let first = held_poll(&ff, &c, &url).await;
     let second = c.get(format!("{url}&t=burst")).send().await.unwrap();
     assert_eq!(second.status(), 400);
     assert_eq!(first.await.unwrap(), "1");
@@ -459,11 +470,7 @@ async fn engine_io_polling_pings_closes_on_bad_input_and_on_duplicate_polls() {
     // The client closes: a pending poll answers noop.
     let sid = handshake(&base).await;
     let url = format!("{base}?EIO=4&transport=polling&sid={sid}");
-    let pending = tokio::spawn({
-        let (c, url) = (c.clone(), url.clone());
-        async move { c.get(&url).send().await.unwrap().text().await.unwrap() }
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let pending = held_poll(&ff, &c, &url).await;
     assert_eq!(c.post(&url).body("1").send().await.unwrap().status(), 200);
     assert_eq!(pending.await.unwrap(), "6");
     assert_eq!(c.get(&url).send().await.unwrap().status(), 400);

@@ -304,12 +304,8 @@ impl NatsBroker {
         payload: bytes::Bytes,
         timeout: std::time::Duration,
     ) -> Result<Relayed, BrokerError> {
-        let mut h = HeaderMap::new();
-        for (k, v) in headers {
-            h.insert(*k, *v);
-        }
         let request = async_nats::Request::new()
-            .headers(h)
+            .headers(header_map(headers))
             .payload(payload)
             .timeout(Some(timeout));
         let m = self
@@ -327,12 +323,8 @@ impl NatsBroker {
         headers: &[(&str, &str)],
         payload: bytes::Bytes,
     ) -> Result<(), BrokerError> {
-        let mut h = HeaderMap::new();
-        for (k, v) in headers {
-            h.insert(*k, *v);
-        }
         self.client
-            .publish_with_headers(reply, h, payload)
+            .publish_with_headers(reply, header_map(headers), payload)
             .await
             .map_err(|e| BrokerError::Nats(e.to_string()))
     }
@@ -360,6 +352,14 @@ impl NatsBroker {
             .await
             .map_err(|e| BrokerError::Nats(e.to_string()))
     }
+}
+
+fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.insert(*k, *v);
+    }
+    h
 }
 
 /// A request or answer between instances → [`Relayed`].

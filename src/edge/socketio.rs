@@ -161,7 +161,7 @@ pub async fn serve(
                 .get(&sid)
                 .ok_or_else(|| bad(1, "Session ID unknown"))?;
             let served = if m == Method::GET {
-                polling::get(session, &engine, head).await
+                polling::get(session, &engine, head, &ctx.metrics.socketio_polls).await
             } else {
                 polling::post(session, &engine, head, sio.config.max_payload).await
             };

@@ -7,7 +7,7 @@
 
 pub mod echo;
 pub mod poll;
-mod rpc;
+pub mod rpc;
 pub mod socketio;
 pub mod sse;
 pub mod ws;

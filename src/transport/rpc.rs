@@ -24,34 +24,37 @@ pub enum Reply {
     Raw,
 }
 
-/// Starts an rpc of `body` for the connection; `Err` when it cannot start.
-pub fn start(
+/// Why an rpc could not start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStarted {
+    /// The route has no `app.message` handler.
+    NotConfigured,
+    /// `app.max_in_flight` rpcs are under way on the connection (counted).
+    Busy(usize),
+}
+
+/// Sends `body` to the app's `message` handler from a task of its own, bounded by
+/// `app.max_in_flight` per connection; `done` gets the answer.
+pub fn spawn(
     ctx: &Arc<RouteContext>,
     conn: Option<&Arc<Conn>>,
-    queue: &Arc<ClientQueue>,
+    event: Option<String>,
     body: Bytes,
     content_type: &'static str,
-    event: Option<String>,
-    reply: Reply,
-) -> Result<(), Failure> {
+    done: impl FnOnce(Answer) + Send + 'static,
+) -> Result<(), NotStarted> {
     let (Some(app), Some(conn)) = (ctx.app.as_ref(), conn) else {
-        return Err(not_configured());
+        return Err(NotStarted::NotConfigured);
     };
     if !app.handles_messages() {
-        return Err(not_configured());
+        return Err(NotStarted::NotConfigured);
     }
     if conn.in_flight.fetch_add(1, Ordering::AcqRel) >= app.max_in_flight {
         conn.in_flight.fetch_sub(1, Ordering::AcqRel);
         app.count_busy();
-        return Err(Failure::new(
-            Code::Busy,
-            format!(
-                "at most {} rpcs under way per connection",
-                app.max_in_flight
-            ),
-        ));
+        return Err(NotStarted::Busy(app.max_in_flight));
     }
-    let (ctx, conn, queue) = (ctx.clone(), conn.clone(), queue.clone());
+    let (ctx, conn) = (ctx.clone(), conn.clone());
     tokio::spawn(async move {
         let answer = match &ctx.app {
             Some(app) => {
@@ -67,11 +70,35 @@ pub fn start(
             None => None,
         };
         conn.in_flight.fetch_sub(1, Ordering::AcqRel);
-        if let Some(event) = answer.and_then(|a| answer_event(a, &reply)) {
-            queue.push(Arc::new(event));
-        }
+        done(answer.unwrap_or_else(|| Answer::Unavailable("no handler".into())));
     });
     Ok(())
+}
+
+/// Starts an rpc of `body` for the connection, its answer to come through `queue`;
+/// `Err` when it cannot start.
+pub fn start(
+    ctx: &Arc<RouteContext>,
+    conn: Option<&Arc<Conn>>,
+    queue: &Arc<ClientQueue>,
+    body: Bytes,
+    content_type: &'static str,
+    event: Option<String>,
+    reply: Reply,
+) -> Result<(), Failure> {
+    let queue = queue.clone();
+    spawn(ctx, conn, event, body, content_type, move |answer| {
+        if let Some(event) = answer_event(answer, &reply) {
+            queue.push(Arc::new(event));
+        }
+    })
+    .map_err(|e| match e {
+        NotStarted::NotConfigured => not_configured(),
+        NotStarted::Busy(max) => Failure::new(
+            Code::Busy,
+            format!("at most {max} rpcs under way per connection"),
+        ),
+    })
 }
 
 fn not_configured() -> Failure {

@@ -168,3 +168,20 @@ pub async fn stop_until_unready(nats: &mut NatsServer, admin: std::net::SocketAd
     })
     .await;
 }
+
+/// Publishes `body` to `subject` over NATS with `headers`, and flushes.
+pub async fn nats_publish(
+    nc: &async_nats::Client,
+    subject: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<bytes::Bytes>,
+) {
+    let mut h = async_nats::HeaderMap::new();
+    for (k, v) in headers {
+        h.insert(*k, *v);
+    }
+    nc.publish_with_headers(subject.to_string(), h, body.into())
+        .await
+        .unwrap();
+    nc.flush().await.unwrap();
+}

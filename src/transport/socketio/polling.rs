@@ -78,6 +78,7 @@ pub struct Refused;
 pub async fn poll(
     engine: &Arc<Engine>,
     gone: impl std::future::Future<Output = ()>,
+    held: &prometheus::IntGauge,
 ) -> Result<Option<Bytes>, Refused> {
     if engine.upgrading() {
         // A client that probed stops polling: this poll raced the upgrade's end.
@@ -96,10 +97,12 @@ pub async fn poll(
         engine.end(Ended::ByServer);
         return Err(Refused);
     }
+    held.inc();
     let left = tokio::select! {
         () = engine.wait(Mode::Polling) => false,
         () = gone => true,
     };
+    held.dec();
     let mut packets = engine.take();
     engine.finish(true);
     if left {
@@ -154,10 +157,11 @@ pub async fn get(
     session: &mut PingoraSession,
     engine: &Arc<Engine>,
     head: ResponseHeader,
+    held: &prometheus::IntGauge,
 ) -> pingora::Result<()> {
     let answer = {
         let gone = client_gone(session);
-        poll(engine, gone).await
+        poll(engine, gone, held).await
     };
     match answer {
         Ok(Some(body)) => respond(session, head, StatusCode::OK, TEXT, body).await,

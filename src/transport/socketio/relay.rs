@@ -19,6 +19,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::polling::{self, Refused};
+use super::ws::Inbound;
 use super::{Mode, SioRoute};
 use crate::broker::{Broker, Relayed};
 use crate::wire::engineio::{self, Kind, Packet};
@@ -70,13 +71,17 @@ pub fn serve(
                 }
             };
             while let Some(req) = requests.next().await {
-                let (broker, routes) = (broker.clone(), routes.clone());
+                let (broker, routes, held) = (
+                    broker.clone(),
+                    routes.clone(),
+                    metrics.socketio_polls.clone(),
+                );
                 metrics.socketio_relays.with_label_values(&["served"]).inc();
                 tokio::spawn(async move {
                     let Some(reply) = req.reply.clone() else {
                         return;
                     };
-                    let (status, body) = answer(&routes, &req).await;
+                    let (status, body) = answer(&routes, &req, &held).await;
                     let _ = broker.respond(reply, &[(STATUS, status)], body).await;
                 });
             }
@@ -85,7 +90,11 @@ pub fn serve(
     });
 }
 
-async fn answer(routes: &HashMap<String, Arc<SioRoute>>, req: &Relayed) -> (&'static str, Bytes) {
+async fn answer(
+    routes: &HashMap<String, Arc<SioRoute>>,
+    req: &Relayed,
+    held: &prometheus::IntGauge,
+) -> (&'static str, Bytes) {
     let unknown = || ("400", polling::error_body(1, "Session ID unknown"));
     let Some(sio) = req.header(ROUTE).and_then(|r| routes.get(r)) else {
         return unknown();
@@ -95,7 +104,7 @@ async fn answer(routes: &HashMap<String, Arc<SioRoute>>, req: &Relayed) -> (&'st
     };
     let bad = ("400", polling::error_body(3, "Bad request"));
     match req.header(OP) {
-        Some("get") => match polling::poll(&engine, tokio::time::sleep(hold(sio))).await {
+        Some("get") => match polling::poll(&engine, tokio::time::sleep(hold(sio)), held).await {
             Ok(Some(body)) => ("200", body),
             Ok(None) => (
                 "200",
@@ -213,14 +222,11 @@ pub async fn remote_upgrade<S>(
     loop {
         tokio::select! {
             frame = ws.next() => {
-                let packet = match frame {
-                    Some(Ok(Message::Text(t))) => match engineio::decode_text(t.as_str()) {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                    Some(Ok(Message::Binary(b))) => Packet::Binary(b),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                    _ => {
+                let packet = match super::ws::packet_of(frame) {
+                    Inbound::Packet(p) => p,
+                    Inbound::Control => continue,
+                    Inbound::Invalid => break,
+                    Inbound::Gone => {
                         // The client left: the owner hears it as a close.
                         let close = engineio::encode_payload(&[Packet::bare(Kind::Close)]);
                         let _ = call("post_ws", Bytes::from(close)).await;
@@ -237,15 +243,8 @@ pub async fn remote_upgrade<S>(
                 let Ok(packets) = engineio::decode_payload(&payload, usize::MAX) else { break };
                 let mut closed = false;
                 for p in packets {
-                    let m = match p {
-                        Packet::Text(Kind::Noop, _) => continue,
-                        Packet::Text(Kind::Close, _) => {
-                            closed = true;
-                            Message::text(engineio::encode_text(Kind::Close, ""))
-                        }
-                        Packet::Text(kind, data) => Message::text(engineio::encode_text(kind, &data)),
-                        Packet::Binary(b) => Message::Binary(b),
-                    };
+                    closed |= matches!(p, Packet::Text(Kind::Close, _));
+                    let Some(m) = super::ws::frame_of(p) else { continue };
                     if ws.feed(m).await.is_err() {
                         return;
                     }

@@ -91,18 +91,15 @@ where
     loop {
         tokio::select! {
             frame = ws.next() => {
-                let packet = match frame {
-                    Some(Ok(Message::Text(t))) => match engineio::decode_text(t.as_str()) {
-                        Ok(p) => p,
-                        Err(_) => {
-                            engine.end(Ended::ByServer);
-                            let _ = ws.close().await;
-                            return;
-                        }
-                    },
-                    Some(Ok(Message::Binary(b))) => Packet::Binary(b),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                    Some(Ok(Message::Close(_)) | Err(_)) | None => {
+                let packet = match packet_of(frame) {
+                    Inbound::Packet(p) => p,
+                    Inbound::Control => continue,
+                    Inbound::Invalid => {
+                        engine.end(Ended::ByServer);
+                        let _ = ws.close().await;
+                        return;
+                    }
+                    Inbound::Gone => {
                         engine.end(Ended::ByClient);
                         let _ = ws.flush().await;
                         return;
@@ -121,12 +118,7 @@ where
                 // goes out in one write.
                 let one_by_one = packets.len() <= SEPARATE_WRITES;
                 for p in packets {
-                    let m = match p {
-                        // A leftover of the upgrade: nothing to say over WebSocket.
-                        Packet::Text(Kind::Noop, _) => continue,
-                        Packet::Text(kind, data) => Message::text(engineio::encode_text(kind, &data)),
-                        Packet::Binary(b) => Message::Binary(b),
-                    };
+                    let Some(m) = frame_of(p) else { continue };
                     let sent = if one_by_one { ws.send(m).await } else { ws.feed(m).await };
                     if sent.is_err() {
                         engine.end(Ended::ByClient);
@@ -143,5 +135,42 @@ where
                 }
             }
         }
+    }
+}
+
+/// What a client's WebSocket frame is to Engine.IO.
+pub(super) enum Inbound {
+    /// A packet.
+    Packet(Packet),
+    /// A WebSocket control frame (tungstenite answers pings itself).
+    Control,
+    /// Not an Engine.IO packet: the session is closed.
+    Invalid,
+    /// The socket closed or failed.
+    Gone,
+}
+
+/// Reads a frame as an Engine.IO packet.
+pub(super) fn packet_of(
+    frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+) -> Inbound {
+    match frame {
+        Some(Ok(Message::Text(t))) => match engineio::decode_text(t.as_str()) {
+            Ok(p) => Inbound::Packet(p),
+            Err(_) => Inbound::Invalid,
+        },
+        Some(Ok(Message::Binary(b))) => Inbound::Packet(Packet::Binary(b)),
+        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Inbound::Control,
+        Some(Ok(Message::Close(_)) | Err(_)) | None => Inbound::Gone,
+    }
+}
+
+/// A packet as a WebSocket frame; `None` for a noop (an upgrade's leftover: nothing to
+/// say over WebSocket).
+pub(super) fn frame_of(p: Packet) -> Option<Message> {
+    match p {
+        Packet::Text(Kind::Noop, _) => None,
+        Packet::Text(kind, data) => Some(Message::text(engineio::encode_text(kind, &data))),
+        Packet::Binary(b) => Some(Message::Binary(b)),
     }
 }

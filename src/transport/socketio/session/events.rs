@@ -1,8 +1,6 @@
 //! A namespace socket's emits: published to the namespace's `emit` subject, or, with
 //! an acknowledgement, sent to the app's `message` handler whose answer is the ack.
 
-use std::sync::atomic::Ordering;
-
 use bytes::Bytes;
 use serde_json::{Value, json};
 
@@ -11,6 +9,7 @@ use crate::app::Answer;
 use crate::broker::Message as BrokerMessage;
 use crate::limits::Bucket;
 use crate::routing::subject;
+use crate::transport::rpc::{self, NotStarted};
 use crate::wire::socketio::{self, Arg, Kind};
 
 impl Session {
@@ -106,65 +105,48 @@ impl Session {
     /// answer (a JSON array: the arguments; anything else: the one argument) is the ack.
     fn ack_by_app(&self, i: usize, ack: u64, name: String, args: &Value) {
         let s = &self.sockets[i];
-        let nsp = s.nsp.clone();
-        let Some(app) = self.ctx.app.as_ref().filter(|a| a.handles_messages()) else {
-            send_sio(
-                &self.engine,
-                Kind::Ack,
-                &nsp,
-                Some(ack),
-                &[Arg::Json(json!({"error": "not_configured"}))],
-            );
-            return;
-        };
-        if s.conn.in_flight.fetch_add(1, Ordering::AcqRel) >= app.max_in_flight {
-            s.conn.in_flight.fetch_sub(1, Ordering::AcqRel);
-            app.count_busy();
-            send_sio(
-                &self.engine,
-                Kind::Ack,
-                &nsp,
-                Some(ack),
-                &[Arg::Json(json!({"error": "busy"}))],
-            );
-            return;
-        }
-        let (ctx, conn, engine) = (self.ctx.clone(), s.conn.clone(), self.engine.clone());
+        let (nsp, engine) = (s.nsp.clone(), self.engine.clone());
         let body = Bytes::from(args.to_string());
-        tokio::spawn(async move {
-            let answer = match &ctx.app {
-                Some(app) => {
-                    app.message(
-                        &conn.id,
-                        &conn.headers,
-                        Some(&name),
-                        body,
-                        "application/json",
-                    )
-                    .await
-                }
-                None => None,
-            };
-            conn.in_flight.fetch_sub(1, Ordering::AcqRel);
-            let args = match answer {
-                Some(Answer::Reply(_, body)) => match serde_json::from_slice::<Value>(&body) {
-                    Ok(Value::Array(items)) => items,
-                    Ok(v) => vec![v],
-                    Err(_) if body.is_empty() => Vec::new(),
-                    Err(_) => vec![Value::from(String::from_utf8_lossy(&body).into_owned())],
-                },
-                Some(Answer::AppError(status, body)) => vec![json!({
-                    "error": "app_error",
-                    "status": status,
-                    "data": serde_json::from_slice::<Value>(&body)
-                        .unwrap_or_else(|_| Value::from(String::from_utf8_lossy(&body).into_owned())),
-                })],
-                Some(Answer::Timeout) => vec![json!({"error": "timeout"})],
-                Some(Answer::Unavailable(_)) | None => vec![json!({"error": "unavailable"})],
-            };
-            let args: Vec<Arg> = args.into_iter().map(Arg::Json).collect();
-            send_sio(&engine, Kind::Ack, &nsp, Some(ack), &args);
-        });
+        let started = rpc::spawn(
+            &self.ctx,
+            Some(&s.conn),
+            Some(name),
+            body,
+            "application/json",
+            move |answer| {
+                let args = match answer {
+                    Answer::Reply(_, body) => match serde_json::from_slice::<Value>(&body) {
+                        Ok(Value::Array(items)) => items,
+                        Ok(v) => vec![v],
+                        Err(_) if body.is_empty() => Vec::new(),
+                        Err(_) => vec![Value::from(String::from_utf8_lossy(&body).into_owned())],
+                    },
+                    Answer::AppError(status, body) => vec![json!({
+                        "error": "app_error",
+                        "status": status,
+                        "data": serde_json::from_slice::<Value>(&body).unwrap_or_else(|_| {
+                            Value::from(String::from_utf8_lossy(&body).into_owned())
+                        }),
+                    })],
+                    Answer::Timeout => vec![json!({"error": "timeout"})],
+                    Answer::Unavailable(_) => vec![json!({"error": "unavailable"})],
+                };
+                let args: Vec<Arg> = args.into_iter().map(Arg::Json).collect();
+                send_sio(&engine, Kind::Ack, &nsp, Some(ack), &args);
+            },
+        );
+        let error = match started {
+            Ok(()) => return,
+            Err(NotStarted::NotConfigured) => "not_configured",
+            Err(NotStarted::Busy(_)) => "busy",
+        };
+        send_sio(
+            &self.engine,
+            Kind::Ack,
+            &s.nsp,
+            Some(ack),
+            &[Arg::Json(json!({ "error": error }))],
+        );
     }
 
     /// `socket.on("fanfare:error", ({code, event, message}) => …)`: an emit fanfare
