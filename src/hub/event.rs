@@ -34,6 +34,18 @@ pub struct Event {
     sse: OnceLock<Bytes>,
     ws: OnceLock<Bytes>,
     raw: OnceLock<Bytes>,
+    sio: OnceLock<SioEncoded>,
+}
+
+/// An event's Socket.IO EVENT packet for one namespace: the text and its attachments.
+#[derive(Clone)]
+pub struct SioEncoded {
+    nsp: String,
+    offset: bool,
+    /// The packet's text.
+    pub text: String,
+    /// Its binary attachments.
+    pub attachments: Vec<Bytes>,
 }
 
 impl Event {
@@ -55,6 +67,7 @@ impl Event {
             sse: OnceLock::new(),
             ws: OnceLock::new(),
             raw: OnceLock::new(),
+            sio: OnceLock::new(),
         }
     }
 
@@ -70,6 +83,53 @@ impl Event {
         let e = Event::new(Message::new("", frame.clone()), 0, String::new());
         let _ = e.ws.set(frame);
         e
+    }
+
+    /// The Socket.IO EVENT packet for namespace `nsp` (with the cursor as the last
+    /// argument when `offset`), made on first use and shared by every socket of that
+    /// namespace; another namespace's is made each time.
+    pub fn sio(
+        &self,
+        nsp: &str,
+        offset: bool,
+        encode: impl FnOnce() -> (String, Vec<Bytes>),
+    ) -> std::borrow::Cow<'_, SioEncoded> {
+        if let Some(e) = self.sio.get() {
+            if e.nsp == nsp && e.offset == offset {
+                return std::borrow::Cow::Borrowed(e);
+            }
+            let (text, attachments) = encode();
+            return std::borrow::Cow::Owned(SioEncoded {
+                nsp: nsp.to_string(),
+                offset,
+                text,
+                attachments,
+            });
+        }
+        let mut encode = Some(encode);
+        let e = self.sio.get_or_init(|| {
+            let (text, attachments) = (encode.take().expect("encoded once"))();
+            SioEncoded {
+                nsp: nsp.to_string(),
+                offset,
+                text,
+                attachments,
+            }
+        });
+        if e.nsp == nsp && e.offset == offset {
+            return std::borrow::Cow::Borrowed(e);
+        }
+        // Another socket set it for another namespace meanwhile.
+        let (text, attachments) = match encode.take() {
+            Some(f) => f(),
+            None => (e.text.clone(), e.attachments.clone()),
+        };
+        std::borrow::Cow::Owned(SioEncoded {
+            nsp: nsp.to_string(),
+            offset,
+            text,
+            attachments,
+        })
     }
 
     /// The raw-mode frame: the payload alone, text when it is UTF-8, else binary.

@@ -28,7 +28,7 @@ use std::sync::Weak;
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use event::Event;
+pub use event::{Event, SioEncoded};
 pub use history::{Cursor, Replayed};
 pub use queue::{Batch, Bound, ClientQueue, Closed, Policy, Pushed};
 pub use topic::TopicSpec;

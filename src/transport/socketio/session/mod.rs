@@ -380,11 +380,13 @@ impl Session {
         }
         for e in &batch.events {
             let offset = (recovery && !e.id.is_empty()).then_some(e.id.as_str());
-            let (text, attachments) =
-                socketio::event_from_payload(&s.nsp, &e.name, &e.payload, e.spread, offset);
-            self.engine.send(Packet::message(text));
-            for a in attachments {
-                self.engine.send(Packet::Binary(a));
+            // Encoded once per event and namespace, shared by every socket.
+            let encoded = e.sio(&s.nsp, offset.is_some(), || {
+                socketio::event_from_payload(&s.nsp, &e.name, &e.payload, e.spread, offset)
+            });
+            self.engine.send(Packet::message(encoded.text.clone()));
+            for a in &encoded.attachments {
+                self.engine.send(Packet::Binary(a.clone()));
             }
         }
         deliveries.inc_by(batch.events.len() as u64);
