@@ -332,9 +332,13 @@ impl Realtime {
                     }
                 };
                 let expires = admitted.permissions.expires;
-                let registered = ctx
-                    .directory
-                    .register(client, queue.clone(), ctx.spec.clone());
+                // An SSE client's id reaches the app only through its callbacks: without
+                // them nobody can address it, and its place in the directory (about 100
+                // bytes) is saved.
+                let registered = ctx.app.is_some().then(|| {
+                    ctx.directory
+                        .register(client, queue.clone(), ctx.spec.clone())
+                });
                 let mut sse_session =
                     sse::Session::new(ctx.clone(), queue.clone(), client, expires);
                 if let Some(mut stream) = take_h1_stream(session).await {

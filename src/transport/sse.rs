@@ -207,7 +207,9 @@ impl Session {
                     match closed {
                         Some(Closed::SlowConsumer) => return Outcome::SlowConsumer,
                         Some(Closed::ByApp(reason)) => {
-                            let _ = sink.write(encode_closed(&reason)).await;
+                            // Boxed: this rare write would otherwise widen every held
+                            // stream's future.
+                            let _ = Box::pin(sink.write(encode_closed(&reason))).await;
                             return Outcome::ClosedByApp;
                         }
                         None => {}
