@@ -863,3 +863,48 @@ routes:\n  - path: /socket.io/\n    transports: [socketio]\n    auth: {{ mode: n
         assert_eq!(e["args"][0], n, "missed while fanfare was down: {e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_only_messages_go_to_the_app_in_order_and_come_back() {
+    let app = CallbackApp::start().await;
+    let routes = "
+routes:
+  - path: /engine.io/
+    transports: [socketio]
+    auth: { mode: none }
+    app: { message: /rt/message }
+    socketio: { engine_only: true, ping_interval: 10s, ping_timeout: 5s }
+";
+    let ff = start_fanfare(&(base_yaml(&app.url(), None) + routes)).await;
+    let base = format!("http://{}/engine.io/", ff.edge_addr);
+    let c = http_client();
+    let sid = handshake(&base).await;
+    let url = format!("{base}?EIO=4&transport=polling&sid={sid}");
+    // Three messages in one POST: answered `ok` once the app has answered them all,
+    // so the next poll carries the three answers, in order.
+    let r = c.post(&url).body("4a\x1e4b\x1e4c").send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "ok");
+    assert_eq!(
+        c.get(&url).send().await.unwrap().text().await.unwrap(),
+        "4you said: a\x1e4you said: b\x1e4you said: c"
+    );
+    let bodies: Vec<String> = app
+        .messages
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .collect();
+    assert_eq!(bodies, ["a", "b", "c"]);
+    // No namespace is ever connected, and the session lives on (no connect timeout).
+    let r = c.post(&url).body("3").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // The client's own close racing a poll: the poll that comes after gets its noop,
+    // the next one a 400.
+    let sid = handshake(&base).await;
+    let url = format!("{base}?EIO=4&transport=polling&sid={sid}");
+    assert_eq!(c.post(&url).body("1").send().await.unwrap().status(), 200);
+    assert_eq!(c.get(&url).send().await.unwrap().text().await.unwrap(), "6");
+    assert_eq!(c.get(&url).send().await.unwrap().status(), 400);
+}

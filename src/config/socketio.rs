@@ -29,6 +29,10 @@ pub struct SocketIoConfig {
     /// `pid` and `offset` is replayed what it missed from the route's history.
     /// Default `false` (the extra argument is visible to `socket.on` listeners).
     pub recovery: bool,
+    /// Engine.IO alone, without Socket.IO (for engine.io-client): every message goes
+    /// to `app.message`, in order, and a non-empty 2xx answer comes back as a message.
+    /// Default `false`.
+    pub engine_only: bool,
 }
 
 impl Default for SocketIoConfig {
@@ -39,6 +43,7 @@ impl Default for SocketIoConfig {
             max_payload: 1_000_000,
             connect_timeout: Dur(Duration::from_secs(45)),
             recovery: false,
+            engine_only: false,
             namespaces: BTreeMap::from([("/".to_string(), NamespaceConfig::default())]),
         }
     }

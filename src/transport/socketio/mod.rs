@@ -90,6 +90,14 @@ impl Registry {
     }
 }
 
+/// What reaches a session from its transports.
+pub enum Inbound {
+    /// A client packet.
+    Packet(Packet),
+    /// Answered once every packet before it is handled.
+    Handled(tokio::sync::oneshot::Sender<()>),
+}
+
 /// Which transport carries the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -115,9 +123,14 @@ struct State {
     post_pending: bool,
     /// A WebSocket has probed: an upgrade is under way.
     upgrading: bool,
+    /// A WebSocket for the upgrade is open (probed or not): a second one is refused.
+    ws_attached: bool,
     /// When the pong of the last ping is due (past it the session is as good as
     /// closed, even before its task notices).
     pong_due: Option<tokio::time::Instant>,
+    /// The client closed the session while no poll was pending: the poll it had on
+    /// its way (the protocol's "pending" one) still gets its noop.
+    noop_owed: bool,
     ended: Option<Ended>,
 }
 
@@ -125,13 +138,13 @@ struct State {
 pub struct Engine {
     /// Its id.
     pub sid: String,
-    inbox: mpsc::Sender<Packet>,
+    inbox: mpsc::Sender<Inbound>,
     state: Mutex<State>,
     wake: Notify,
 }
 
 impl Engine {
-    fn new(sid: String, mode: Mode) -> (Arc<Engine>, mpsc::Receiver<Packet>) {
+    fn new(sid: String, mode: Mode) -> (Arc<Engine>, mpsc::Receiver<Inbound>) {
         let (tx, rx) = mpsc::channel(64);
         (
             Arc::new(Engine {
@@ -143,7 +156,9 @@ impl Engine {
                     get_pending: false,
                     post_pending: false,
                     upgrading: false,
+                    ws_attached: false,
                     pong_due: None,
+                    noop_owed: false,
                     ended: None,
                 }),
                 wake: Notify::new(),
@@ -197,7 +212,16 @@ impl Engine {
 
     /// Hands a client packet to the session; `false` when it has ended.
     pub async fn deliver(&self, p: Packet) -> bool {
-        self.inbox.send(p).await.is_ok()
+        self.inbox.send(Inbound::Packet(p)).await.is_ok()
+    }
+
+    /// Waits until the session has handled every packet delivered before (a POST is
+    /// answered `ok` once its packets are, so a poll that follows sees their answers).
+    pub async fn handled(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.inbox.send(Inbound::Handled(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Ends the session (idempotent: the first reason stays).
@@ -205,6 +229,7 @@ impl Engine {
         let mut s = self.lock();
         if s.ended.is_none() {
             s.ended = Some(how);
+            s.noop_owed = how == Ended::ByClient && !s.get_pending && s.mode == Mode::Polling;
         }
         drop(s);
         self.wake.notify_waiters();
@@ -217,6 +242,16 @@ impl Engine {
             (None, Some(due)) if tokio::time::Instant::now() >= due => Some(Ended::ByServer),
             (e, _) => e,
         }
+    }
+
+    /// Whether a noop is owed (without taking it).
+    fn noop_owed(&self) -> bool {
+        self.lock().noop_owed
+    }
+
+    /// Takes the noop owed to a poll that raced the client's own close.
+    fn take_noop_owed(&self) -> bool {
+        std::mem::take(&mut self.lock().noop_owed)
     }
 
     /// Whether the session's end has been recorded (an overdue pong aside).
@@ -268,13 +303,28 @@ impl Engine {
 
     /// The probing WebSocket went away before finishing the upgrade.
     fn abandon_upgrade(&self) {
-        self.lock().upgrading = false;
+        let mut s = self.lock();
+        s.upgrading = false;
+        s.ws_attached = false;
+        drop(s);
         self.wake.notify_waiters();
     }
 
-    /// Whether an upgrade is under way.
+    /// Claims the session for an upgrade's WebSocket; `false` when one is already
+    /// open for it, or the session is not on polling any more.
+    fn attach_ws(&self) -> bool {
+        let mut s = self.lock();
+        if s.ws_attached || s.mode != Mode::Polling {
+            return false;
+        }
+        s.ws_attached = true;
+        true
+    }
+
+    /// Whether an upgrade is under way, or a WebSocket for one is open.
     fn upgrading(&self) -> bool {
-        self.lock().upgrading
+        let s = self.lock();
+        s.upgrading || s.ws_attached
     }
 
     /// Waits until there is something to send, the session ended, or the mode changed

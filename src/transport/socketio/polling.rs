@@ -64,7 +64,7 @@ pub async fn open(
 }
 
 /// How long a poll that arrives during an upgrade waits to see how it ends.
-const UPGRADE_RACE: std::time::Duration = std::time::Duration::from_millis(200);
+const UPGRADE_RACE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A poll or a POST the protocol refuses (a `400` that closes the session when it
 /// broke the rules).
@@ -81,13 +81,21 @@ pub async fn poll(
     held: &prometheus::IntGauge,
 ) -> Result<Option<Bytes>, Refused> {
     if engine.upgrading() {
-        // A client that probed stops polling: this poll raced the upgrade's end.
+        // A poll that arrives while a WebSocket is upgrading the session may have
+        // been sent after the upgrade finished (the protocol then refuses it): wait a
+        // moment to see. A client's last poll before it finishes the upgrade goes on
+        // once the wait is over, and gets its noop.
         let _ = tokio::time::timeout(UPGRADE_RACE, async {
             while engine.upgrading() {
                 tokio::time::sleep(std::time::Duration::from_millis(2)).await;
             }
         })
         .await;
+    }
+    if engine.ended() == Some(Ended::ByClient) && engine.take_noop_owed() {
+        return Ok(Some(Bytes::from(engineio::encode_payload(&[
+            Packet::bare(Kind::Noop),
+        ]))));
     }
     if engine.mode() != Mode::Polling || engine.ended().is_some() {
         return Err(Refused);
@@ -139,6 +147,7 @@ pub async fn push(engine: &Arc<Engine>, body: &[u8], max_payload: usize) -> Resu
                     break;
                 }
             }
+            engine.handled().await;
             Ok(())
         }
         Err(e) => {

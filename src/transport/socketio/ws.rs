@@ -33,7 +33,7 @@ pub async fn serve_upgrade<S>(mut ws: Box<WebSocketStream<S>>, engine: Arc<Engin
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    if engine.mode() != Mode::Polling || engine.upgrading() {
+    if !engine.attach_ws() {
         let _ = ws.close().await;
         return;
     }
@@ -41,9 +41,7 @@ where
     loop {
         let Some(Ok(msg)) = ws.next().await else {
             // The probe failed: the session goes on over polling.
-            if probed {
-                engine.abandon_upgrade();
-            }
+            engine.abandon_upgrade();
             return;
         };
         let Message::Text(t) = msg else {
@@ -52,6 +50,7 @@ where
         match engineio::decode_text(t.as_str()) {
             Ok(Packet::Text(Kind::Ping, p)) if p == "probe" && !probed => {
                 if !engine.begin_upgrade() {
+                    engine.abandon_upgrade();
                     let _ = ws.close().await;
                     return;
                 }
@@ -73,9 +72,7 @@ where
                 return;
             }
             _ => {
-                if probed {
-                    engine.abandon_upgrade();
-                }
+                engine.abandon_upgrade();
                 let _ = ws.close().await;
                 return;
             }

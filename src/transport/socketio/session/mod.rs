@@ -10,7 +10,7 @@ use pingora::http::RequestHeader;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::{Ended, Engine, Mode, OUTBOX_HIGH, SioRoute};
+use super::{Ended, Engine, Inbound, Mode, OUTBOX_HIGH, SioRoute};
 
 mod events;
 use crate::app::Connecting;
@@ -63,6 +63,7 @@ pub fn start(
         decoder: Decoder::default(),
         id,
         pong: false,
+        engine_headers: None,
     };
     tokio::spawn(async move {
         let ctx = s.ctx.clone();
@@ -83,16 +84,19 @@ struct Session {
     id: u64,
     /// A pong arrived since the last look.
     pong: bool,
+    /// `engine_only`: the forwarded handshake headers, captured at the first message.
+    engine_headers: Option<crate::app::Headers>,
 }
 
 impl Session {
-    async fn run(&mut self, mut inbox: mpsc::Receiver<Packet>) -> Outcome {
+    async fn run(&mut self, mut inbox: mpsc::Receiver<Inbound>) -> Outcome {
         let c = &self.sio.config;
         let (every, timeout) = (c.ping_interval.0, c.ping_timeout.0);
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut pong_due: Option<tokio::time::Instant> = None;
         let connect_by = tokio::time::Instant::now() + c.connect_timeout.0;
         let mut ever_connected = false;
+        let engine_only = c.engine_only;
         loop {
             let engine = self.engine.clone();
             let room = engine.queued() < OUTBOX_HIGH;
@@ -101,7 +105,10 @@ impl Session {
             tokio::select! {
                 p = inbox.recv() => match p {
                     None => return Outcome::ClientClosed,
-                    Some(p) => {
+                    Some(Inbound::Handled(done)) => {
+                        let _ = done.send(());
+                    }
+                    Some(Inbound::Packet(p)) => {
                         if let Err(o) = self.on_packet(p).await {
                             return o;
                         }
@@ -123,7 +130,7 @@ impl Session {
                     }
                 }
                 () = sleep_until(pong_due) => return Outcome::PingTimeout,
-                () = tokio::time::sleep_until(connect_by), if !ever_connected => return Outcome::Idle,
+                () = tokio::time::sleep_until(connect_by), if !ever_connected && !engine_only => return Outcome::Idle,
                 () = self.ctx.drain.turn(self.id) => return Outcome::Shutdown,
                 () = engine.until_ended() => return Outcome::ClientClosed,
             }
@@ -141,7 +148,17 @@ impl Session {
             self.engine.send(Packet::bare(EioKind::Close));
             self.engine.end(Ended::ByServer);
         }
-        self.sio.registry.remove(&self.engine.sid);
+        if self.engine.noop_owed() {
+            // A poll may still be on its way to collect its noop: forget the session
+            // a moment later.
+            let (sio, sid) = (self.sio.clone(), self.engine.sid.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                sio.registry.remove(&sid);
+            });
+        } else {
+            self.sio.registry.remove(&self.engine.sid);
+        }
         for s in std::mem::take(&mut self.sockets) {
             self.ctx.ended(Some(&s.conn), "socketio", outcome, &s.queue);
         }
@@ -161,6 +178,14 @@ impl Session {
             // An upgrade's probe and finish are the WebSocket pump's business.
             Packet::Text(EioKind::Ping | EioKind::Upgrade | EioKind::Noop, _) => return Ok(()),
             Packet::Text(EioKind::Open, _) => return Err(self.invalid()),
+            Packet::Text(EioKind::Message, t) if self.sio.config.engine_only => {
+                Box::pin(self.engine_message(bytes::Bytes::from(t), true)).await;
+                return Ok(());
+            }
+            Packet::Binary(b) if self.sio.config.engine_only => {
+                Box::pin(self.engine_message(b, false)).await;
+                return Ok(());
+            }
             Packet::Text(EioKind::Message, t) => self.decoder.text(&t),
             Packet::Binary(b) => self.decoder.binary(b),
         };
@@ -171,6 +196,38 @@ impl Session {
                 tracing::debug!(error = %e, "closing a Socket.IO session");
                 Err(self.invalid())
             }
+        }
+    }
+
+    /// `socketio.engine_only`: a bare Engine.IO message goes to `app.message` (text
+    /// as `text/plain`, binary as `application/octet-stream`), in order, and a
+    /// non-empty 2xx answer comes back as a message (text when it is UTF-8 and the
+    /// message was text).
+    async fn engine_message(&mut self, body: bytes::Bytes, text: bool) {
+        let Some(app) = self.ctx.app.as_ref() else {
+            return;
+        };
+        let headers = self
+            .engine_headers
+            .get_or_insert_with(|| app.capture(&self.handshake.request.headers))
+            .clone();
+        let content_type = if text {
+            "text/plain; charset=utf-8"
+        } else {
+            "application/octet-stream"
+        };
+        let Some(crate::app::Answer::Reply(_, answer)) = app
+            .message(&self.engine.sid, &headers, None, body, content_type)
+            .await
+        else {
+            return;
+        };
+        if answer.is_empty() {
+            return;
+        }
+        match (text, std::str::from_utf8(&answer)) {
+            (true, Ok(t)) => self.engine.send(Packet::message(t)),
+            _ => self.engine.send(Packet::Binary(answer)),
         }
     }
 
