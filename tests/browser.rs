@@ -143,6 +143,17 @@ impl Browser {
     }
 }
 
+/// Chromium's binary, or `None` after saying the test is skipped and why.
+fn chromium() -> Option<&'static str> {
+    let bin = Browser::binary();
+    if bin.is_none() {
+        eprintln!(
+            "SKIPPED: no chromium; install the Debian package `chromium` (scripts/test does, as root)"
+        );
+    }
+    bin
+}
+
 impl Drop for Browser {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
@@ -151,12 +162,7 @@ impl Drop for Browser {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_source_opened_during_a_nats_outage_receives_without_a_reload() {
-    let Some(bin) = Browser::binary() else {
-        eprintln!(
-            "SKIPPED: no chromium; install the Debian package `chromium` (scripts/test does, as root)"
-        );
-        return;
-    };
+    let Some(bin) = chromium() else { return };
     use async_nats::jetstream;
     let mut nats = NatsServer::start_jetstream().await;
     create_stream(&nats.url(), "LIVE", &["live.>"]).await;
@@ -219,12 +225,7 @@ async fn an_event_source_opened_during_a_nats_outage_receives_without_a_reload()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bare_browser_websocket_talks_to_the_app_through_a_raw_route() {
-    let Some(bin) = Browser::binary() else {
-        eprintln!(
-            "SKIPPED: no chromium; install the Debian package `chromium` (scripts/test does, as root)"
-        );
-        return;
-    };
+    let Some(bin) = chromium() else { return };
     let app = CallbackApp::start().await;
     let yaml = base_yaml(&app.url(), None)
         + "routes:\n  - path: /native\n    transports: [ws]\n    auth: { mode: none }\n    ws: { protocol: raw }\n    app: { connect: /rt/connect, message: /rt/message }\n";
@@ -268,12 +269,7 @@ async fn a_bare_browser_websocket_talks_to_the_app_through_a_raw_route() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_socket_io_chat_tutorial_works_in_two_pages_with_only_a_config() {
-    let Some(bin) = Browser::binary() else {
-        eprintln!(
-            "SKIPPED: no chromium; install the Debian package `chromium` (scripts/test does, as root)"
-        );
-        return;
-    };
+    let Some(bin) = chromium() else { return };
     let app = CallbackApp::start().await;
     let yaml = base_yaml(&app.url(), None)
         + "routes:\n  - path: /socket.io/\n    transports: [socketio]\n    auth: { mode: none }\n    allow_publish: [chat]\n    socketio:\n      namespaces:\n        \"/\": { subjects: [chat], emit: { \"chat message\": chat } }\n";

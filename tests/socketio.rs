@@ -325,6 +325,17 @@ async fn eio() -> (fanfare::Handle, String) {
     (ff, base)
 }
 
+/// Opens the upgrade's WebSocket at `path` and probes it (`2probe` answered `3probe`).
+async fn probe(addr: std::net::SocketAddr, path: &str) -> Ws {
+    let mut ws = ws_connect(addr, path).await;
+    ws.send(Message::text("2probe")).await.unwrap();
+    let Message::Text(t) = ws_next(&mut ws).await.unwrap() else {
+        panic!("the probe's answer is a text frame")
+    };
+    assert_eq!(t.as_str(), "3probe");
+    ws
+}
+
 async fn handshake(base: &str) -> String {
     let r = http_client()
         .get(format!("{base}?EIO=4&transport=polling"))
@@ -482,16 +493,11 @@ async fn engine_io_upgrades_from_polling_to_websocket() {
     let c = http_client();
     let sid = handshake(&base).await;
     let url = format!("{base}?EIO=4&transport=polling&sid={sid}");
-    let mut ws = ws_connect(
+    let mut ws = probe(
         ff.edge_addr,
         &format!("/engine.io/?EIO=4&transport=websocket&sid={sid}"),
     )
     .await;
-    ws.send(Message::text("2probe")).await.unwrap();
-    let Message::Text(t) = ws_next(&mut ws).await.unwrap() else {
-        panic!()
-    };
-    assert_eq!(t.as_str(), "3probe");
     // The pending (or next) poll ends with a noop.
     assert_eq!(c.get(&url).send().await.unwrap().text().await.unwrap(), "6");
     ws.send(Message::text("5")).await.unwrap();
@@ -600,16 +606,11 @@ async fn a_polling_session_and_its_upgrade_work_across_two_instances() {
 
     // The upgrade lands on b: probe, the pending poll (on a) ends with a noop, then
     // the session lives on over b's WebSocket.
-    let mut ws = ws_connect(
+    let mut ws = probe(
         b.edge_addr,
         &format!("/socket.io/?EIO=4&transport=websocket&sid={sid}"),
     )
     .await;
-    ws.send(Message::text("2probe")).await.unwrap();
-    let Message::Text(t) = ws_next(&mut ws).await.unwrap() else {
-        panic!()
-    };
-    assert_eq!(t.as_str(), "3probe");
     assert_eq!(
         c.get(url(&a, &sid))
             .send()
