@@ -909,3 +909,41 @@ routes:
     assert_eq!(c.get(&url).send().await.unwrap().text().await.unwrap(), "6");
     assert_eq!(c.get(&url).send().await.unwrap().status(), 400);
 }
+
+/// A polling client that never polls cannot make fanfare hold unbounded answers for
+/// it: past the outbox's hard bound its session is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_polls_cannot_grow_its_outbox_without_bound() {
+    let routes = "
+routes:
+  - path: /socket.io/
+    transports: [socketio]
+    auth: { mode: none }
+    socketio: { namespaces: { \"/\": {} } }
+";
+    let ff = start_fanfare(&(base_yaml("http://127.0.0.1:1", None) + routes)).await;
+    let base = format!("http://{}/socket.io/", ff.edge_addr);
+    let c = http_client();
+    let sid = handshake(&base).await;
+    let url = format!("{base}?EIO=4&transport=polling&sid={sid}");
+    assert_eq!(c.post(&url).body("40").send().await.unwrap().status(), 200);
+    // Each unmapped emit is answered with an error event; nobody takes them.
+    let burst = vec!["42[\"nowhere\",1]"; 500].join("\x1e");
+    let mut refused = false;
+    for _ in 0..40 {
+        let r = c.post(&url).body(burst.clone()).send().await.unwrap();
+        if r.status() == 400 {
+            refused = true;
+            break;
+        }
+    }
+    assert!(
+        refused,
+        "20,000 answers were held for a client that never polled"
+    );
+    assert_eq!(
+        c.get(&url).send().await.unwrap().status(),
+        400,
+        "the session is closed"
+    );
+}

@@ -33,6 +33,10 @@ use crate::wire::engineio::Packet;
 /// two polls may hold on top of the queue.
 pub const OUTBOX_HIGH: usize = 1024;
 
+/// Packets the outbox holds at most, whatever their kind (events stop at
+/// [`OUTBOX_HIGH`]; answers, acks and errors may go past it up to here).
+pub const OUTBOX_MAX: usize = 4 * OUTBOX_HIGH;
+
 /// A compiled namespace.
 pub struct Namespace {
     /// Subjects every socket of it subscribes to (templates over claims).
@@ -114,6 +118,9 @@ pub enum Ended {
     ByClient,
     /// The server closed it: a pending poll answers `1` (close).
     ByServer,
+    /// The client took nothing while its outbox filled to [`OUTBOX_MAX`] (a pending
+    /// poll, if any, answers `1`).
+    Overflow,
 }
 
 struct State {
@@ -175,8 +182,20 @@ impl Engine {
     }
 
     /// Queues a packet for the client.
+    /// Past [`OUTBOX_MAX`] packets the client is not taking what it is sent (a poller
+    /// that never polls, a socket that never reads): the session is closed instead of
+    /// holding more.
     pub fn send(&self, p: Packet) {
-        self.lock().out.push_back(p);
+        let mut s = self.lock();
+        if s.out.len() >= OUTBOX_MAX {
+            if s.ended.is_none() {
+                tracing::debug!(sid = %self.sid, "Engine.IO outbox full: closing the session");
+                s.ended = Some(Ended::Overflow);
+            }
+        } else {
+            s.out.push_back(p);
+        }
+        drop(s);
         self.wake.notify_waiters();
     }
 
@@ -262,6 +281,19 @@ impl Engine {
     /// Notes when the pong of the ping just sent is due (`None`: it came).
     fn set_pong_due(&self, due: Option<tokio::time::Instant>) {
         self.lock().pong_due = due;
+    }
+
+    /// Waits until the session has ended for an overflowing outbox.
+    pub async fn overflowed(&self) {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.lock().ended == Some(Ended::Overflow) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Waits until the session has ended.

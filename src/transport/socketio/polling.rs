@@ -122,7 +122,7 @@ pub async fn poll(
     }
     if packets.is_empty() {
         packets.push(Packet::bare(match engine.ended() {
-            Some(Ended::ByServer) => Kind::Close,
+            Some(Ended::ByServer | Ended::Overflow) => Kind::Close,
             // The client closed it, or an upgrade ends this poll.
             _ => Kind::Noop,
         }));

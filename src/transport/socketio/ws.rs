@@ -114,15 +114,23 @@ where
                 // them, so a client reading frame by frame sees them apart; a burst
                 // goes out in one write.
                 let one_by_one = packets.len() <= SEPARATE_WRITES;
-                for p in packets {
-                    let Some(m) = frame_of(p) else { continue };
-                    let sent = if one_by_one { ws.send(m).await } else { ws.feed(m).await };
-                    if sent.is_err() {
-                        engine.end(Ended::ByClient);
-                        return;
+                let written = async {
+                    for p in packets {
+                        let Some(m) = frame_of(p) else { continue };
+                        let sent = if one_by_one { ws.send(m).await } else { ws.feed(m).await };
+                        if sent.is_err() {
+                            return false;
+                        }
                     }
-                }
-                if ws.flush().await.is_err() {
+                    ws.flush().await.is_ok()
+                };
+                // A client that stopped reading holds this write; once its outbox
+                // overflows the session is over, and so is the write.
+                let ok = tokio::select! {
+                    ok = written => ok,
+                    () = engine.overflowed() => false,
+                };
+                if !ok {
                     engine.end(Ended::ByClient);
                     return;
                 }

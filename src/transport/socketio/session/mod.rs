@@ -132,7 +132,13 @@ impl Session {
                 () = sleep_until(pong_due) => return Outcome::PingTimeout,
                 () = tokio::time::sleep_until(connect_by), if !ever_connected && !engine_only => return Outcome::Idle,
                 () = self.ctx.drain.turn(self.id) => return Outcome::Shutdown,
-                () = engine.until_ended() => return Outcome::ClientClosed,
+                () = engine.until_ended() => {
+                    return if engine.ended() == Some(Ended::Overflow) {
+                        Outcome::SlowConsumer
+                    } else {
+                        Outcome::ClientClosed
+                    };
+                }
             }
             if std::mem::take(&mut self.pong) {
                 pong_due = None;
