@@ -20,7 +20,7 @@ pub mod ws;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::auth::Authorizer;
 use crate::config::SocketIoConfig;
@@ -32,6 +32,9 @@ use crate::wire::engineio::Packet;
 /// polling client takes the outbox once per poll, so this is what a burst between
 /// two polls may hold on top of the queue.
 pub const OUTBOX_HIGH: usize = 1024;
+
+/// Client packets waiting for the session at most; past it the transport waits.
+pub const INBOX_MAX: usize = 64;
 
 /// Packets the outbox holds at most, whatever their kind (events stop at
 /// [`OUTBOX_HIGH`]; answers, acks and errors may go past it up to here).
@@ -145,33 +148,90 @@ struct State {
 pub struct Engine {
     /// Its id.
     pub sid: String,
-    inbox: mpsc::Sender<Inbound>,
+    /// What the transports handed in, for the session (a `VecDeque` costs nothing
+    /// until used, where a channel's first block costs about 1.4 KiB per session).
+    inbox: Mutex<VecDeque<Inbound>>,
+    inbox_ready: Notify,
+    inbox_room: Notify,
     state: Mutex<State>,
     wake: Notify,
 }
 
 impl Engine {
-    fn new(sid: String, mode: Mode) -> (Arc<Engine>, mpsc::Receiver<Inbound>) {
-        let (tx, rx) = mpsc::channel(64);
-        (
-            Arc::new(Engine {
-                sid,
-                inbox: tx,
-                state: Mutex::new(State {
-                    out: VecDeque::new(),
-                    mode,
-                    get_pending: false,
-                    post_pending: false,
-                    upgrading: false,
-                    ws_attached: false,
-                    pong_due: None,
-                    noop_owed: false,
-                    ended: None,
-                }),
-                wake: Notify::new(),
+    fn new(sid: String, mode: Mode) -> Arc<Engine> {
+        Arc::new(Engine {
+            sid,
+            inbox: Mutex::default(),
+            inbox_ready: Notify::new(),
+            inbox_room: Notify::new(),
+            state: Mutex::new(State {
+                out: VecDeque::new(),
+                mode,
+                get_pending: false,
+                post_pending: false,
+                upgrading: false,
+                ws_attached: false,
+                pong_due: None,
+                noop_owed: false,
+                ended: None,
             }),
-            rx,
-        )
+            wake: Notify::new(),
+        })
+    }
+
+    fn inbox(&self) -> std::sync::MutexGuard<'_, VecDeque<Inbound>> {
+        // Push and pop only: a poisoned lock is still consistent.
+        self.inbox
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Hands `item` to the session, waiting while [`INBOX_MAX`] are queued; `false`
+    /// when the session has ended.
+    async fn push_inbox(&self, item: Inbound) -> bool {
+        let mut item = Some(item);
+        loop {
+            let room = self.inbox_room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut q = self.inbox();
+                // Checked under the inbox's lock: the session's end empties the inbox
+                // after marking the end, so nothing pushed here can be left behind.
+                if self.has_ended() {
+                    return false;
+                }
+                if q.len() < INBOX_MAX {
+                    q.extend(item.take());
+                    drop(q);
+                    self.inbox_ready.notify_one();
+                    return true;
+                }
+            }
+            room.await;
+        }
+    }
+
+    /// Drops what was handed in and not handled (the session has ended): waiting
+    /// POSTs learn it.
+    fn close_inbox(&self) {
+        self.inbox().clear();
+        self.inbox_room.notify_waiters();
+    }
+
+    /// The next thing handed in (the session's side).
+    async fn recv(&self) -> Inbound {
+        loop {
+            let ready = self.inbox_ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            let next = self.inbox().pop_front();
+            if let Some(x) = next {
+                self.inbox_room.notify_waiters();
+                return x;
+            }
+            ready.await;
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -231,14 +291,14 @@ impl Engine {
 
     /// Hands a client packet to the session; `false` when it has ended.
     pub async fn deliver(&self, p: Packet) -> bool {
-        self.inbox.send(Inbound::Packet(p)).await.is_ok()
+        self.push_inbox(Inbound::Packet(p)).await
     }
 
     /// Waits until the session has handled every packet delivered before (a POST is
     /// answered `ok` once its packets are, so a poll that follows sees their answers).
     pub async fn handled(&self) {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.inbox.send(Inbound::Handled(tx)).await.is_ok() {
+        if self.push_inbox(Inbound::Handled(tx)).await {
             let _ = rx.await;
         }
     }
@@ -252,6 +312,7 @@ impl Engine {
         }
         drop(s);
         self.wake.notify_waiters();
+        self.inbox_room.notify_waiters();
     }
 
     /// How it ended, if it has (a pong overdue counts as the server's close).

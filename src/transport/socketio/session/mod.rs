@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use pingora::http::RequestHeader;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 use super::{Ended, Engine, Inbound, Mode, OUTBOX_HIGH, SioRoute};
 
@@ -52,7 +51,7 @@ pub fn start(
     slot: crate::limits::Slot,
 ) -> Arc<Engine> {
     let id = ctx.hub.client_id();
-    let (engine, inbox) = Engine::new(ctx.directory.id(id), mode);
+    let engine = Engine::new(ctx.directory.id(id), mode);
     sio.registry.insert(engine.clone());
     let mut s = Session {
         ctx,
@@ -67,7 +66,7 @@ pub fn start(
     };
     tokio::spawn(async move {
         let ctx = s.ctx.clone();
-        let outcome = ctx.counted("socketio", s.run(inbox)).await;
+        let outcome = ctx.counted("socketio", s.run()).await;
         s.finish(outcome);
         drop(slot);
     });
@@ -89,7 +88,7 @@ struct Session {
 }
 
 impl Session {
-    async fn run(&mut self, mut inbox: mpsc::Receiver<Inbound>) -> Outcome {
+    async fn run(&mut self) -> Outcome {
         let c = &self.sio.config;
         let (every, timeout) = (c.ping_interval.0, c.ping_timeout.0);
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -103,12 +102,11 @@ impl Session {
             let queues: Vec<Arc<ClientQueue>> =
                 self.sockets.iter().map(|s| s.queue.clone()).collect();
             tokio::select! {
-                p = inbox.recv() => match p {
-                    None => return Outcome::ClientClosed,
-                    Some(Inbound::Handled(done)) => {
+                p = engine.recv() => match p {
+                    Inbound::Handled(done) => {
                         let _ = done.send(());
                     }
-                    Some(Inbound::Packet(p)) => {
+                    Inbound::Packet(p) => {
                         if let Err(o) = self.on_packet(p).await {
                             return o;
                         }
@@ -154,6 +152,7 @@ impl Session {
             self.engine.send(Packet::bare(EioKind::Close));
             self.engine.end(Ended::ByServer);
         }
+        self.engine.close_inbox();
         if self.engine.noop_owed() {
             // A poll may still be on its way to collect its noop: forget the session
             // a moment later.
