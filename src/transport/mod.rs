@@ -291,6 +291,15 @@ impl RouteContext {
         }
     }
 
+    /// Counts `n` events written to a client (`deliveries` is the transport's
+    /// series), and the lag of the oldest, received at `oldest`.
+    pub fn delivered(&self, deliveries: &prometheus::IntCounter, n: u64, oldest: Option<Instant>) {
+        deliveries.inc_by(n);
+        if let Some(t) = oldest {
+            self.metrics.delivery_lag.observe(t.elapsed().as_secs_f64());
+        }
+    }
+
     /// Counts a held connection of `transport` while `f` runs, then its outcome.
     pub async fn counted(
         &self,

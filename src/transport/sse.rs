@@ -196,13 +196,7 @@ impl Session {
                                 Outcome::WriteError
                             };
                         }
-                        deliveries.inc_by(n);
-                        if let Some(t) = oldest {
-                            self.ctx
-                                .metrics
-                                .delivery_lag
-                                .observe(t.elapsed().as_secs_f64());
-                        }
+                        self.ctx.delivered(&deliveries, n, oldest);
                     }
                     match closed {
                         Some(Closed::SlowConsumer) => return Outcome::SlowConsumer,

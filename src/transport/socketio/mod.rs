@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use crate::auth::Authorizer;
 use crate::config::SocketIoConfig;
 use crate::routing::subject::Template;
-use crate::wire::engineio::Packet;
+use crate::wire::engineio::{Kind, Packet};
 
 /// Packets the outbox holds before the session stops moving events into it (they
 /// then wait in the client queues, under their bound and slow-consumer policy). A
@@ -275,18 +275,28 @@ impl Engine {
 
     /// Waits until the outbox has room below [`OUTBOX_HIGH`] (or the session ended).
     pub async fn room(&self) {
+        self.until(|s| s.out.len() < OUTBOX_HIGH || s.ended.is_some())
+            .await;
+    }
+
+    /// Waits until `done` holds of the state (checked on every wake-up, with the
+    /// wake-up armed before the check, so none is missed).
+    async fn until(&self, done: impl Fn(&State) -> bool) {
         loop {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let s = self.lock();
-                if s.out.len() < OUTBOX_HIGH || s.ended.is_some() {
-                    return;
-                }
+            if done(&self.lock()) {
+                return;
             }
             notified.await;
         }
+    }
+
+    /// Closes the session from the server's side: the client is told (`1`).
+    pub fn close(&self) {
+        self.send(Packet::bare(Kind::Close));
+        self.end(Ended::ByServer);
     }
 
     /// Hands a client packet to the session; `false` when it has ended.
@@ -346,28 +356,12 @@ impl Engine {
 
     /// Waits until the session has ended for an overflowing outbox.
     pub async fn overflowed(&self) {
-        loop {
-            let notified = self.wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.lock().ended == Some(Ended::Overflow) {
-                return;
-            }
-            notified.await;
-        }
+        self.until(|s| s.ended == Some(Ended::Overflow)).await;
     }
 
     /// Waits until the session has ended.
     pub async fn until_ended(&self) {
-        loop {
-            let notified = self.wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.has_ended() {
-                return;
-            }
-            notified.await;
-        }
+        self.until(|s| s.ended.is_some()).await;
     }
 
     /// The transport in use.
@@ -423,18 +417,8 @@ impl Engine {
     /// Waits until there is something to send, the session ended, or the mode changed
     /// away from `mode`.
     pub async fn wait(&self, mode: Mode) {
-        loop {
-            let notified = self.wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let s = self.lock();
-                if !s.out.is_empty() || s.ended.is_some() || s.mode != mode {
-                    return;
-                }
-            }
-            notified.await;
-        }
+        self.until(|s| !s.out.is_empty() || s.ended.is_some() || s.mode != mode)
+            .await;
     }
 
     /// Marks a GET (`get`) or POST under way; `false` if one already is (the

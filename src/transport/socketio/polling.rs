@@ -71,6 +71,20 @@ const UPGRADE_RACE: std::time::Duration = std::time::Duration::from_millis(100);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refused;
 
+/// Starts a poll (`get`) or a POST: refused on a session that is not polling (any
+/// more) or has ended, and refused with the session closed when one is under way
+/// already.
+fn begin(engine: &Engine, get: bool) -> Result<(), Refused> {
+    if engine.mode() != Mode::Polling || engine.ended().is_some() {
+        return Err(Refused);
+    }
+    if !engine.begin(get) {
+        engine.close();
+        return Err(Refused);
+    }
+    Ok(())
+}
+
 /// A poll's payload: what is queued, or (waiting for it) what comes next. A second
 /// poll under way, or one after an upgrade, is refused and closes the session. When
 /// `gone` resolves first (the client left), what was taken goes back and `None` is
@@ -97,14 +111,7 @@ pub async fn poll(
             Packet::bare(Kind::Noop),
         ]))));
     }
-    if engine.mode() != Mode::Polling || engine.ended().is_some() {
-        return Err(Refused);
-    }
-    if !engine.begin(true) {
-        engine.send(Packet::bare(Kind::Close));
-        engine.end(Ended::ByServer);
-        return Err(Refused);
-    }
+    begin(engine, true)?;
     held.inc();
     let left = tokio::select! {
         () = engine.wait(Mode::Polling) => false,
@@ -132,14 +139,7 @@ pub async fn poll(
 
 /// A POSTed payload handed to the session; a bad one is refused and closes it.
 pub async fn push(engine: &Arc<Engine>, body: &[u8], max_payload: usize) -> Result<(), Refused> {
-    if engine.mode() != Mode::Polling || engine.ended().is_some() {
-        return Err(Refused);
-    }
-    if !engine.begin(false) {
-        engine.send(Packet::bare(Kind::Close));
-        engine.end(Ended::ByServer);
-        return Err(Refused);
-    }
+    begin(engine, false)?;
     let result = match engineio::decode_payload(body, max_payload) {
         Ok(packets) => {
             for p in packets {
@@ -152,8 +152,7 @@ pub async fn push(engine: &Arc<Engine>, body: &[u8], max_payload: usize) -> Resu
         }
         Err(e) => {
             tracing::debug!(error = %e, "closing an Engine.IO session");
-            engine.send(Packet::bare(Kind::Close));
-            engine.end(Ended::ByServer);
+            engine.close();
             Err(Refused)
         }
     };
@@ -187,8 +186,7 @@ pub async fn post(
     max_payload: usize,
 ) -> pingora::Result<()> {
     let Some(body) = read_body(session, max_payload).await else {
-        engine.send(Packet::bare(Kind::Close));
-        engine.end(Ended::ByServer);
+        engine.close();
         return bad_request(session, head).await;
     };
     match push(engine, &body, max_payload).await {

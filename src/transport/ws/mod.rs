@@ -183,13 +183,11 @@ where
                                 Outcome::WriteError
                             };
                         }
-                        deliveries.inc_by(batch.events.len() as u64);
-                        if let Some(first) = batch.events.front() {
-                            self.ctx
-                                .metrics
-                                .delivery_lag
-                                .observe(first.received.elapsed().as_secs_f64());
-                        }
+                        self.ctx.delivered(
+                            &deliveries,
+                            batch.events.len() as u64,
+                            batch.events.front().map(|e| e.received),
+                        );
                     }
                     match batch.closed {
                         Some(Closed::SlowConsumer) => {

@@ -149,8 +149,7 @@ impl Session {
     /// the app hears of every namespace socket that ended.
     fn finish(&mut self, outcome: Outcome) {
         if !self.engine.has_ended() {
-            self.engine.send(Packet::bare(EioKind::Close));
-            self.engine.end(Ended::ByServer);
+            self.engine.close();
         }
         self.engine.close_inbox();
         if self.engine.noop_owed() {
@@ -451,13 +450,11 @@ impl Session {
                 self.engine.send(Packet::Binary(a.clone()));
             }
         }
-        deliveries.inc_by(batch.events.len() as u64);
-        if let Some(first) = batch.events.front() {
-            self.ctx
-                .metrics
-                .delivery_lag
-                .observe(first.received.elapsed().as_secs_f64());
-        }
+        self.ctx.delivered(
+            &deliveries,
+            batch.events.len() as u64,
+            batch.events.front().map(|e| e.received),
+        );
         match batch.closed {
             Some(Closed::SlowConsumer) => Some(Outcome::SlowConsumer),
             Some(Closed::ByApp(_)) => {
