@@ -76,14 +76,7 @@ async fn connect_admits_with_first_events_and_extra_subjects_on_every_transport(
     assert_eq!(body["remote_addr"], "127.0.0.1");
     assert_eq!(body["user_agent"], "duplex-test/1");
     assert_eq!(call.header("cookie").as_deref(), Some("session=s3cr3t"));
-    assert_eq!(
-        call.header("fanfare-connection").as_deref(),
-        Some(id.as_str())
-    );
-    assert_eq!(
-        call.header("fanfare-route").as_deref(),
-        Some("/chat/{room}")
-    );
+    call.assert_from(&id, "/chat/{room}");
     publish(ff.admin_addr, "user.7", Some("note"), "for user 7").await;
     let m = ws_json(&mut ws).await;
     assert_eq!(
@@ -235,14 +228,7 @@ async fn rpc_replies_errors_timeouts_and_busy() {
     let call = app.messages.lock().unwrap()[0].clone();
     assert_eq!(call.json(), json!({"say":"hi"}));
     assert_eq!(call.header("fanfare-event").as_deref(), Some("said"));
-    assert_eq!(
-        call.header("fanfare-connection").as_deref(),
-        Some(id.as_str())
-    );
-    assert_eq!(
-        call.header("fanfare-route").as_deref(),
-        Some("/chat/{room}")
-    );
+    call.assert_from(&id, "/chat/{room}");
     assert_eq!(call.header("cookie").as_deref(), Some("session=s3cr3t"));
     assert_eq!(
         call.header("content-type").as_deref(),
@@ -817,10 +803,7 @@ routes:
     nc.flush().await.unwrap();
     let mut ws = ws_connect(ff.edge_addr, "/native/r1/pub").await;
     ws.send(Message::text("typed")).await.unwrap();
-    let m = tokio::time::timeout(DEADLINE, tap.next())
-        .await
-        .unwrap()
-        .unwrap();
+    let m = next_message(&mut tap).await;
     assert_eq!(
         (m.subject.as_str(), &m.payload[..]),
         ("room.r1.in", &b"typed"[..])

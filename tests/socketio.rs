@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -114,10 +114,7 @@ async fn socket_io_client_talks_to_fanfare_on_every_transport_setting() {
         // every socket of the chat (this one included) with the same arguments.
         c.emit("chat message", json!(["hello", {"from": last}]), false)
             .await;
-        let m = tokio::time::timeout(DEADLINE, tap.next())
-            .await
-            .unwrap()
-            .unwrap();
+        let m = next_message(&mut tap).await;
         assert_eq!(
             serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap(),
             json!(["hello", {"from": last}])
@@ -134,10 +131,7 @@ async fn socket_io_client_talks_to_fanfare_on_every_transport_setting() {
         // Bytes round-trip: published as {"_binary": base64}, and back as bytes.
         c.emit("chat message", json!([{"binary": [1, 2, 3]}]), false)
             .await;
-        let m = tokio::time::timeout(DEADLINE, tap.next())
-            .await
-            .unwrap()
-            .unwrap();
+        let m = next_message(&mut tap).await;
         assert_eq!(
             serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap(),
             json!([{"_binary": "AQID"}])
@@ -598,10 +592,7 @@ async fn a_polling_session_and_its_upgrade_work_across_two_instances() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let m = tokio::time::timeout(DEADLINE, tap.next())
-        .await
-        .unwrap()
-        .unwrap();
+    let m = next_message(&mut tap).await;
     assert_eq!(&m.payload[..], b"[\"hi\"]");
 
     // The upgrade lands on b: probe, the pending poll (on a) ends with a noop, then
@@ -642,10 +633,7 @@ async fn a_polling_session_and_its_upgrade_work_across_two_instances() {
     ws.send(Message::text("42[\"said\",\"from ws\"]"))
         .await
         .unwrap();
-    let m = tokio::time::timeout(DEADLINE, tap.next())
-        .await
-        .unwrap()
-        .unwrap();
+    let m = next_message(&mut tap).await;
     assert_eq!(&m.payload[..], b"[\"from ws\"]");
     assert_eq!(
         c.get(url(&a, &sid)).send().await.unwrap().status(),

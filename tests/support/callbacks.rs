@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -27,6 +26,15 @@ impl Call {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).expect("a JSON body")
     }
+    /// Asserts the headers every callback carries: the connection and the route.
+    pub fn assert_from(&self, connection: &str, route: &str) {
+        assert_eq!(
+            self.header("fanfare-connection").as_deref(),
+            Some(connection)
+        );
+        assert_eq!(self.header("fanfare-route").as_deref(), Some(route));
+    }
+
     /// A header's value.
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers
@@ -42,7 +50,7 @@ pub enum ConnectAnswer {
     Admit(serde_json::Value),
     /// This status and body.
     Refuse(u16, &'static str),
-    /// No answer for 30 s.
+    /// No answer at all (the request is held until the client gives up).
     Hang,
     /// 200 with a first event `welcome` whose data is `{"connection": <its id>}`, and
     /// these subjects.
@@ -170,15 +178,12 @@ async fn connect(State(st): State<St>, headers: HeaderMap, body: Bytes) -> Respo
             "events": [{"event": "welcome", "data": {"connection": request["connection"]}}],
         }))
         .into_response(),
-        ConnectAnswer::Hang => {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            StatusCode::OK.into_response()
-        }
+        ConnectAnswer::Hang => std::future::pending().await,
     }
 }
 
 /// Echoes JSON back (`{"echo": body, "connection": id}`), or by `Fanfare-Event`:
-/// `fail` answers 500, `slow` takes 30 s, `hold` waits for `release`. A text body (raw
+/// `fail` answers 500, `slow` never answers, `hold` waits for `release`. A text body (raw
 /// mode) is answered `you said: <text>`.
 async fn message(State(st): State<St>, headers: HeaderMap, body: Bytes) -> Response {
     record(&st.messages, headers.clone(), body.clone());
@@ -194,9 +199,7 @@ async fn message(State(st): State<St>, headers: HeaderMap, body: Bytes) -> Respo
             )
                 .into_response();
         }
-        Some("slow") => {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-        }
+        Some("slow") => std::future::pending::<()>().await,
         Some("hold") => st.release.notified().await,
         _ => {}
     }

@@ -185,3 +185,12 @@ pub async fn nats_publish(
         .unwrap();
     nc.flush().await.unwrap();
 }
+
+/// The next message of `sub`, within [`DEADLINE`].
+pub async fn next_message(sub: &mut async_nats::Subscriber) -> async_nats::Message {
+    use futures::StreamExt;
+    tokio::time::timeout(DEADLINE, sub.next())
+        .await
+        .expect("a NATS message within the deadline")
+        .expect("the subscription is open")
+}
