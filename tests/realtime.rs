@@ -369,7 +369,7 @@ async fn sse_over_h2c() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_and_retry_arrive() {
     let yaml = base_yaml("http://127.0.0.1:1", None)
-        + "routes:\n  - path: /hb\n    subjects: [hb]\n    auth: { mode: none }\n    heartbeat: 100ms\n    retry: 3s\n";
+        + "routes:\n  - path: /hb\n    subjects: [hb]\n    auth: { mode: none }\n    heartbeat: 100ms\n    retry: 3s\n    retry_jitter: 0\n";
     let ff = start_fanfare(&yaml).await;
     let mut sse = sse_connect(&http_client(), &url(&ff, "/hb")).await;
     assert_eq!(sse.next().await, Some(Frame::Retry(3000)));

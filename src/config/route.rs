@@ -61,6 +61,11 @@ pub struct RouteConfig {
     /// The `retry:` hint (reconnect delay) sent to SSE clients. Default `2s`.
     #[serde(default = "default_retry")]
     pub retry: Dur,
+    /// How far each SSE connection's `retry:` may stray from `retry`, as a fraction:
+    /// each connection gets a uniform value in `retry × [1 - j, 1 + j]`, so a restart
+    /// does not bring every EventSource back in the same second. Default `0.5`.
+    #[serde(default = "default_retry_jitter")]
+    pub retry_jitter: f64,
     /// The app's callbacks: connect, message (rpc) and disconnect. Default: none.
     #[serde(default)]
     pub app: AppConfig,
@@ -79,6 +84,10 @@ fn default_transports() -> Vec<Transport> {
 
 fn default_heartbeat() -> Dur {
     Dur(Duration::from_secs(15))
+}
+
+fn default_retry_jitter() -> f64 {
+    0.5
 }
 
 fn default_retry() -> Dur {
@@ -351,6 +360,12 @@ impl RouteConfig {
         }
         if self.retry.0.is_zero() {
             return Err(at(format!("route {}: retry must be above 0s", self.path)));
+        }
+        if !(0.0..1.0).contains(&self.retry_jitter) {
+            return Err(at(format!(
+                "route {}: retry_jitter must be at least 0 and below 1 (a fraction of retry)",
+                self.path
+            )));
         }
         if self.heartbeat.0.is_zero() {
             return Err(at(format!(

@@ -110,6 +110,7 @@ impl Realtime {
                     poll: route.config.poll.clone(),
                     heartbeat: ticker(route.config.heartbeat.0),
                     retry_ms: route.config.retry.0.as_millis(),
+                    retry_jitter: route.config.retry_jitter,
                     app,
                     directory: shared.directory.clone(),
                     spec: Arc::new(route.topic()),

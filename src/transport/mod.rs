@@ -54,8 +54,10 @@ pub struct RouteContext {
     pub poll: PollConfig,
     /// Ticks at the route's SSE heartbeat interval.
     pub heartbeat: watch::Receiver<u64>,
-    /// The SSE `retry:` hint in milliseconds.
+    /// The SSE `retry:` hint in milliseconds (the mean; see [`RouteContext::retry_hint`]).
     pub retry_ms: u128,
+    /// How far one connection's hint may stray from `retry_ms`, as a fraction.
+    pub retry_jitter: f64,
     /// The app's callbacks on this route, if any.
     pub app: Option<App>,
     /// This instance's connections (addressing one, control messages).
@@ -116,6 +118,20 @@ pub struct Joined {
 }
 
 impl RouteContext {
+    /// One connection's `retry:` hint: uniform in `retry_ms × [1 - j, 1 + j]`, so the
+    /// clients of a restarted instance come back spread over a window, not at once.
+    pub fn retry_hint(&self) -> u128 {
+        let spread = self.retry_jitter * (2.0 * fastrand::f64() - 1.0);
+        // Within 0.5-1.5x of a retry validated above 0 and far below u64::MAX ms.
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let ms = (self.retry_ms as f64 * (1.0 + spread)).round() as u128;
+        ms.max(1)
+    }
+
     /// The topic of `subject` on this route.
     pub fn topic(&self, subjects: &[String]) -> TopicSpec {
         TopicSpec {

@@ -16,7 +16,8 @@ use tokio::sync::watch;
 use super::{Outcome, RouteContext};
 use crate::hub::{Batch, ClientQueue, Closed};
 use crate::wire::sse::{
-    DRAIN, EXPIRED, HEARTBEAT, encode_closed, encode_reset, encode_reset_reason, encode_retry,
+    EXPIRED, HEARTBEAT, encode_closed, encode_drain, encode_reset, encode_reset_reason,
+    encode_retry,
 };
 
 /// Where an SSE session writes, and how it learns the peer is gone.
@@ -148,7 +149,11 @@ impl Session {
     /// future next to the copy its body works on, and every held connection would pay
     /// that twice per call level (the task was 2,096 bytes by value, 1,184 borrowed).
     pub async fn run<S: Sink>(&mut self, sink: &mut S) -> Outcome {
-        if sink.write(encode_retry(self.ctx.retry_ms)).await.is_err() {
+        if sink
+            .write(encode_retry(self.ctx.retry_hint()))
+            .await
+            .is_err()
+        {
             return Outcome::WriteError;
         }
         let deliveries = self.ctx.metrics.deliveries.with_label_values(&["sse"]);
@@ -169,9 +174,7 @@ impl Session {
                 }
                 Wake::Gone => return Outcome::ClientClosed,
                 Wake::Shutdown => {
-                    let mut bye = BytesMut::from(DRAIN);
-                    bye.put_slice(&encode_retry(self.ctx.retry_ms));
-                    let _ = sink.write(bye.freeze()).await;
+                    let _ = sink.write(encode_drain(self.ctx.retry_hint())).await;
                     return Outcome::Shutdown;
                 }
                 Wake::Heartbeat => {

@@ -87,9 +87,14 @@ pub fn encode_retry(ms: u128) -> Bytes {
     Bytes::from(format!("retry: {ms}\n\n"))
 }
 
-/// The event sent before a stream is closed for a restart (drain): reconnect, with
-/// `Last-Event-ID`, after the `retry:` that follows.
-pub const DRAIN: &[u8] = b"event: fanfare.drain\ndata: {\"reason\":\"restart\"}\n\n";
+/// The event sent before a stream is closed for a restart (drain), and the `retry:`
+/// that follows it: reconnect, with `Last-Event-ID`, after `ms`. The event's data names
+/// the same delay, for clients (fanfare's own) that cannot read `retry:`.
+pub fn encode_drain(ms: u128) -> Bytes {
+    Bytes::from(format!(
+        "event: fanfare.drain\ndata: {{\"reason\":\"restart\",\"retry\":{ms}}}\n\nretry: {ms}\n\n"
+    ))
+}
 
 /// The event sent when a token expires during a held stream.
 pub const EXPIRED: &[u8] = b"event: fanfare.expired\ndata: {\"reason\":\"token_expired\"}\n\n";
