@@ -319,6 +319,9 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
         metrics.clone(),
         inflight.clone(),
         Arc::new(realtime),
+        config
+            .client
+            .then(|| edge::assets::Assets::new(config.demo.then_some(admin_addr))),
     );
     let mut proxy = pingora::proxy::http_proxy(&server_conf, edge);
     let mut options = HttpServerOptions::default();

@@ -82,3 +82,184 @@ async fn a_bad_retry_jitter_is_a_config_error() {
         assert!(reason.contains("retry_jitter"), "{bad}: {reason}");
     }
 }
+
+/// GETs `path` on the edge with `headers`.
+async fn get(ff: &fanfare::Handle, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let client = reqwest::Client::builder().no_gzip().build().unwrap();
+    let mut r = client.get(format!("http://{}{path}", ff.edge_addr));
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    r.send().await.unwrap()
+}
+
+fn gunzip(b: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(b)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_files_are_served_with_strong_etags_gzip_and_long_caching() {
+    let app = StubApp::start().await;
+    let ff = start_fanfare(&base_yaml(&app.url(), None)).await;
+    for (path, kind, marker) in [
+        (
+            "/_fanfare/client.js",
+            "text/javascript",
+            "export function connect(",
+        ),
+        (
+            "/_fanfare/client.umd.js",
+            "text/javascript",
+            "g.fanfare = {",
+        ),
+        (
+            "/_fanfare/client.d.ts",
+            "application/typescript",
+            "export function connect(path: string",
+        ),
+    ] {
+        let plain = get(&ff, path, &[]).await;
+        assert_eq!(plain.status(), 200, "{path}");
+        let h = plain.headers().clone();
+        assert!(
+            h["content-type"].to_str().unwrap().starts_with(kind),
+            "{path}: {h:?}"
+        );
+        assert!(h.get("content-encoding").is_none());
+        assert_eq!(h["cache-control"], "public, max-age=86400");
+        let etag = h["etag"].to_str().unwrap().to_string();
+        assert!(
+            etag.starts_with('"') && etag.len() > 10,
+            "a strong ETag: {etag}"
+        );
+        let body = plain.bytes().await.unwrap();
+        assert!(
+            std::str::from_utf8(&body).unwrap().contains(marker),
+            "{path}"
+        );
+
+        let zipped = get(&ff, path, &[("accept-encoding", "gzip, br")]).await;
+        assert_eq!(zipped.headers()["content-encoding"], "gzip");
+        assert_eq!(zipped.headers()["etag"].to_str().unwrap(), etag);
+        let zbody = zipped.bytes().await.unwrap();
+        assert_eq!(
+            gunzip(&zbody),
+            body,
+            "{path}: the gzip form is the same file"
+        );
+        if path.ends_with(".js") {
+            assert!(
+                zbody.len() <= 5 * 1024,
+                "{path}: {} bytes gzipped, over 5 KB",
+                zbody.len()
+            );
+        }
+
+        let again = get(&ff, path, &[("if-none-match", &etag)]).await;
+        assert_eq!(again.status(), 304, "{path}: revalidation");
+        assert!(again.bytes().await.unwrap().is_empty());
+
+        let v = etag.trim_matches('"');
+        let pinned = get(&ff, &format!("{path}?v={v}"), &[]).await;
+        assert_eq!(
+            pinned.headers()["cache-control"],
+            "public, max-age=31536000, immutable"
+        );
+        let stale = get(&ff, &format!("{path}?v=old"), &[]).await;
+        assert_eq!(stale.headers()["cache-control"], "public, max-age=86400");
+    }
+    // Anything else under /_fanfare/ is fanfare's 404, never the app's.
+    let other = get(&ff, "/_fanfare/nope.js", &[]).await;
+    assert_eq!(other.status(), 404);
+    let v: serde_json::Value = other.json().await.unwrap();
+    assert_eq!(v["error"], "not_found");
+    assert_eq!(
+        get(&ff, "/_fanfare/demo", &[]).await.status(),
+        404,
+        "no demo unless demo: true"
+    );
+    let post = reqwest::Client::new()
+        .post(format!("http://{}/_fanfare/client.js", ff.edge_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 405);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_false_leaves_the_prefix_to_the_app() {
+    let app = StubApp::start().await;
+    let ff = start_fanfare(&(base_yaml(&app.url(), None) + "client: false\n")).await;
+    let r = get(&ff, "/_fanfare/client.js", &[]).await;
+    assert_eq!(r.status(), 404);
+    assert!(
+        r.headers().get("etag").is_none(),
+        "the app answered, not fanfare"
+    );
+    // The stub app's 404 is axum's: an empty body, not fanfare's JSON refusal.
+    assert_eq!(r.text().await.unwrap(), "");
+}
+
+/// `config/fanfare.yaml` on free ports.
+fn default_config() -> String {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/fanfare.yaml"))
+        .unwrap();
+    assert!(text.contains("listen: 127.0.0.1:8080") && text.contains("listen: 127.0.0.1:9090"));
+    text.replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9090", "127.0.0.1:0")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_config_serves_the_demo_page_and_its_route_on_loopback() {
+    let text = default_config();
+    let ff = start_fanfare(&text).await;
+    assert!(ff.edge_addr.ip().is_loopback());
+    let page = get(&ff, "/_fanfare/demo", &[]).await;
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.text().await.unwrap();
+    assert!(html.contains("/_fanfare/client.js"));
+    assert!(
+        html.contains(&ff.admin_addr.to_string()),
+        "the curl lines name the admin address"
+    );
+    // The route the page uses: an SSE client hears what the admin API publishes.
+    let mut sse = sse_connect(
+        &http_client(),
+        &format!("http://{}/demo/lobby", ff.edge_addr),
+    )
+    .await;
+    assert!(matches!(sse.next().await, Some(Frame::Retry(_))));
+    publish(
+        ff.admin_addr,
+        "demo.lobby",
+        Some("said"),
+        "{\"text\":\"hi\"}",
+    )
+    .await;
+    let (_, event, data) = sse.next_event().await.unwrap();
+    assert_eq!(
+        (event.as_str(), data.as_str()),
+        ("said", "{\"text\":\"hi\"}")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_true_without_its_route_is_a_config_error() {
+    let yaml = base_yaml("http://127.0.0.1:1", None) + "demo: true\n";
+    let (_, reason) = fanfare::config::Config::parse(&yaml).expect_err("no demo route");
+    assert!(reason.contains("/demo/{room}"), "{reason}");
+    let yaml = default_config() + "client: false\n";
+    let (_, reason) = fanfare::config::Config::parse(&yaml).expect_err("no client");
+    assert!(reason.contains("client: true"), "{reason}");
+}

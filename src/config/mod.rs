@@ -78,7 +78,16 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Realtime routes.
     pub routes: Vec<RouteConfig>,
+    /// Serve the browser client at `/_fanfare/client.js` (and `client.umd.js`,
+    /// `client.d.ts`). Default `true`.
+    pub client: bool,
+    /// Serve the demo page at `/_fanfare/demo` (needs the route [`DEMO_ROUTE`]).
+    /// Default `false`; `config/fanfare.yaml` sets it.
+    pub demo: bool,
 }
+
+/// The route the demo page talks to.
+pub const DEMO_ROUTE: &str = "/demo/{room}";
 
 impl Default for Config {
     fn default() -> Self {
@@ -92,6 +101,8 @@ impl Default for Config {
             log: LogConfig::default(),
             limits: LimitsConfig::default(),
             routes: Vec::new(),
+            client: true,
+            demo: false,
         }
     }
 }
@@ -393,6 +404,27 @@ impl Config {
             return Err(Invalid::at(
                 "max_concurrent_replays",
                 "nats.max_concurrent_replays must be above 0",
+            ));
+        }
+        if self.demo
+            && !self.routes.iter().any(|r| {
+                r.path == DEMO_ROUTE
+                    && [Transport::Ws, Transport::Sse, Transport::Poll]
+                        .iter()
+                        .all(|t| r.transports.contains(t))
+            })
+        {
+            return Err(Invalid::at(
+                "demo",
+                &format!(
+                    "demo: true needs the route {DEMO_ROUTE} with transports [ws, sse, poll] (see config/fanfare.yaml)"
+                ),
+            ));
+        }
+        if self.demo && !self.client {
+            return Err(Invalid::at(
+                "demo",
+                "demo: true needs client: true (the page uses it)",
             ));
         }
         if self.nats.is_none()

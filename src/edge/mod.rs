@@ -12,9 +12,11 @@
 //! - [`realtime`]: match -> gate -> admit -> hand to a transport; [`route`]: a route
 //!   compiled from config; [`cors`]: the Origin policy and response heads;
 //!   [`client`]: the client's address and scheme (trusted proxies);
+//! - [`assets`]: the browser client and the demo page under `/_fanfare/`;
 //! - [`respond`]: the one refusal type and JSON writer (edge and admin).
 
 mod admission;
+pub mod assets;
 pub mod client;
 pub mod cors;
 mod handoff;

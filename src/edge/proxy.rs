@@ -12,6 +12,7 @@ use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use super::assets::Assets;
 use super::realtime::Realtime;
 use super::respond::Refusal;
 use crate::config::{ProxyConfig, Upstream};
@@ -58,6 +59,9 @@ pub struct Edge {
     metrics: Metrics,
     inflight: Arc<InFlight>,
     realtime: Arc<Realtime>,
+    /// The client files (and the demo page) under `/_fanfare/`; `None` with
+    /// `client: false`.
+    assets: Option<Assets>,
 }
 
 impl Edge {
@@ -68,6 +72,7 @@ impl Edge {
         metrics: Metrics,
         inflight: Arc<InFlight>,
         realtime: Arc<Realtime>,
+        assets: Option<Assets>,
     ) -> Edge {
         let upstream_addr = upstream
             .host
@@ -81,6 +86,7 @@ impl Edge {
             metrics,
             inflight,
             realtime,
+            assets,
         }
     }
 
@@ -131,6 +137,11 @@ impl ProxyHttp for Edge {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         if self.realtime.handle(session).await? {
+            return Ok(true);
+        }
+        if let Some(assets) = &self.assets
+            && assets.handle(session).await?
+        {
             return Ok(true);
         }
         ctx.proxied = Some(self.inflight.enter());
