@@ -113,7 +113,7 @@ class Realtime {
     msg.ref = ++this.ref;
     return new Promise((resolve, reject) => {
       this.pending[msg.ref] = { resolve, reject };
-      if (this.ws && this.live) this.ws.send(JSON.stringify(msg));
+      if (this.sock && this.live) this.sock.send(JSON.stringify(msg));
       else this.queued.push(msg);
       this.refuse();
     });
@@ -181,14 +181,14 @@ class Realtime {
     store(this.transport);
     this.emit("connect", { transport: this.transport, resumed: !!this.cursor });
     if (this.transport === "ws") {
-      for (const m of this.queued.splice(0)) this.ws.send(JSON.stringify(m));
+      for (const m of this.queued.splice(0)) this.sock.send(JSON.stringify(m));
     } else this.refuse();
   }
 
   stop() {
     this.gen = (this.gen || 0) + 1;
-    const { ws, es, xhr } = this;
-    this.ws = this.es = this.xhr = null;
+    const { sock: ws, es, xhr } = this;
+    this.sock = this.es = this.xhr = null;
     if (ws) {
       ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
       try {
@@ -240,7 +240,7 @@ class Realtime {
 
   ws(url, gen) {
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
-    const ws = (this.ws = new WebSocket(url.href));
+    const ws = (this.sock = new WebSocket(url.href));
     ws.onopen = () => this.up();
     ws.onmessage = (e) => {
       const m = parse(e.data);

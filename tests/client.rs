@@ -263,3 +263,370 @@ async fn demo_true_without_its_route_is_a_config_error() {
     let (_, reason) = fanfare::config::Config::parse(&yaml).expect_err("no client");
     assert!(reason.contains("client: true"), "{reason}");
 }
+
+// In a real Chromium (Debian's `chromium`; `scripts/test` installs it when run as root,
+// otherwise these tests say so and check nothing else).
+
+use serde_json::{Value, json};
+
+const LIVE: &str = "routes:\n  - path: /live/{id}\n    transports: TRANSPORTS\n    subjects: [\"live.{id}\"]\n    allow_publish: [\"live.*\"]\n    auth: { mode: none }\n";
+
+fn live(transports: &str) -> String {
+    LIVE.replace("TRANSPORTS", transports)
+}
+
+/// Opens fanfare's client (the ES module, or with `umd` the plain script) on `path`
+/// as `window[name]`, logging what it hears in `window.log[name]`.
+fn open_client(name: &str, path: &str, options: &str, umd: bool) -> String {
+    let load = if umd {
+        "new Promise((ok, no) => { const s = document.createElement('script'); s.src = '/_fanfare/client.umd.js'; s.onload = () => ok(window.fanfare); s.onerror = no; document.head.appendChild(s); })"
+    } else {
+        "import('/_fanfare/client.js')"
+    };
+    format!(
+        r#"(window.log = window.log || {{}}, window.log["{name}"] = {{ events: [], connects: [], disconnects: [], resets: [], errors: [] }},
+        {load}.then(({{ connect }}) => {{
+          const log = window.log["{name}"];
+          const rt = (window["{name}"] = connect("{path}", {options}));
+          rt.on("connect", (i) => log.connects.push(i.transport));
+          rt.on("disconnect", (i) => log.disconnects.push(i.reason));
+          rt.on("reset", (r) => log.resets.push(r.reason));
+          rt.on("error", (e) => log.errors.push(e.code));
+          rt.on("message", (d, m) => log.events.push(["message", d, m.id]));
+          rt.on("said", (d, m) => log.events.push(["said", d, m.id]));
+        }}, (e) => (window.log["{name}"].failed = String(e))), true)"#
+    )
+}
+
+/// Waits until client `name` has connected over `transport`.
+async fn connected(page: &mut Browser, name: &str, transport: &str) {
+    let expr = format!(
+        "window.log['{name}'] && [window.log['{name}'].connects, window.log['{name}'].failed]"
+    );
+    let v = page
+        .until(&format!("{name} connects"), &expr, |v| {
+            v[0].as_array().is_some_and(|a| !a.is_empty()) || !v[1].is_null()
+        })
+        .await;
+    assert_eq!(v[0][0], json!(transport), "{name}: {v}");
+}
+
+/// The events client `name` got, once there are `n`.
+async fn events(page: &mut Browser, name: &str, n: usize) -> Vec<Value> {
+    let expr = format!("window.log['{name}'].events");
+    let v = page
+        .until(&format!("{name} gets {n} events"), &expr, |v| {
+            v.as_array().is_some_and(|a| a.len() >= n)
+        })
+        .await;
+    v.as_array().unwrap().clone()
+}
+
+/// A Chromium page at `http://{edge}/page/blank` (the stub app's blank page, so the
+/// page's origin is fanfare's), with `init` run before its scripts.
+async fn browser_on(edge: std::net::SocketAddr, init: Option<&str>) -> Option<Browser> {
+    let bin = chromium()?;
+    Some(Browser::open_with(bin, &format!("http://{edge}/page/blank"), init).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_transport_delivers_named_and_default_events_in_chromium() {
+    let app = StubApp::start().await;
+    let ff = start_fanfare(&(base_yaml(&app.url(), None) + &live("[ws, sse, poll]"))).await;
+    let Some(mut page) = browser_on(ff.edge_addr, None).await else {
+        return;
+    };
+    for t in ["ws", "sse", "poll"] {
+        page.eval(&open_client(
+            t,
+            "/live/1",
+            &format!("{{ transports: ['{t}'] }}"),
+            false,
+        ))
+        .await;
+    }
+    for t in ["ws", "sse", "poll"] {
+        connected(&mut page, t, t).await;
+    }
+    publish(ff.admin_addr, "live.1", Some("said"), "{\"n\":1}").await;
+    publish(ff.admin_addr, "live.1", None, "plain text").await;
+    // What a client publishes over its WebSocket reaches every client.
+    page.eval("window.ws.publish('live.1', { n: 2 }, { event: 'said' }).then(() => (window.acked = true))").await;
+    page.eval("window.sse.publish('live.1', 3).catch((e) => (window.refused = e.code))")
+        .await;
+    for t in ["ws", "sse", "poll"] {
+        let got = events(&mut page, t, 3).await;
+        let shape: Vec<Value> = got.iter().map(|e| json!([e[0], e[1]])).collect();
+        assert_eq!(
+            shape,
+            vec![
+                json!(["said", {"n": 1}]),
+                json!(["message", "plain text"]),
+                json!(["said", {"n": 2}])
+            ],
+            "{t}"
+        );
+        assert!(
+            got.iter().all(|e| e[2].is_string()),
+            "{t}: every event has its cursor: {got:?}"
+        );
+    }
+    assert_eq!(
+        page.until("the publish is acked", "window.acked", |v| !v.is_null())
+            .await,
+        json!(true)
+    );
+    assert_eq!(
+        page.until("SSE refuses publish", "window.refused", |v| !v.is_null())
+            .await,
+        json!("needs_websocket")
+    );
+    assert_eq!(
+        page.eval("sessionStorage.getItem('fanfare.transport')")
+            .await,
+        json!("poll"),
+        "the last that worked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ladder_skips_websocket_on_a_route_without_it() {
+    let app = StubApp::start().await;
+    let ff = start_fanfare(&(base_yaml(&app.url(), None) + &live("[sse, poll]"))).await;
+    let Some(mut page) = browser_on(ff.edge_addr, None).await else {
+        return;
+    };
+    page.eval(&open_client("rt", "/live/2", "{}", false)).await;
+    connected(&mut page, "rt", "sse").await;
+    publish(ff.admin_addr, "live.2", Some("said"), "{\"n\":1}").await;
+    assert_eq!(events(&mut page, "rt", 1).await[0][1], json!({"n": 1}));
+    assert_eq!(page.eval("window.log.rt.errors").await, json!([]));
+    assert_eq!(
+        page.eval("sessionStorage.getItem('fanfare.transport')")
+            .await,
+        json!("sse")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ladder_falls_back_when_a_proxy_blocks_websocket_and_remembers_it() {
+    let app = StubApp::start().await;
+    let ff = start_fanfare(&(base_yaml(&app.url(), None) + &live("[ws, sse, poll]"))).await;
+    let firewall = Firewall::start(ff.edge_addr).await;
+    let Some(mut page) = browser_on(firewall.addr, None).await else {
+        return;
+    };
+    page.eval(&open_client("first", "/live/3", "{}", false))
+        .await;
+    connected(&mut page, "first", "sse").await;
+    let blocked = firewall.blocked.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(blocked >= 1, "the WebSocket was tried and blocked");
+    publish(ff.admin_addr, "live.3", Some("said"), "{\"n\":1}").await;
+    assert_eq!(events(&mut page, "first", 1).await[0][1], json!({"n": 1}));
+    // The next connection of this origin starts with what worked: no WebSocket try.
+    page.eval(&open_client("second", "/live/3", "{}", false))
+        .await;
+    connected(&mut page, "second", "sse").await;
+    assert_eq!(
+        firewall.blocked.load(std::sync::atomic::Ordering::Relaxed),
+        blocked
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_websocket_and_eventsource_the_plain_script_long_polls() {
+    let app = StubApp::start().await;
+    let ff = start_fanfare(&(base_yaml(&app.url(), None) + &live("[ws, sse, poll]"))).await;
+    let old = "delete window.WebSocket; delete window.EventSource;";
+    let Some(mut page) = browser_on(ff.edge_addr, Some(old)).await else {
+        return;
+    };
+    assert_eq!(
+        page.eval("[typeof WebSocket, typeof EventSource]").await,
+        json!(["undefined", "undefined"])
+    );
+    page.eval(&open_client("rt", "/live/4", "{}", true)).await;
+    connected(&mut page, "rt", "poll").await;
+    publish(ff.admin_addr, "live.4", Some("said"), "{\"n\":1}").await;
+    publish(ff.admin_addr, "live.4", None, "two").await;
+    let got = events(&mut page, "rt", 2).await;
+    assert_eq!(
+        (got[0][1].clone(), got[1][1].clone()),
+        (json!({"n": 1}), json!("two"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_reaches_the_page_as_the_reset_event_on_every_transport() {
+    let app = StubApp::start().await;
+    let ff = start_fanfare(&(base_yaml(&app.url(), None) + &live("[ws, sse, poll]"))).await;
+    let Some(mut page) = browser_on(ff.edge_addr, None).await else {
+        return;
+    };
+    for t in ["ws", "sse", "poll"] {
+        // A cursor of another process: fanfare cannot resume it and says so.
+        let opts = format!("{{ transports: ['{t}'], cursor: 'zzzz-7' }}");
+        page.eval(&open_client(t, "/live/5", &opts, false)).await;
+    }
+    for t in ["ws", "sse", "poll"] {
+        let expr = format!("window.log['{t}'] && window.log['{t}'].resets");
+        let v = page
+            .until(&format!("{t} reset"), &expr, |v| {
+                v.as_array().is_some_and(|a| !a.is_empty())
+            })
+            .await;
+        assert_eq!(v, json!(["cursor_unknown"]), "{t}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_a_restart_every_transport_resumes_with_nothing_lost_or_repeated() {
+    const N: u64 = 150;
+    let nats = NatsServer::start_jetstream().await;
+    create_stream(&nats.url(), "LIVE", &["live.>"]).await;
+    let app = StubApp::start().await;
+    let route = live("[ws, sse, poll]") + "    history: { jetstream: LIVE }\n";
+    let yaml = base_yaml(&app.url(), Some(&nats.url())).replace(
+        "shutdown: { grace: 5s }",
+        "shutdown: { grace: 5s, drain: 500ms }",
+    ) + &route;
+    let ff = start_fanfare(&yaml).await;
+    let edge = ff.edge_addr;
+    let Some(mut page) = browser_on(edge, None).await else {
+        return;
+    };
+    for t in ["ws", "sse", "poll"] {
+        page.eval(&open_client(
+            t,
+            "/live/6",
+            &format!("{{ transports: ['{t}'] }}"),
+            false,
+        ))
+        .await;
+    }
+    for t in ["ws", "sse", "poll"] {
+        connected(&mut page, t, t).await;
+    }
+    // The app publishes a third before, a third while fanfare is down, and a third
+    // after it is back.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let publish_range = |from: u64, to: u64| {
+        let js = js.clone();
+        async move {
+            for n in from..to {
+                js.publish("live.6", json!({ "n": n }).to_string().into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    publish_range(0, N / 3).await;
+    ff.shutdown().await;
+    publish_range(N / 3, 2 * N / 3).await;
+    let yaml = yaml.replace("listen: 127.0.0.1:0\n", &format!("listen: {edge}\n"));
+    let _ff = start_fanfare(&yaml).await;
+    for t in ["ws", "sse", "poll"] {
+        let expr = format!("window.log['{t}'].connects.length");
+        page.until(&format!("{t} reconnects"), &expr, |v| v.as_u64() >= Some(2))
+            .await;
+    }
+    publish_range(2 * N / 3, N).await;
+    for t in ["ws", "sse", "poll"] {
+        let got = events(&mut page, t, N as usize).await;
+        let ns: Vec<u64> = got.iter().map(|e| e[1]["n"].as_u64().unwrap()).collect();
+        assert_eq!(
+            ns,
+            (0..N).collect::<Vec<_>>(),
+            "{t}: every event once, in order"
+        );
+        let log = page.eval(&format!("window.log['{t}']")).await;
+        assert_eq!(log["resets"], json!([]), "{t}");
+        if t != "poll" {
+            // The drain signal (close 1012, fanfare.drain) names the restart; a poll
+            // simply fails while the port is closed.
+            assert_eq!(log["disconnects"][0], json!("restart"), "{t}: {log}");
+        }
+    }
+    // Nothing more arrives later (no duplicate after the last).
+    publish_range(N, N + 1).await;
+    for t in ["ws", "sse", "poll"] {
+        assert_eq!(
+            events(&mut page, t, N as usize + 1).await.len(),
+            N as usize + 1,
+            "{t}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_resolves_with_the_apps_answer_and_rejects_with_its_error() {
+    let app = CallbackApp::start().await;
+    let yaml = base_yaml(&app.url(), None)
+        + &live("[ws, sse]")
+        + "    app: { connect: /rt/connect, message: /rt/message }\n";
+    let ff = start_fanfare(&yaml).await;
+    // Any page of the origin will do: this app's is its WebSocket example.
+    let Some(bin) = chromium() else { return };
+    let mut page = Browser::open(bin, &format!("http://{}/page/native", ff.edge_addr)).await;
+    page.eval(&open_client("rt", "/live/7", "{}", false)).await;
+    connected(&mut page, "rt", "ws").await;
+    page.eval("rt.rpc({ q: 1 }).then((a) => (window.answer = a))")
+        .await;
+    page.eval("rt.rpc({ q: 2 }, { event: 'fail' }).catch((e) => (window.failure = [e.code, e.status, e.data]))").await;
+    let answer = page
+        .until("the rpc's answer", "window.answer", |v| !v.is_null())
+        .await;
+    assert_eq!(answer["echo"], json!({ "q": 1 }));
+    assert!(answer["connection"].is_string(), "{answer}");
+    let failure = page
+        .until("the failed rpc", "window.failure", |v| !v.is_null())
+        .await;
+    assert_eq!(failure, json!(["app_error", 500, { "error": "boom" }]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_page_carries_what_one_tab_types_to_another_over_the_chosen_transport() {
+    let ff = start_fanfare(&default_config()).await;
+    let Some(bin) = chromium() else { return };
+    let demo = format!("http://{}/_fanfare/demo", ff.edge_addr);
+    let mut sender = Browser::open(bin, &demo).await;
+    let mut receiver = Browser::open(bin, &demo).await;
+    // The receiver switches to Server-Sent Events; the sender stays on the default.
+    receiver.eval("(document.getElementById('transport').value = 'sse', document.getElementById('join').click(), true)").await;
+    receiver
+        .until(
+            "the receiver connects over SSE",
+            "document.getElementById('status').textContent",
+            |v| v == "connected over sse",
+        )
+        .await;
+    sender
+        .until(
+            "the sender connects",
+            "document.getElementById('status').textContent",
+            |v| v == "connected over ws",
+        )
+        .await;
+    sender.eval("(document.getElementById('text').value = 'hello from the other tab', document.getElementById('form').requestSubmit(), true)").await;
+    let items = "[...document.querySelectorAll('#log li:not(.sys)')].map((li) => li.textContent)";
+    for p in [&mut receiver, &mut sender] {
+        p.until("the message in the log", items, |v| {
+            v == &json!(["hello from the other tab"])
+        })
+        .await;
+    }
+    let curl = receiver
+        .eval("document.getElementById('curl').textContent")
+        .await;
+    let curl = curl.as_str().unwrap();
+    assert!(
+        curl.contains(&format!("curl -N http://{}/demo/lobby", ff.edge_addr)),
+        "{curl}"
+    );
+    assert!(
+        curl.contains(&format!("http://{}/publish/demo.lobby", ff.admin_addr)),
+        "{curl}"
+    );
+}

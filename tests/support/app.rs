@@ -63,6 +63,14 @@ impl StubApp {
             )
             .route("/auth-huge-expiry", get(auth_huge_expiry))
             .route("/page/live", get(live_page))
+            .route(
+                "/page/blank",
+                get(|| async {
+                    axum::response::Html(
+                        "<!doctype html><meta charset=\"utf-8\"><title>blank</title>",
+                    )
+                }),
+            )
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

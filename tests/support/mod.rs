@@ -5,6 +5,7 @@
 
 mod app;
 mod balancer;
+mod browser;
 mod callbacks;
 mod instance;
 mod nats;
@@ -14,7 +15,9 @@ mod ws;
 
 // Each test crate uses a part of the harness; the rest is unused there.
 #[allow(unused_imports)]
-pub use {app::*, balancer::*, callbacks::*, instance::*, nats::*, node::*, sse::*, ws::*};
+pub use {
+    app::*, balancer::*, browser::*, callbacks::*, instance::*, nats::*, node::*, sse::*, ws::*,
+};
 
 use std::future::Future;
 use std::net::TcpListener;
