@@ -16,6 +16,10 @@ RUN mkdir -p src/bin && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.r
  && rm -rf src
 COPY src ./src
 COPY client ./client
+COPY build.rs ./
+# No .git in the build context: the commit `fanfare --version` names comes from here
+# (docker build --build-arg FANFARE_COMMIT=$(git rev-parse --short=12 HEAD) .).
+ARG FANFARE_COMMIT=unknown
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin fanfare
 
 # Runtime: glibc, CA certificates (JWKS over https), no shell, non-root.

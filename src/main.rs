@@ -8,12 +8,23 @@ use fanfare::config::Config;
 
 /// A realtime edge sidecar: pass-through proxy plus WebSocket, SSE and long-poll fan-out
 /// from NATS.
+/// `fanfare --version`: the version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("FANFARE_COMMIT"),
+    ")"
+);
+
+/// Where the configuration is read from when `--config` is not given.
+const DEFAULT_CONFIG: &str = "config/fanfare.yaml";
+
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 struct Cli {
-    /// The configuration file.
-    #[arg(long, short, default_value = "config/fanfare.yaml")]
-    config: PathBuf,
+    /// The configuration file [default: config/fanfare.yaml, from the working directory].
+    #[arg(long, short)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -43,7 +54,22 @@ fn main() -> ExitCode {
                 }
             };
         }
-        None => cli.config,
+        None => match cli.config {
+            Some(path) => path,
+            None => {
+                let path = PathBuf::from(DEFAULT_CONFIG);
+                if !path.exists() {
+                    let here = std::env::current_dir()
+                        .map_or_else(|_| ".".to_string(), |d| d.display().to_string());
+                    eprintln!(
+                        "fanfare: no --config given, and {DEFAULT_CONFIG} does not exist in {here}; \
+                         pass --config FILE (the repository's config/fanfare.yaml is an example)"
+                    );
+                    return ExitCode::from(2);
+                }
+                path
+            }
+        },
     };
     let config = match Config::load(&path) {
         Ok(c) => c,

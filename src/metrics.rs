@@ -72,10 +72,10 @@ impl Metrics {
     pub fn new(registry: Registry) -> prometheus::Result<Metrics> {
         let build_info = IntGaugeVec::new(
             Opts::new("fanfare_build_info", "Build information; always 1."),
-            &["version"],
+            &["version", "commit"],
         )?;
         build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("FANFARE_COMMIT")])
             .set(1);
         registry.register(Box::new(build_info))?;
 

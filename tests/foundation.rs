@@ -179,7 +179,7 @@ async fn admin_endpoints() {
     let (status, body) = admin_get(ff.admin_addr, "/metrics").await;
     assert_eq!(status, 200);
     for name in [
-        "fanfare_build_info{version=\"",
+        "fanfare_build_info{commit=\"",
         "fanfare_upstream_requests_total{class=\"2xx\"}",
         "fanfare_upstream_duration_seconds_bucket",
         "fanfare_nats_connected 1",
@@ -344,6 +344,45 @@ fn check_config_bad_duration() {
     let (code, err, _) = check_config("shutdown:\n  grace: 25 seconds\n");
     assert_eq!(code, 2);
     assert!(err.starts_with("FILE:2:10: invalid duration"), "{err}");
+}
+
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fanfare"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let commit = head.unwrap_or_else(|| "unknown".to_string());
+    assert_eq!(
+        line,
+        format!("fanfare {} (commit {commit})", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn without_config_and_without_the_default_file_fanfare_names_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fanfare"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no --config given")
+            && err.contains("config/fanfare.yaml does not exist in")
+            && err.contains("pass --config FILE"),
+        "{err}"
+    );
 }
 
 #[test]
