@@ -54,6 +54,7 @@ pub mod hub;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod reload;
 pub mod routing;
 pub mod transport;
 pub mod wire;
@@ -119,11 +120,12 @@ pub struct Handle {
     readiness: Arc<Readiness>,
     inflight: Arc<InFlight>,
     limits: Arc<ConnectionLimits>,
-    drain: drain::DrainControl,
+    drain: Arc<drain::DrainControl>,
     stop_admin: watch::Sender<bool>,
     disconnects: Disconnects,
     grace: Duration,
     drain_window: Duration,
+    reloader: Arc<reload::Reloader>,
 }
 
 /// How a shutdown ended.
@@ -142,6 +144,11 @@ pub enum Drained {
 }
 
 impl Handle {
+    /// What reloads this instance's configuration (SIGHUP, the file watch, tests).
+    pub fn reloader(&self) -> Arc<reload::Reloader> {
+        self.reloader.clone()
+    }
+
     /// Drains and stops: `/readyz` turns 503 at once, the edge stops accepting,
     /// keep-alive connections close after their current request, held realtime
     /// connections are closed spread over `shutdown.drain` (WebSocket 1012, SSE
@@ -260,6 +267,7 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
 /// Starts fanfare with `config` (already validated) and returns once both listeners
 /// are bound. The broker connects in the background.
 pub async fn run(config: Config) -> Result<Handle, StartError> {
+    let started = config.clone();
     let metrics = Metrics::new(prometheus::Registry::new())?;
     let broker = Broker::start(config.nats.as_ref(), &metrics).await?;
 
@@ -290,7 +298,7 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
         graceful_shutdown_timeout_seconds: Some(config.shutdown.grace.0.as_secs()),
         ..ServerConf::default()
     });
-    let (drain_control, drain) = drain::channel(config.shutdown.drain_window());
+    let drain_control = Arc::new(drain::channel(config.shutdown.drain_window()).0);
     let stop_edge_rx = drain_control.subscribe();
     let (stop_admin, stop_admin_rx) = watch::channel(false);
     let limits = ConnectionLimits::new(&config.limits);
@@ -298,12 +306,12 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
     let http = http_client().map_err(|e| StartError::Routes(format!("http client: {e}")))?;
     let disconnects = Disconnects::start(http.clone(), &metrics);
     let realtime = Realtime::new(
-        config.routes,
+        config.routes.clone(),
         Shared {
             hub: hub.clone(),
             broker: broker.clone(),
             metrics: metrics.clone(),
-            drain,
+            drain: drain_control.clone(),
             limits: limits.clone(),
             upstream_base: config.upstream.to_string(),
             http: http.clone(),
@@ -313,12 +321,14 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
         },
     )
     .map_err(StartError::Routes)?;
+    let realtime = Arc::new(arc_swap::ArcSwap::from_pointee(realtime));
+    let (limits_for_reload, metrics_for_reload) = (limits.clone(), metrics.clone());
     let edge = Edge::new(
         config.upstream.clone(),
         config.proxy.clone(),
         metrics.clone(),
         inflight.clone(),
-        Arc::new(realtime),
+        realtime.clone(),
         config
             .client
             .then(|| edge::assets::Assets::new(config.demo.then_some(admin_addr))),
@@ -376,5 +386,11 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
         disconnects,
         grace: config.shutdown.grace.0,
         drain_window: config.shutdown.drain_window(),
+        reloader: Arc::new(reload::Reloader::new(
+            realtime,
+            limits_for_reload,
+            metrics_for_reload,
+            started,
+        )),
     })
 }

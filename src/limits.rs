@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -20,9 +21,11 @@ struct Counts {
 
 /// The connection limiter.
 pub struct ConnectionLimits {
-    max_total: usize,
-    max_per_ip: usize,
-    max_pending_per_ip: usize,
+    // Atomics: a reload changes them under way (connections held past a lowered limit
+    // stay; new ones are counted against it).
+    max_total: AtomicUsize,
+    max_per_ip: AtomicUsize,
+    max_pending_per_ip: AtomicUsize,
     counts: Mutex<Counts>,
 }
 
@@ -87,11 +90,21 @@ impl ConnectionLimits {
     /// Limits from configuration.
     pub fn new(config: &LimitsConfig) -> Arc<ConnectionLimits> {
         Arc::new(ConnectionLimits {
-            max_total: config.max_connections,
-            max_per_ip: config.max_connections_per_ip,
-            max_pending_per_ip: config.max_pending_per_ip,
+            max_total: AtomicUsize::new(config.max_connections),
+            max_per_ip: AtomicUsize::new(config.max_connections_per_ip),
+            max_pending_per_ip: AtomicUsize::new(config.max_pending_per_ip),
             counts: Mutex::default(),
         })
+    }
+
+    /// Takes the limits of a reloaded configuration.
+    pub fn update(&self, config: &LimitsConfig) {
+        self.max_total
+            .store(config.max_connections, Ordering::Relaxed);
+        self.max_per_ip
+            .store(config.max_connections_per_ip, Ordering::Relaxed);
+        self.max_pending_per_ip
+            .store(config.max_pending_per_ip, Ordering::Relaxed);
     }
 
     fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
@@ -106,7 +119,7 @@ impl ConnectionLimits {
         let ip = limit_key(ip);
         let mut c = self.counts();
         let n = c.pending.entry(ip).or_insert(0);
-        if *n >= self.max_pending_per_ip {
+        if *n >= self.max_pending_per_ip.load(Ordering::Relaxed) {
             return None;
         }
         *n += 1;
@@ -120,12 +133,12 @@ impl ConnectionLimits {
     pub fn acquire(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Slot, Refused> {
         let ip = ip.map(limit_key);
         let mut c = self.counts();
-        if c.total >= self.max_total {
+        if c.total >= self.max_total.load(Ordering::Relaxed) {
             return Err(Refused::Total);
         }
         if let Some(ip) = ip {
             let n = c.per_ip.entry(ip).or_insert(0);
-            if *n >= self.max_per_ip {
+            if *n >= self.max_per_ip.load(Ordering::Relaxed) {
                 return Err(Refused::PerIp);
             }
             *n += 1;

@@ -7,6 +7,7 @@
 //!    `Set-Cookie` headers are replaced by `[redacted]`, wherever they appear.
 
 use std::io::{self, IsTerminal, Write};
+use std::sync::OnceLock;
 
 use tracing::Level;
 use tracing_subscriber::EnvFilter;
@@ -14,17 +15,38 @@ use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{Layer, fmt};
+use tracing_subscriber::{Layer, fmt, reload};
 
 use crate::config::{LogConfig, LogFormat};
 
 const REDACTED: &str = "[redacted]";
+
+/// Changes the filter of the installed subscriber (a reload's `log.level`).
+type FilterHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+static FILTER: OnceLock<FilterHandle> = OnceLock::new();
+
+/// Sets `log.level` on the running process (a configuration reload). `Ok(false)` when
+/// nothing changed: no subscriber installed (tests), or `RUST_LOG` is set and wins.
+pub fn set_level(level: &str) -> Result<bool, String> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        return Ok(false);
+    }
+    let Some(handle) = FILTER.get() else {
+        return Ok(false);
+    };
+    let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+    handle.reload(filter).map_err(|e| e.to_string())?;
+    Ok(true)
+}
 
 /// Installs the global subscriber for the binary.
 pub fn init(config: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let _ = FILTER.set(handle);
     let cap =
         filter_fn(|meta| *meta.level() <= Level::INFO || meta.target().starts_with("fanfare"));
     let ansi = io::stderr().is_terminal();

@@ -1,7 +1,8 @@
 //! The fanfare binary: CLI → config → run → wait for SIGTERM/SIGINT → drain → exit.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use fanfare::config::Config;
@@ -97,24 +98,35 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let signal = wait_for_signal().await;
+        let reloader = handle.reloader();
+        tokio::spawn(fanfare::reload::watch(reloader.clone(), path.clone()));
+        let signal = wait_for_signal(&reloader, &path).await;
         tracing::info!(signal, "shutting down");
         handle.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_for_signal() -> &'static str {
+/// Waits for SIGTERM or SIGINT (returned), reloading `path` at each SIGHUP meanwhile.
+async fn wait_for_signal(reloader: &Arc<fanfare::reload::Reloader>, path: &Path) -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers; stopping");
         return "none";
     };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    loop {
+        tokio::select! {
+            _ = term.recv() => return "SIGTERM",
+            _ = int.recv() => return "SIGINT",
+            _ = hup.recv() => {
+                tracing::info!(path = %path.display(), "SIGHUP: reloading the configuration");
+                let (r, p) = (reloader.clone(), path.to_path_buf());
+                let _ = tokio::task::spawn_blocking(move || r.reload_file(&p)).await;
+            }
+        }
     }
 }

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub app_disconnect_dropped: IntCounterVec,
     /// Messages addressed to one connection (`fanfare.connection.<id>`), by result.
     pub direct_messages: IntCounterVec,
+    /// Configuration reloads, by result (`applied`, `unchanged`, `invalid`).
+    pub config_reloads: IntCounterVec,
     /// Engine.IO requests for a session another instance owns, by role (`sent`: relayed
     /// from here, `served`: served here for another instance).
     pub socketio_relays: IntCounterVec,
@@ -223,6 +225,13 @@ impl Metrics {
                 ),
                 &["result"],
             )?,
+            config_reloads: IntCounterVec::new(
+                Opts::new(
+                    "fanfare_config_reloads_total",
+                    "Configuration reloads (SIGHUP or a changed file), by result (applied, unchanged, invalid).",
+                ),
+                &["result"],
+            )?,
             socketio_relays: IntCounterVec::new(
                 Opts::new(
                     "fanfare_socketio_relays_total",
@@ -263,6 +272,10 @@ impl Metrics {
         m.registry
             .register(Box::new(m.app_disconnect_dropped.clone()))?;
         m.registry.register(Box::new(m.direct_messages.clone()))?;
+        m.registry.register(Box::new(m.config_reloads.clone()))?;
+        for result in ["applied", "unchanged", "invalid"] {
+            m.config_reloads.with_label_values(&[result]);
+        }
         m.registry.register(Box::new(m.socketio_relays.clone()))?;
         m.registry.register(Box::new(m.socketio_polls.clone()))?;
         for role in ["sent", "served"] {

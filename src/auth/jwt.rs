@@ -263,6 +263,10 @@ fn spawn_jwks_refresher(
         let mut loaded = false;
         loop {
             interval.tick().await;
+            // The route was retired by a reload: nobody reads these keys any more.
+            if Arc::strong_count(&keys) == 1 {
+                return;
+            }
             match fetch_jwks(&http, &url).await {
                 Ok(new) => {
                     keys.store(Arc::new(new));

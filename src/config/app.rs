@@ -9,7 +9,7 @@ use super::value::Dur;
 
 /// The app's handlers for a route's connections. Paths are on `upstream`; a full
 /// `http://` URL names another service.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AppConfig {
     /// `POST`ed before a client is admitted; a non-2xx answer refuses it.

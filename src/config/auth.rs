@@ -9,7 +9,7 @@ use super::value::{Dur, interpolated_opt};
 
 /// A route's authorization. `mode` is required (deny by default); the other keys
 /// belong to one mode each.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// `none`, `jwt` or `upstream`.

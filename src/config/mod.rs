@@ -56,7 +56,7 @@ impl fmt::Display for ConfigError {
 }
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// The public address: ordinary requests are proxied to `upstream`, realtime routes
@@ -108,7 +108,7 @@ impl Default for Config {
 }
 
 /// Pass-through settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProxyConfig {
     /// Time allowed to open a TCP connection to the app. Default `5s`.
@@ -140,7 +140,7 @@ impl Default for ProxyConfig {
 }
 
 /// The admin listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address of `/metrics`, `/livez`, `/readyz` and `/publish`. Default `0.0.0.0:9090`
@@ -164,7 +164,7 @@ impl Default for AdminConfig {
 }
 
 /// The NATS connection.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
     /// Server URL(s), comma separated: `nats://host:4222`. Credentials may be embedded
@@ -193,7 +193,7 @@ fn default_nats_name() -> String {
 }
 
 /// Graceful shutdown.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// How long in-flight requests get to finish after SIGTERM before the process exits
@@ -223,7 +223,7 @@ impl Default for ShutdownConfig {
 }
 
 /// Log output.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `plain` or `json`. Default `plain`.
@@ -254,7 +254,7 @@ pub enum LogFormat {
 }
 
 /// Process-wide abuse limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Held realtime connections in total; past it, `429 too_many_connections`.

@@ -12,7 +12,7 @@ use super::value::{Dur, interpolated_opt};
 use crate::routing::{path::PathPattern, subject::Template};
 
 /// A realtime route: a path the edge serves itself instead of proxying.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// The path, with `{name}` capturing one segment: `/orders/{order_id}/events`.
@@ -95,7 +95,7 @@ fn default_retry() -> Dur {
 }
 
 /// WebSocket settings of a route.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WsConfig {
     /// Largest message (and frame) a client may send, in bytes; larger closes with 1009.
@@ -150,7 +150,7 @@ impl Default for WsConfig {
 }
 
 /// Resume history of a route.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HistoryConfig {
     /// A JetStream stream holding the route's subjects: cursors become stream
@@ -190,7 +190,7 @@ impl Default for HistoryConfig {
 }
 
 /// Long-polling settings of a route.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PollConfig {
     /// How long a poll is held when nothing is waiting. Default `25s`.
@@ -247,7 +247,7 @@ pub enum SlowConsumer {
 }
 
 /// A client queue's bound.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueueConfig {
     /// Messages queued for one client at most. Default `256`.

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::value::Dur;
 
 /// Engine.IO and Socket.IO settings of a `transports: [socketio]` route.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SocketIoConfig {
     /// How often the server pings. Default `25s`.
@@ -50,7 +50,7 @@ impl Default for SocketIoConfig {
 }
 
 /// One namespace.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NamespaceConfig {
     /// Subject templates (over token claims, `{claims.sub}`) every socket of the

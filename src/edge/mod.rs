@@ -21,6 +21,7 @@ pub mod client;
 pub mod cors;
 mod handoff;
 pub mod listener;
+mod live;
 mod proxy;
 pub mod realtime;
 pub mod respond;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::StatusCode;
 use pingora::http::RequestHeader;
@@ -58,7 +59,8 @@ pub struct Edge {
     proxy: ProxyConfig,
     metrics: Metrics,
     inflight: Arc<InFlight>,
-    realtime: Arc<Realtime>,
+    /// The realtime routes of the configuration in effect (a reload swaps them).
+    realtime: Arc<ArcSwap<Realtime>>,
     /// The client files (and the demo page) under `/_fanfare/`; `None` with
     /// `client: false`.
     assets: Option<Assets>,
@@ -71,7 +73,7 @@ impl Edge {
         proxy: ProxyConfig,
         metrics: Metrics,
         inflight: Arc<InFlight>,
-        realtime: Arc<Realtime>,
+        realtime: Arc<ArcSwap<Realtime>>,
         assets: Option<Assets>,
     ) -> Edge {
         let upstream_addr = upstream
@@ -136,7 +138,8 @@ impl ProxyHttp for Edge {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        if self.realtime.handle(session).await? {
+        let realtime = self.realtime.load_full();
+        if realtime.handle(session).await? {
             return Ok(true);
         }
         if let Some(assets) = &self.assets

@@ -5,149 +5,141 @@
 //! authorization, subjects (injection, grant), then the hub subscription; only then is
 //! the response header written. Every refusal is a [`Refusal`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::StatusCode;
 use pingora::prelude::Session;
-use tokio::sync::watch;
 
 use super::admission::{acquire, open};
 use super::client::Client;
 use super::cors::{self, OriginCheck};
 use super::handoff::take_h1_stream;
+use super::live::LiveRoute;
+pub use super::live::{Retired, Shared};
 use super::respond::Refusal;
-use super::route::Route;
-use crate::app::{Admission, App, Disconnects};
-use crate::auth::{self, Admitted, Authorizer};
-use crate::broker::{Broker, BrokerError};
+use crate::app::Admission;
+use crate::auth::{self, Admitted};
+use crate::broker::BrokerError;
 use crate::config::{Cidr, RouteConfig, Transport};
-use crate::drain::Drain;
-use crate::hub::direct::Directory;
-use crate::hub::{Hub, JoinError};
+use crate::hub::JoinError;
 use crate::limits::ConnectionLimits;
 use crate::metrics::Metrics;
 use crate::routing::path::{MatchError, Params, query_param};
+use crate::transport::socketio::relay::SioRoutes;
 use crate::transport::sse::{PingoraSink, RawSink};
 use crate::transport::{Held, Joined, RouteContext, echo, poll, sse, ws};
 use crate::wire::ws::check_handshake;
 
-struct LiveRoute {
-    route: Route,
-    ctx: Arc<RouteContext>,
-    auth: Arc<Authorizer>,
-    /// A Socket.IO route's namespaces and sessions.
-    sio: Option<Arc<crate::transport::socketio::SioRoute>>,
-}
-
-/// What the realtime side needs from the rest of fanfare.
-pub struct Shared {
-    /// The hub.
-    pub hub: Hub,
-    /// The broker (client publishes).
-    pub broker: Broker,
-    /// Metrics.
-    pub metrics: Metrics,
-    /// The shutdown drain.
-    pub drain: Drain,
-    /// Connection quotas.
-    pub limits: Arc<ConnectionLimits>,
-    /// The app's base URL (upstream auth).
-    pub upstream_base: String,
-    /// The HTTP client for auth callouts and JWKS.
-    pub http: reqwest::Client,
-    /// Proxies whose forwarded headers are believed.
-    pub trusted: Vec<Cidr>,
-    /// This instance's connections (`fanfare.connection.<id>`).
-    pub directory: Directory,
-    /// The disconnect callbacks' queue.
-    pub disconnects: Disconnects,
-}
-
-/// The realtime side of the edge.
+/// The realtime side of the edge: the routes of one configuration. A reload builds
+/// the next one ([`Realtime::reloaded`]) and the edge swaps it in.
 pub struct Realtime {
-    routes: Vec<LiveRoute>,
+    routes: Vec<Arc<LiveRoute>>,
     metrics: Metrics,
     limits: Arc<ConnectionLimits>,
     trusted: Vec<Cidr>,
+    shared: Arc<Shared>,
+    /// The Socket.IO routes the Engine.IO relay answers for (swapped on reload).
+    relay: SioRoutes,
+    relay_started: Arc<AtomicBool>,
+}
+
+/// What a reload did to the routes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RouteChanges {
+    /// Paths of routes kept as they were (their connections stay).
+    pub kept: Vec<String>,
+    /// Paths of routes that are new or changed.
+    pub added: Vec<String>,
+    /// Paths of routes removed or changed: their connections are closed with
+    /// `route_changed`, spread over the drain window.
+    pub retired: Vec<String>,
 }
 
 impl Realtime {
     /// Builds every route; starts one heartbeat ticker per route (and JWKS refreshers
     /// for routes that use them).
     pub fn new(configs: Vec<RouteConfig>, shared: Shared) -> Result<Realtime, String> {
-        let routes = configs
-            .into_iter()
-            .map(|config| {
-                let (route, auth) = Route::new(config)?;
-                let auth = Authorizer::new(
-                    &auth,
-                    &shared.upstream_base,
-                    shared.http.clone(),
-                    &shared.metrics,
-                )
-                .map_err(|e| format!("route {}: {e}", route.config.path))?;
-                let (bound, policy) = route.queue();
-                let app = App::new(
-                    &route.config.app,
-                    &shared.upstream_base,
-                    &route.config.path,
-                    shared.http.clone(),
-                    &shared.metrics,
-                    &shared.disconnects,
-                )
-                .map_err(|e| format!("route {}: app: {e}", route.config.path))?;
-                let ctx = Arc::new(RouteContext {
-                    hub: shared.hub.clone(),
-                    broker: shared.broker.clone(),
-                    metrics: shared.metrics.clone(),
-                    drain: shared.drain.clone(),
-                    path: route.config.path.clone(),
-                    topic: route.topic(),
-                    bound,
-                    policy,
-                    ws: route.config.ws.clone(),
-                    poll: route.config.poll.clone(),
-                    heartbeat: ticker(route.config.heartbeat.0),
-                    retry_ms: route.config.retry.0.as_millis(),
-                    retry_jitter: route.config.retry_jitter,
-                    app,
-                    directory: shared.directory.clone(),
-                    spec: Arc::new(route.topic()),
-                });
-                let auth = Arc::new(auth);
-                let sio = if route.serves(Transport::SocketIo) {
-                    Some(Arc::new(
-                        super::socketio::sio_route(&route, auth.clone())
-                            .map_err(|e| format!("route {}: socketio: {e}", route.config.path))?,
-                    ))
-                } else {
-                    None
-                };
-                Ok(LiveRoute {
-                    route,
-                    ctx,
-                    auth,
-                    sio,
-                })
-            })
-            .collect::<Result<Vec<LiveRoute>, String>>()?;
-        let sio = routes
+        let trusted = shared.trusted.clone();
+        Self::build(configs, trusted, Arc::new(shared), None).map(|(r, _)| r)
+    }
+
+    /// The realtime side for `configs`: routes whose configuration did not change are
+    /// kept as they are (with their connections), the others built anew. Nothing
+    /// happens to `self`'s routes until the caller retires them ([`Retired::start`]).
+    pub fn reloaded(
+        &self,
+        configs: Vec<RouteConfig>,
+        trusted: Vec<Cidr>,
+    ) -> Result<(Realtime, Retired, RouteChanges), String> {
+        let (next, changes) = Self::build(configs, trusted, self.shared.clone(), Some(self))?;
+        let retired = Retired(
+            self.routes
+                .iter()
+                .filter(|old| !next.routes.iter().any(|n| Arc::ptr_eq(n, old)))
+                .cloned()
+                .collect(),
+        );
+        Ok((next, retired, changes))
+    }
+
+    fn build(
+        configs: Vec<RouteConfig>,
+        trusted: Vec<Cidr>,
+        shared: Arc<Shared>,
+        previous: Option<&Realtime>,
+    ) -> Result<(Realtime, RouteChanges), String> {
+        let mut changes = RouteChanges::default();
+        let mut routes = Vec::with_capacity(configs.len());
+        for config in configs {
+            let same =
+                previous.and_then(|p| p.routes.iter().find(|l| l.route.config == config).cloned());
+            if let Some(live) = same {
+                changes.kept.push(config.path.clone());
+                routes.push(live);
+            } else {
+                changes.added.push(config.path.clone());
+                routes.push(Arc::new(LiveRoute::build(config, &shared)?));
+            }
+        }
+        if let Some(p) = previous {
+            for old in &p.routes {
+                if !routes.iter().any(|n| Arc::ptr_eq(n, old)) {
+                    changes.retired.push(old.route.config.path.clone());
+                }
+            }
+        }
+        let sio: HashMap<_, _> = routes
             .iter()
             .filter_map(|l| Some((l.route.config.path.clone(), l.sio.clone()?)))
             .collect();
-        crate::transport::socketio::relay::serve(
-            shared.broker.clone(),
-            shared.directory.instance(),
-            sio,
-            shared.metrics.clone(),
-        );
-        Ok(Realtime {
-            routes,
-            metrics: shared.metrics,
-            limits: shared.limits,
-            trusted: shared.trusted,
-        })
+        let (relay, relay_started) = match previous {
+            Some(p) => (p.relay.clone(), p.relay_started.clone()),
+            None => (SioRoutes::default(), Arc::new(AtomicBool::new(false))),
+        };
+        let any_sio = !sio.is_empty();
+        relay.store(Arc::new(sio));
+        if any_sio && !relay_started.swap(true, Ordering::AcqRel) {
+            crate::transport::socketio::relay::serve(
+                shared.broker.clone(),
+                shared.directory.instance(),
+                relay.clone(),
+                shared.metrics.clone(),
+            );
+        }
+        Ok((
+            Realtime {
+                routes,
+                metrics: shared.metrics.clone(),
+                limits: shared.limits.clone(),
+                trusted,
+                shared,
+                relay,
+                relay_started,
+            },
+            changes,
+        ))
     }
 
     /// Serves `session` when its path is a realtime route; `Ok(false)` passes it on to
@@ -458,21 +450,4 @@ fn requested_transport(session: &Session) -> Option<Transport> {
         Some("poll") => Some(Transport::Poll),
         Some(_) => None,
     }
-}
-
-/// A watch that ticks every `every` while anyone holds a receiver.
-fn ticker(every: Duration) -> watch::Receiver<u64> {
-    let (tx, rx) = watch::channel(0u64);
-    tokio::spawn(async move {
-        let mut interval = tokio::time::interval(every);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        interval.tick().await;
-        loop {
-            tokio::select! {
-                _ = interval.tick() => { tx.send_modify(|n| *n += 1); }
-                _ = tx.closed() => return,
-            }
-        }
-    });
-    rx
 }

@@ -351,6 +351,8 @@ pub enum Outcome {
     SlowConsumer,
     /// fanfare is shutting down (drain).
     Shutdown,
+    /// A reload removed or changed the connection's route.
+    RouteChanged,
     /// The client's token expired.
     Expired,
     /// The app closed it (`Fanfare-Control: close`).
@@ -372,6 +374,7 @@ impl Outcome {
             Outcome::Idle => "idle",
             Outcome::SlowConsumer => "slow_consumer",
             Outcome::Shutdown => "shutdown",
+            Outcome::RouteChanged => "route_changed",
             Outcome::Expired => "expired",
             Outcome::ClosedByApp => "closed_by_app",
             Outcome::Delivered => "delivered",

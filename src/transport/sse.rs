@@ -14,10 +14,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::{Outcome, RouteContext};
+use crate::drain::Why;
 use crate::hub::{Batch, ClientQueue, Closed};
 use crate::wire::sse::{
     EXPIRED, HEARTBEAT, encode_closed, encode_drain, encode_reset, encode_reset_reason,
-    encode_retry,
+    encode_retry, encode_route_changed,
 };
 
 /// Where an SSE session writes, and how it learns the peer is gone.
@@ -119,7 +120,7 @@ pub struct Session {
 enum Wake {
     Queue,
     Heartbeat,
-    Shutdown,
+    Drain(Why),
     Gone,
     Expired,
 }
@@ -163,7 +164,7 @@ impl Session {
             let wake = tokio::select! {
                 _ = self.queue.ready() => Wake::Queue,
                 r = self.heartbeat.changed(), if heartbeat_alive => if r.is_ok() { Wake::Heartbeat } else { heartbeat_alive = false; continue },
-                _ = self.ctx.drain.turn(self.client) => Wake::Shutdown,
+                why = self.ctx.drain.turn(self.client) => Wake::Drain(why),
                 _ = sink.gone() => Wake::Gone,
                 _ = super::expired(expiry.as_mut()) => Wake::Expired,
             };
@@ -173,9 +174,14 @@ impl Session {
                     return Outcome::Expired;
                 }
                 Wake::Gone => return Outcome::ClientClosed,
-                Wake::Shutdown => {
-                    let _ = sink.write(encode_drain(self.ctx.retry_hint())).await;
-                    return Outcome::Shutdown;
+                Wake::Drain(why) => {
+                    let retry = self.ctx.retry_hint();
+                    let (bye, outcome) = match why {
+                        Why::Shutdown => (encode_drain(retry), Outcome::Shutdown),
+                        Why::RouteChanged => (encode_route_changed(retry), Outcome::RouteChanged),
+                    };
+                    let _ = sink.write(bye).await;
+                    return outcome;
                 }
                 Wake::Heartbeat => {
                     if sink.write(Bytes::from_static(HEARTBEAT)).await.is_err() {

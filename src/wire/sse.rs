@@ -91,8 +91,18 @@ pub fn encode_retry(ms: u128) -> Bytes {
 /// that follows it: reconnect, with `Last-Event-ID`, after `ms`. The event's data names
 /// the same delay, for clients (fanfare's own) that cannot read `retry:`.
 pub fn encode_drain(ms: u128) -> Bytes {
+    closing("fanfare.drain", "restart", ms)
+}
+
+/// The event (and `retry:`) sent before a stream is closed because a reload removed or
+/// changed its route: reconnect, with `Last-Event-ID`, under the new configuration.
+pub fn encode_route_changed(ms: u128) -> Bytes {
+    closing("fanfare.route_changed", "route_changed", ms)
+}
+
+fn closing(event: &str, reason: &str, ms: u128) -> Bytes {
     Bytes::from(format!(
-        "event: fanfare.drain\ndata: {{\"reason\":\"restart\",\"retry\":{ms}}}\n\nretry: {ms}\n\n"
+        "event: {event}\ndata: {{\"reason\":\"{reason}\",\"retry\":{ms}}}\n\nretry: {ms}\n\n"
     ))
 }
 

@@ -31,6 +31,9 @@ pub mod close {
     pub const PING_TIMEOUT: u16 = 4002;
     /// The client held no subscription for `ws.idle_timeout`.
     pub const IDLE: u16 = 4003;
+    /// A configuration reload removed or changed the connection's route: reconnect
+    /// (with the cursor) under the new rules.
+    pub const ROUTE_CHANGED: u16 = 4004;
     /// The app closed the connection (`Fanfare-Control: close`); the reason is the app's.
     pub const BY_APP: u16 = 4005;
 }

@@ -111,6 +111,11 @@ impl FanfareProcess {
         }
     }
 
+    /// The configuration file it runs on.
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("fanfare.yaml")
+    }
+
     /// Sends a signal to the process.
     pub fn signal(&self, sig: &str) {
         let status = Command::new("kill")

@@ -175,7 +175,8 @@ impl<S: ByteSource + Send> SseReader<S> {
             .expect("an SSE frame within the deadline")
     }
 
-    async fn next_inner(&mut self) -> Option<Frame> {
+    /// The next frame without a deadline; `None` when the stream ends.
+    pub async fn next_inner(&mut self) -> Option<Frame> {
         loop {
             if let Some(pos) = self.buf.windows(2).position(|w| w == b"\n\n") {
                 let block: Vec<u8> = self.buf.drain(..pos + 2).collect();

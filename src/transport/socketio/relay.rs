@@ -45,16 +45,12 @@ fn hold(sio: &SioRoute) -> Duration {
     sio.config.ping_interval.0 + sio.config.ping_timeout.0
 }
 
-/// Serves relayed requests for this instance's Socket.IO routes (by path).
-pub fn serve(
-    broker: Broker,
-    instance: &str,
-    routes: HashMap<String, Arc<SioRoute>>,
-    metrics: crate::metrics::Metrics,
-) {
-    if routes.is_empty() {
-        return;
-    }
+/// This instance's Socket.IO routes by path; a reload swaps the map.
+pub type SioRoutes = Arc<arc_swap::ArcSwap<HashMap<String, Arc<SioRoute>>>>;
+
+/// Serves relayed requests for this instance's Socket.IO routes (by path, looked up
+/// in `routes` as it is when each request arrives).
+pub fn serve(broker: Broker, instance: &str, routes: SioRoutes, metrics: crate::metrics::Metrics) {
     let subject = subject(instance);
     tokio::spawn(async move {
         let mut connected = broker.connected();
@@ -73,7 +69,7 @@ pub fn serve(
             while let Some(req) = requests.next().await {
                 let (broker, routes, held) = (
                     broker.clone(),
-                    routes.clone(),
+                    routes.load_full(),
                     metrics.socketio_polls.clone(),
                 );
                 metrics.socketio_relays.with_label_values(&["served"]).inc();

@@ -27,6 +27,7 @@ use super::ws_socket::{CLOSE_TIMEOUT, assemble, close_for_error};
 use super::{Conn, Joined, Outcome, RouteContext, SET_SEPARATOR};
 use crate::auth::Permissions;
 use crate::config::WsProtocol;
+use crate::drain::Why;
 use crate::hub::{ClientQueue, Closed, Membership};
 use crate::limits::Bucket;
 use crate::wire::protocol::{self, Code};
@@ -116,7 +117,7 @@ enum Wake {
     Queue,
     Frame(Option<Result<Message, WsError>>),
     Tick,
-    Shutdown,
+    Drain(Why),
     Expired,
 }
 
@@ -162,7 +163,7 @@ where
                 _ = self.queue.ready() => Wake::Queue,
                 f = self.ws.next() => Wake::Frame(f),
                 _ = tick.tick() => Wake::Tick,
-                _ = self.ctx.drain.turn(self.client) => Wake::Shutdown,
+                why = self.ctx.drain.turn(self.client) => Wake::Drain(why),
                 _ = super::expired(expiry.as_mut()) => Wake::Expired,
             };
             match wake {
@@ -255,9 +256,14 @@ where
                         return Outcome::WriteError;
                     }
                 }
-                Wake::Shutdown => {
+                Wake::Drain(Why::Shutdown) => {
                     return self
                         .close(close::RESTART, "fanfare is restarting", Outcome::Shutdown)
+                        .await;
+                }
+                Wake::Drain(Why::RouteChanged) => {
+                    return self
+                        .close(close::ROUTE_CHANGED, "route_changed", Outcome::RouteChanged)
                         .await;
                 }
                 Wake::Expired => {

@@ -129,7 +129,10 @@ impl Session {
                 }
                 () = sleep_until(pong_due) => return Outcome::PingTimeout,
                 () = tokio::time::sleep_until(connect_by), if !ever_connected && !engine_only => return Outcome::Idle,
-                () = self.ctx.drain.turn(self.id) => return Outcome::Shutdown,
+                why = self.ctx.drain.turn(self.id) => return match why {
+                    crate::drain::Why::Shutdown => Outcome::Shutdown,
+                    crate::drain::Why::RouteChanged => Outcome::RouteChanged,
+                },
                 () = engine.until_ended() => {
                     return if engine.ended() == Some(Ended::Overflow) {
                         Outcome::SlowConsumer
