@@ -256,10 +256,11 @@ class Realtime {
     ws.onclose = (e) => {
       if (gen !== this.gen) return;
       // 4001: the token expired (a token function gives a fresh one at once);
-      // 4005: the app closed this connection; 1012: fanfare restarts.
+      // 4005: the app closed this connection; 1012: fanfare restarts; 4004: a reload
+      // changed the route.
       if (e.code === 4001) return this.down("token_expired", typeof this.o.token === "function" ? 0 : null);
       if (e.code === 4005) return this.down("closed_by_app", null, true);
-      this.down(e.code === 1012 ? "restart" : "closed " + e.code);
+      this.down(e.code === 1012 ? "restart" : e.code === 4004 ? "route_changed" : "closed " + e.code);
     };
   }
 
@@ -279,6 +280,7 @@ class Realtime {
     const on = (name, fn) => es.addEventListener(name, (e) => fn(parse(e.data) || {}));
     on("fanfare.reset", (d) => this.emit("reset", d));
     on("fanfare.drain", (d) => this.down("restart", d.retry));
+    on("fanfare.route_changed", (d) => this.down("route_changed", d.retry));
     on("fanfare.expired", () => this.down("token_expired", typeof this.o.token === "function" ? 0 : null));
     on("fanfare.closed", (d) => this.down("closed_by_app: " + (d.reason || ""), null, true));
     // EventSource would reconnect by itself, without backoff and without our cursor

@@ -630,3 +630,54 @@ async fn the_demo_page_carries_what_one_tab_types_to_another_over_the_chosen_tra
         "{curl}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_route_reconnects_the_page_with_nothing_lost() {
+    let app = StubApp::start().await;
+    let before = base_yaml(&app.url(), None).replace(
+        "shutdown: { grace: 5s }",
+        "shutdown: { grace: 5s, drain: 500ms }",
+    ) + &live("[ws, sse, poll]");
+    let ff = start_fanfare(&before).await;
+    let Some(mut page) = browser_on(ff.edge_addr, None).await else {
+        return;
+    };
+    for t in ["ws", "sse"] {
+        page.eval(&open_client(
+            t,
+            "/live/8",
+            &format!("{{ transports: ['{t}'] }}"),
+            false,
+        ))
+        .await;
+    }
+    for t in ["ws", "sse"] {
+        connected(&mut page, t, t).await;
+    }
+    for n in 0..5 {
+        publish(ff.admin_addr, "live.8", None, n.to_string()).await;
+    }
+    let changed = before.clone() + "    retry: 3s\n";
+    assert!(matches!(
+        ff.reloader().apply(config(&changed)),
+        fanfare::reload::Reloaded::Applied { .. }
+    ));
+    for t in ["ws", "sse"] {
+        let expr = format!("window.log['{t}'].connects.length");
+        page.until(&format!("{t} reconnects"), &expr, |v| v.as_u64() >= Some(2))
+            .await;
+    }
+    for n in 5..10 {
+        publish(ff.admin_addr, "live.8", None, n.to_string()).await;
+    }
+    for t in ["ws", "sse"] {
+        let got = events(&mut page, t, 10).await;
+        let ns: Vec<Value> = got.iter().map(|e| e[1].clone()).collect();
+        assert_eq!(ns, (0..10).map(|n| json!(n)).collect::<Vec<_>>(), "{t}");
+        assert_eq!(
+            page.eval(&format!("window.log['{t}'].disconnects")).await,
+            json!(["route_changed"]),
+            "{t}"
+        );
+    }
+}
