@@ -1,7 +1,7 @@
 # fanfare: multi-stage build. The build stage needs cmake (pingora's zlib-ng).
 #   docker build -t fanfare .
 #   docker run -p 8080:8080 -p 9090:9090 -v $PWD/my-config:/etc/fanfare fanfare
-# The image's own config is config/container.yaml (no routes, no demo); mount your own
+# The image's own config is docker/fanfare.yaml (no routes, no demo); mount your own
 # fanfare.yaml at /etc/fanfare. `upstream` is the app's address from inside the
 # container.
 FROM rust:1-bookworm AS build
@@ -25,7 +25,7 @@ RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin fanfare
 # Runtime: glibc, CA certificates (JWKS over https), no shell, non-root.
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/fanfare /usr/local/bin/fanfare
-COPY config/container.yaml /etc/fanfare/fanfare.yaml
+COPY docker/fanfare.yaml /etc/fanfare/fanfare.yaml
 USER 65532:65532
 EXPOSE 8080 9090
 ENTRYPOINT ["/usr/local/bin/fanfare"]

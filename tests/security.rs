@@ -160,6 +160,18 @@ fn example_configs_bind_admin_to_loopback() {
     }
 }
 
+#[test]
+fn the_container_images_config_keeps_publish_off_and_has_no_demo() {
+    let c = fanfare::config::Config::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docker/fanfare.yaml"
+    )))
+    .unwrap();
+    assert!(c.admin.publish_token.is_none() && !c.admin.listen.0.ip().is_loopback());
+    // Publish is then off on that listener (admin_publish_is_off_on_a_public_admin_address_without_a_token).
+    assert!(!c.demo && c.routes.is_empty());
+}
+
 // === 3: configured audience and issuer are required ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
