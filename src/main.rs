@@ -38,6 +38,14 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Print the JSON Schema of the configuration file, generated from fanfare's own
+    /// configuration types. With --chart FILE, write it into that Helm chart
+    /// values.schema.json as the schema of `fanfare.config` instead.
+    Schema {
+        /// A chart's values.schema.json to update in place.
+        #[arg(long)]
+        chart: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -51,6 +59,26 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("{e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Some(Command::Schema { chart: None }) => {
+            let schema = fanfare::config::schema();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).unwrap_or_default()
+            );
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Schema { chart: Some(file) }) => {
+            return match embed_schema(&file) {
+                Ok(()) => {
+                    println!("{}: fanfare.config schema updated", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", file.display());
                     ExitCode::from(2)
                 }
             };
@@ -105,6 +133,24 @@ fn main() -> ExitCode {
         handle.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+/// Writes the configuration's schema into a chart's values.schema.json, at
+/// `properties.fanfare.properties.config`.
+fn embed_schema(file: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
+    let mut values: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let mut schema = fanfare::config::schema();
+    if let Some(o) = schema.as_object_mut() {
+        o.remove("$schema");
+    }
+    let slot = values
+        .pointer_mut("/properties/fanfare/properties")
+        .and_then(serde_json::Value::as_object_mut)
+        .ok_or("no properties.fanfare.properties object")?;
+    slot.insert("config".into(), schema);
+    let out = serde_json::to_string_pretty(&values).map_err(|e| e.to_string())?;
+    std::fs::write(file, out + "\n").map_err(|e| e.to_string())
 }
 
 /// Waits for SIGTERM or SIGINT (returned), reloading `path` at each SIGHUP meanwhile.

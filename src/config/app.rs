@@ -3,13 +3,14 @@
 
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::value::Dur;
 
 /// The app's handlers for a route's connections. Paths are on `upstream`; a full
 /// `http://` URL names another service.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AppConfig {
     /// `POST`ed before a client is admitted; a non-2xx answer refuses it.
@@ -76,7 +77,7 @@ impl AppConfig {
 }
 
 /// What a WebSocket route's frames are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum WsProtocol {
     /// fanfare's JSON protocol (subscribe, publish, rpc, message envelopes).

@@ -3,13 +3,14 @@
 
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::value::{Dur, interpolated_opt};
 
 /// A route's authorization. `mode` is required (deny by default); the other keys
 /// belong to one mode each.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// `none`, `jwt` or `upstream`.
@@ -103,7 +104,7 @@ fn default_cache_ttl() -> Dur {
 }
 
 /// Authorization modes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     /// Public subjects; anyone who can reach the path may subscribe.
@@ -126,7 +127,7 @@ impl AuthMode {
 }
 
 /// JWT signature algorithms fanfare accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 pub enum JwtAlgorithm {
     /// HMAC with SHA-256 (shared secret).
     HS256,

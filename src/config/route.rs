@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::app::{AppConfig, WsProtocol};
@@ -12,7 +13,7 @@ use super::value::{Dur, interpolated_opt};
 use crate::routing::{path::PathPattern, subject::Template};
 
 /// A realtime route: a path the edge serves itself instead of proxying.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// The path, with `{name}` capturing one segment: `/orders/{order_id}/events`.
@@ -95,7 +96,7 @@ fn default_retry() -> Dur {
 }
 
 /// WebSocket settings of a route.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct WsConfig {
     /// Largest message (and frame) a client may send, in bytes; larger closes with 1009.
@@ -150,7 +151,7 @@ impl Default for WsConfig {
 }
 
 /// Resume history of a route.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct HistoryConfig {
     /// A JetStream stream holding the route's subjects: cursors become stream
@@ -190,7 +191,7 @@ impl Default for HistoryConfig {
 }
 
 /// Long-polling settings of a route.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PollConfig {
     /// How long a poll is held when nothing is waiting. Default `25s`.
@@ -209,7 +210,7 @@ impl Default for PollConfig {
 }
 
 /// A transport a route may serve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     /// Server-Sent Events.
@@ -236,7 +237,7 @@ impl Transport {
 }
 
 /// The slow-consumer policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SlowConsumer {
     /// Drop the oldest queued messages; the client later sees a `fanfare.reset` event.
@@ -247,7 +248,7 @@ pub enum SlowConsumer {
 }
 
 /// A client queue's bound.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueueConfig {
     /// Messages queued for one client at most. Default `256`.

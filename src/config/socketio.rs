@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::value::Dur;
 
 /// Engine.IO and Socket.IO settings of a `transports: [socketio]` route.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct SocketIoConfig {
     /// How often the server pings. Default `25s`.
@@ -50,7 +51,7 @@ impl Default for SocketIoConfig {
 }
 
 /// One namespace.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct NamespaceConfig {
     /// Subject templates (over token claims, `{claims.sub}`) every socket of the

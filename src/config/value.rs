@@ -260,3 +260,48 @@ pub fn interpolate(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result
     out.push_str(rest);
     Ok(out)
 }
+
+// === JSON Schema (`fanfare schema`) ===
+
+/// A string in `literal` form (a regular expression), or one that uses `${VAR}`
+/// interpolation (checked when the file is loaded).
+fn string_schema(literal: &str, description: &str) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "pattern": format!("^(?:{literal}|.*\\$\\{{.*)$"),
+        "description": description,
+    })
+}
+
+macro_rules! string_schema {
+    ($t:ty, $name:literal, $literal:literal, $description:literal) => {
+        impl schemars::JsonSchema for $t {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                $name.into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                string_schema($literal, $description)
+            }
+        }
+    };
+}
+
+string_schema!(
+    Addr,
+    "Address",
+    r"\S+:[0-9]{1,5}",
+    "IP:PORT (or localhost:PORT)"
+);
+string_schema!(Upstream, "Upstream", r"http://\S+", "http://HOST:PORT");
+string_schema!(
+    Cidr,
+    "Cidr",
+    r"[0-9a-fA-F:.]+(/[0-9]{1,3})?",
+    "an address range, 10.0.0.0/8 or fd00::/8"
+);
+string_schema!(
+    Dur,
+    "Duration",
+    r"[0-9]+(ms|s|m|h)",
+    "a number and a unit: 500ms, 25s, 2m, 1h"
+);
