@@ -1,7 +1,8 @@
-//! The Helm chart, checked without `helm` (it cannot be installed here): the static
-//! files parse, values.yaml validates against values.schema.json, the configuration the
-//! ConfigMap renders passes fanfare's own validation, and every metric the dashboard
-//! and the alerts use exists.
+//! The Helm chart: the static files parse; values.schema.json embeds the schema
+//! `fanfare schema` generates and refuses typos; the chart renders with Helm v4's own
+//! engine and lints clean (helm-python-sdk: no `helm` binary is needed); what it
+//! renders (ConfigMap, pod, ServiceAccount) is checked, the configuration with
+//! fanfare's own validation; every metric the dashboard and the alerts use exists.
 
 use std::path::{Path, PathBuf};
 
@@ -24,7 +25,10 @@ fn static_files_parse() {
     let c = yaml(&chart().join("Chart.yaml"));
     assert_eq!(c["name"], "fanfare");
     assert_eq!(c["apiVersion"], "v2");
-    assert_eq!(c["dependencies"][0]["condition"], "nats.enabled");
+    assert!(
+        c.get("dependencies").is_none(),
+        "no dependency: helm install works on the directory as it is"
+    );
     yaml(&chart().join("values.yaml"));
     json(&chart().join("values.schema.json"));
     let d = json(&chart().join("dashboards/fanfare.json"));
@@ -47,21 +51,68 @@ fn values_validate_against_the_schema() {
     bad["fanfare"]["config"]["lisen"] = serde_json::json!("x");
     bad["fanfare"]["config"]["shutdown"]["grace"] = serde_json::json!("25 seconds");
     assert_eq!(validator.iter_errors(&bad).count(), 3);
+    // Typos anywhere in the configuration, as fanfare itself would refuse them.
+    for (pointer, key) in [
+        ("/fanfare/config/routes/0", "transprots"),
+        ("/fanfare/config/log", "levle"),
+    ] {
+        let mut typo = values.clone();
+        let obj = typo.pointer_mut(pointer).unwrap().as_object_mut().unwrap();
+        obj.insert(key.into(), serde_json::json!("x"));
+        let errors: Vec<String> = validator
+            .iter_errors(&typo)
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(errors.len(), 1, "{key}: {errors:?}");
+        assert!(errors[0].contains(key), "{errors:?}");
+    }
+    // What Helm adds, and what a pod commonly needs, is allowed.
+    let mut extra = values.clone();
+    extra["global"] = serde_json::json!({ "imageRegistry": "registry.example" });
+    extra["imagePullSecrets"] = serde_json::json!([{ "name": "regcred" }]);
+    extra["serviceAccount"] = serde_json::json!({ "create": true, "name": "shop" });
+    extra["podAnnotations"] = serde_json::json!({ "a": "b" });
+    extra["podLabels"] = serde_json::json!({ "team": "web" });
+    let errors: Vec<String> = validator
+        .iter_errors(&extra)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
+#[test]
+fn the_chart_schema_embeds_the_schema_fanfare_generates() {
+    let schema = json(&chart().join("values.schema.json"));
+    let mut generated = fanfare::config::schema();
+    generated.as_object_mut().unwrap().remove("$schema");
+    assert!(
+        schema["properties"]["fanfare"]["properties"]["config"] == generated,
+        "values.schema.json is out of date: run `cargo run -- schema --chart charts/fanfare/values.schema.json`"
+    );
+    // And every example configuration in the repository passes it.
+    let validator =
+        jsonschema::validator_for(&schema["properties"]["fanfare"]["properties"]["config"])
+            .unwrap();
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config")).unwrap() {
+        let path = entry.unwrap().path();
+        let config = yaml(&path);
+        let errors: Vec<String> = validator
+            .iter_errors(&config)
+            .map(|e| format!("{e} at {}", e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+    }
 }
 
 #[test]
 fn the_configmap_config_passes_check_config() {
-    let template = std::fs::read_to_string(chart().join("templates/_helpers.tpl")).unwrap();
-    assert!(
-        template.contains("deepCopy .Values.fanfare.config"),
-        "the ConfigMap renders fanfare.config as is"
-    );
     let values = yaml(&chart().join("values.yaml"));
-    let config = &values["fanfare"]["config"];
-    let rendered = serde_saphyr::to_string(config).unwrap();
+    let r = render(&serde_json::json!({}));
+    let cm = &docs(&r, "configmap.yaml")[0];
+    let rendered = cm["data"]["fanfare.yaml"].as_str().unwrap();
     let parsed =
-        fanfare::config::Config::parse(&rendered).unwrap_or_else(|e| panic!("{e:?}\n{rendered}"));
-    // The ports the chart exposes are the ones fanfare listens on.
+        fanfare::config::Config::parse(rendered).unwrap_or_else(|e| panic!("{e:?}\n{rendered}"));
+    // The addresses follow the ports the chart exposes: they cannot disagree.
     assert_eq!(
         parsed.listen.0.port() as u64,
         values["fanfare"]["port"].as_u64().unwrap()
@@ -74,6 +125,8 @@ fn the_configmap_config_passes_check_config() {
         parsed.upstream.port as u64,
         values["app"]["port"].as_u64().unwrap()
     );
+    // NATS is the release's own "<release>-nats", not a fixed name.
+    assert_eq!(parsed.nats.unwrap().url, "nats://shop-nats:4222");
     // Kubernetes' grace covers preStop and fanfare's own grace.
     let pre_stop = values["fanfare"]["preStopSeconds"].as_u64().unwrap();
     assert!(parsed.shutdown.drain_window() < parsed.shutdown.grace.0);
@@ -230,4 +283,86 @@ fn rendered_publish_token_and_network_policy() {
         monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"], "metrics",
         "the ServiceMonitor scrapes the metrics Service, not the app's"
     );
+}
+
+#[test]
+fn rendered_pods_carry_the_apps_prestop_and_the_pod_settings() {
+    let r = render(&serde_json::json!({
+        "global": { "imageRegistry": "registry.example" },
+        "imagePullSecrets": [{ "name": "regcred" }],
+        "serviceAccount": { "create": true },
+        "podAnnotations": { "example.com/owner": "web" },
+        "podLabels": { "team": "web" },
+    }));
+    let pod = &docs(&r, "deployment.yaml")[0]["spec"]["template"];
+    let app = pod["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "app")
+        .unwrap();
+    // preStopSeconds (5) + grace (25): the app outlives fanfare's drain.
+    assert_eq!(app["lifecycle"]["preStop"]["sleep"]["seconds"], 30);
+    assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 35);
+    assert_eq!(pod["spec"]["imagePullSecrets"][0]["name"], "regcred");
+    assert_eq!(pod["spec"]["serviceAccountName"], "shop-fanfare");
+    assert_eq!(pod["metadata"]["labels"]["team"], "web");
+    assert_eq!(pod["metadata"]["annotations"]["example.com/owner"], "web");
+    let sa = &docs(&r, "serviceaccount.yaml")[0];
+    assert_eq!(sa["metadata"]["name"], "shop-fanfare");
+}
+
+#[test]
+fn rendered_addresses_that_disagree_with_the_ports_are_refused() {
+    let python = std::env::var("FANFARE_TEST_PYTHON").expect("FANFARE_TEST_PYTHON");
+    let script = "import json, sys, helm_python as h\n\
+                  c = h.Chart.load(sys.argv[1])\n\
+                  try:\n    c.render(json.loads(sys.argv[2]), name='shop', namespace='web')\n    print('rendered')\n\
+                  except Exception as e:\n    print(e)\n";
+    for (values, needle) in [
+        (
+            serde_json::json!({ "fanfare": { "config": { "listen": "0.0.0.0:9999" } } }),
+            "disagrees with fanfare.port",
+        ),
+        (
+            serde_json::json!({ "fanfare": { "config": { "admin": { "listen": "0.0.0.0:1" } } } }),
+            "disagrees with fanfare.adminPort",
+        ),
+        (
+            serde_json::json!({ "nats": { "embedded": true } }),
+            "needs replicaCount: 1",
+        ),
+    ] {
+        let out = std::process::Command::new(&python)
+            .args(["-c", script])
+            .arg(chart())
+            .arg(values.to_string())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(needle), "{values}: {text}");
+    }
+    // Embedded NATS with one replica renders no nats key: the embedded broker.
+    let r = render(&serde_json::json!({ "nats": { "embedded": true }, "replicaCount": 1 }));
+    let cm = &docs(&r, "configmap.yaml")[0];
+    let config =
+        fanfare::config::Config::parse(cm["data"]["fanfare.yaml"].as_str().unwrap()).unwrap();
+    assert!(config.nats.is_none());
+}
+
+#[test]
+fn the_chart_lints_clean_and_has_no_dependency_to_build() {
+    let python = std::env::var("FANFARE_TEST_PYTHON").expect("FANFARE_TEST_PYTHON");
+    let out = std::process::Command::new(&python)
+        .args(["-c", "import json, sys, helm_python as h\nprint(json.dumps(h.lint(sys.argv[1], strict=True)))"])
+        .arg(chart())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["errors"], serde_json::json!([]), "{report}");
 }

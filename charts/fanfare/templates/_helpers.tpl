@@ -15,6 +15,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
+{{- define "fanfare.serviceAccountName" -}}
+{{- default (include "fanfare.fullname" .) .Values.serviceAccount.name -}}
+{{- end -}}
+
 {{- define "fanfare.selectorLabels" -}}
 app.kubernetes.io/name: {{ .Chart.Name }}
 app.kubernetes.io/instance: {{ .Release.Name }}
@@ -115,10 +119,36 @@ metadata:
 data:
   {{- /* With a publish token Secret, admin.publish_token reads it from the env. */}}
   {{- $config := deepCopy .Values.fanfare.config }}
-  {{- if .Values.fanfare.publishToken.secretName }}
+  {{- /* Addresses follow the ports, so the two cannot disagree. */}}
+  {{- $listen := printf "0.0.0.0:%d" (.Values.fanfare.port | int) }}
+  {{- $adminListen := printf "0.0.0.0:%d" (.Values.fanfare.adminPort | int) }}
+  {{- $upstream := printf "http://127.0.0.1:%d" (.Values.app.port | int) }}
+  {{- if and (hasKey $config "listen") (ne (toString $config.listen) $listen) }}
+  {{- fail (printf "fanfare.config.listen (%s) disagrees with fanfare.port (%s): leave it out, the chart sets it" (toString $config.listen) $listen) }}
+  {{- end }}
+  {{- if and (hasKey $config "upstream") (ne (toString $config.upstream) $upstream) }}
+  {{- fail (printf "fanfare.config.upstream (%s) disagrees with app.port (%s): leave it out, the chart sets it" (toString $config.upstream) $upstream) }}
+  {{- end }}
+  {{- $_ := set $config "listen" $listen }}
+  {{- $_ := set $config "upstream" $upstream }}
   {{- $admin := default (dict) $config.admin }}
-  {{- $_ := set $admin "publish_token" "${FANFARE_PUBLISH_TOKEN}" }}
+  {{- if and (hasKey $admin "listen") (ne (toString $admin.listen) $adminListen) }}
+  {{- fail (printf "fanfare.config.admin.listen (%s) disagrees with fanfare.adminPort (%s): leave it out, the chart sets it" (toString $admin.listen) $adminListen) }}
+  {{- end }}
+  {{- $_ := set $admin "listen" $adminListen }}
   {{- $_ := set $config "admin" $admin }}
+  {{- /* NATS: as configured, else the release's "<release>-nats", unless embedded. */}}
+  {{- if not (hasKey $config "nats") }}
+  {{- if .Values.nats.embedded }}
+  {{- if gt (.Values.replicaCount | int) 1 }}
+  {{- fail "nats.embedded: true needs replicaCount: 1 (each pod would have its own broker, and events would reach only that pod's clients)" }}
+  {{- end }}
+  {{- else }}
+  {{- $_ := set $config "nats" (dict "url" (default (printf "nats://%s-nats:4222" .Release.Name) .Values.nats.url)) }}
+  {{- end }}
+  {{- end }}
+  {{- if .Values.fanfare.publishToken.secretName }}
+  {{- $_ := set $admin "publish_token" "${FANFARE_PUBLISH_TOKEN}" }}
   {{- end }}
   fanfare.yaml: |
     {{- toYaml $config | nindent 4 }}
