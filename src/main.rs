@@ -64,7 +64,7 @@ fn main() -> ExitCode {
             };
         }
         Some(Command::Schema { chart: None }) => {
-            let schema = fanfare::config::schema();
+            let schema = fanfare::config::schema::generate();
             println!(
                 "{}",
                 serde_json::to_string_pretty(&schema).unwrap_or_default()
@@ -140,7 +140,7 @@ fn main() -> ExitCode {
 fn embed_schema(file: &Path) -> Result<(), String> {
     let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
     let mut values: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    let mut schema = fanfare::config::schema();
+    let mut schema = fanfare::config::schema::generate();
     if let Some(o) = schema.as_object_mut() {
         o.remove("$schema");
     }

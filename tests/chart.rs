@@ -83,7 +83,7 @@ fn values_validate_against_the_schema() {
 #[test]
 fn the_chart_schema_embeds_the_schema_fanfare_generates() {
     let schema = json(&chart().join("values.schema.json"));
-    let mut generated = fanfare::config::schema();
+    let mut generated = fanfare::config::schema::generate();
     generated.as_object_mut().unwrap().remove("$schema");
     assert!(
         schema["properties"]["fanfare"]["properties"]["config"] == generated,

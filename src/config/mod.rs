@@ -14,7 +14,7 @@ mod app;
 mod auth;
 mod invalid;
 mod route;
-mod schema;
+pub mod schema;
 mod socketio;
 mod value;
 
@@ -30,7 +30,6 @@ pub use auth::{AuthConfig, AuthMode, JwtAlgorithm};
 pub use route::{
     HistoryConfig, PollConfig, QueueConfig, RouteConfig, SlowConsumer, Transport, WsConfig,
 };
-pub use schema::schema;
 pub use socketio::{NamespaceConfig, SocketIoConfig};
 pub use value::{Addr, Cidr, Dur, Upstream, interpolate};
 use value::{interpolated, interpolated_opt};

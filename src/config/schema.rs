@@ -6,7 +6,7 @@ use super::Config;
 /// The JSON Schema of the configuration file (draft-07, every definition inlined so it
 /// can be embedded in another schema, such as the chart's `values.schema.json`),
 /// generated from these types: what `fanfare schema` prints.
-pub fn schema() -> serde_json::Value {
+pub fn generate() -> serde_json::Value {
     let generator = schemars::generate::SchemaSettings::draft07()
         .with(|s| s.inline_subschemas = true)
         .into_generator();
