@@ -11,10 +11,13 @@
 # client got before), the same with fanfare's jittered retry:, and fanfare's client
 # over SSE and over WebSocket (its backoff). fanfare on core 0, Node on core 1.
 # Installs the `eventsource` package (npm) into target/bench-node.
-# usage: bench/storm.sh [N=1000]
+# usage: [DRAIN=5s] [SHAPES="single rolling"] bench/storm.sh [N=1000]
+#   DRAIN: shutdown.drain of the instance that restarts (fanfare's default is 20s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000}
+DRAIN=${DRAIN:-5s}
+GRACE="$(( ${DRAIN%s} + 3 ))s"
 cargo build --release --quiet --bin fanfare
 nm=target/bench-node
 if [ ! -d "$nm/node_modules/eventsource" ]; then
@@ -30,7 +33,7 @@ listen: 127.0.0.1:$2
 upstream: http://127.0.0.1:1
 admin: { listen: 127.0.0.1:$(free_port) }
 log: { level: warn }
-shutdown: { grace: 8s, drain: 5s }
+shutdown: { grace: $GRACE, drain: $DRAIN }
 limits: { max_connections: 100000, max_connections_per_ip: 100000, max_pending_per_ip: 100000 }
 routes:
   - path: /storm

@@ -298,6 +298,18 @@ fn open_client(name: &str, path: &str, options: &str, umd: bool) -> String {
     )
 }
 
+/// Opens one client per transport in `transports` on `path` (each named after its
+/// transport and limited to it) and waits until each has connected over it.
+async fn one_client_per_transport(page: &mut Browser, path: &str, transports: &[&str]) {
+    for t in transports {
+        let options = format!("{{ transports: ['{t}'] }}");
+        page.eval(&open_client(t, path, &options, false)).await;
+    }
+    for t in transports {
+        connected(page, t, t).await;
+    }
+}
+
 /// Waits until client `name` has connected over `transport`.
 async fn connected(page: &mut Browser, name: &str, transport: &str) {
     let expr = format!(
@@ -336,18 +348,7 @@ async fn each_transport_delivers_named_and_default_events_in_chromium() {
     let Some(mut page) = browser_on(ff.edge_addr, None).await else {
         return;
     };
-    for t in ["ws", "sse", "poll"] {
-        page.eval(&open_client(
-            t,
-            "/live/1",
-            &format!("{{ transports: ['{t}'] }}"),
-            false,
-        ))
-        .await;
-    }
-    for t in ["ws", "sse", "poll"] {
-        connected(&mut page, t, t).await;
-    }
+    one_client_per_transport(&mut page, "/live/1", &["ws", "sse", "poll"]).await;
     publish(ff.admin_addr, "live.1", Some("said"), "{\"n\":1}").await;
     publish(ff.admin_addr, "live.1", None, "plain text").await;
     // What a client publishes over its WebSocket reaches every client.
@@ -495,18 +496,7 @@ async fn across_a_restart_every_transport_resumes_with_nothing_lost_or_repeated(
     let Some(mut page) = browser_on(edge, None).await else {
         return;
     };
-    for t in ["ws", "sse", "poll"] {
-        page.eval(&open_client(
-            t,
-            "/live/6",
-            &format!("{{ transports: ['{t}'] }}"),
-            false,
-        ))
-        .await;
-    }
-    for t in ["ws", "sse", "poll"] {
-        connected(&mut page, t, t).await;
-    }
+    one_client_per_transport(&mut page, "/live/6", &["ws", "sse", "poll"]).await;
     // The app publishes a third before, a third while fanfare is down, and a third
     // after it is back.
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
@@ -642,18 +632,7 @@ async fn a_reload_that_changes_the_route_reconnects_the_page_with_nothing_lost()
     let Some(mut page) = browser_on(ff.edge_addr, None).await else {
         return;
     };
-    for t in ["ws", "sse"] {
-        page.eval(&open_client(
-            t,
-            "/live/8",
-            &format!("{{ transports: ['{t}'] }}"),
-            false,
-        ))
-        .await;
-    }
-    for t in ["ws", "sse"] {
-        connected(&mut page, t, t).await;
-    }
+    one_client_per_transport(&mut page, "/live/8", &["ws", "sse"]).await;
     for n in 0..5 {
         publish(ff.admin_addr, "live.8", None, n.to_string()).await;
     }
