@@ -4,8 +4,8 @@
 # fanfare's diagnostic echo route (config/autobahn.yaml), and prints the tally.
 #
 # The original `autobahntestsuite` runner needs Python 2, which Debian no longer ships
-# and which cannot be downloaded here. `kosoku` (PyPI) drives Autobahn's own case files
-# (auto-translated to Python 3 where needed) with a Rust runner; that is what runs here.
+# and which PyPI does not offer for Python 3. `kosoku` (PyPI) drives Autobahn's own case files
+# (auto-translated to Python 3 where needed) with a Rust runner; that is what runs.
 #
 # usage: bench/autobahn.sh [REPORT_DIR=target/autobahn]
 set -euo pipefail
