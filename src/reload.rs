@@ -99,6 +99,7 @@ impl Reloader {
         {
             return Reloaded::Invalid(format!("log.level: {e}"));
         }
+        next.activate();
         self.realtime.store(Arc::new(next));
         retired.start();
         self.limits.update(&config.limits);

@@ -24,8 +24,6 @@ use crate::auth::{self, Admitted};
 use crate::broker::BrokerError;
 use crate::config::{Cidr, RouteConfig, Transport};
 use crate::hub::JoinError;
-use crate::limits::ConnectionLimits;
-use crate::metrics::Metrics;
 use crate::routing::path::{MatchError, Params, query_param};
 use crate::transport::socketio::relay::SioRoutes;
 use crate::transport::sse::{PingoraSink, RawSink};
@@ -36,8 +34,6 @@ use crate::wire::ws::check_handshake;
 /// the next one ([`Realtime::reloaded`]) and the edge swaps it in.
 pub struct Realtime {
     routes: Vec<Arc<LiveRoute>>,
-    metrics: Metrics,
-    limits: Arc<ConnectionLimits>,
     trusted: Vec<Cidr>,
     shared: Arc<Shared>,
     /// The Socket.IO routes the Engine.IO relay answers for (swapped on reload).
@@ -62,26 +58,21 @@ impl Realtime {
     /// for routes that use them).
     pub fn new(configs: Vec<RouteConfig>, shared: Shared) -> Result<Realtime, String> {
         let trusted = shared.trusted.clone();
-        Self::build(configs, trusted, Arc::new(shared), None).map(|(r, _)| r)
+        let (realtime, _, _) = Self::build(configs, trusted, Arc::new(shared), None)?;
+        realtime.activate();
+        Ok(realtime)
     }
 
     /// The realtime side for `configs`: routes whose configuration did not change are
     /// kept as they are (with their connections), the others built anew. Nothing
-    /// happens to `self`'s routes until the caller retires them ([`Retired::start`]).
+    /// changes for `self`'s routes until the caller swaps the new set in, calls
+    /// [`Realtime::activate`] on it and retires the rest ([`Retired::start`]).
     pub fn reloaded(
         &self,
         configs: Vec<RouteConfig>,
         trusted: Vec<Cidr>,
     ) -> Result<(Realtime, Retired, RouteChanges), String> {
-        let (next, changes) = Self::build(configs, trusted, self.shared.clone(), Some(self))?;
-        let retired = Retired(
-            self.routes
-                .iter()
-                .filter(|old| !next.routes.iter().any(|n| Arc::ptr_eq(n, old)))
-                .cloned()
-                .collect(),
-        );
-        Ok((next, retired, changes))
+        Self::build(configs, trusted, self.shared.clone(), Some(self))
     }
 
     fn build(
@@ -89,7 +80,7 @@ impl Realtime {
         trusted: Vec<Cidr>,
         shared: Arc<Shared>,
         previous: Option<&Realtime>,
-    ) -> Result<(Realtime, RouteChanges), String> {
+    ) -> Result<(Realtime, Retired, RouteChanges), String> {
         let mut changes = RouteChanges::default();
         let mut routes = Vec::with_capacity(configs.len());
         for config in configs {
@@ -103,43 +94,54 @@ impl Realtime {
                 routes.push(Arc::new(LiveRoute::build(config, &shared)?));
             }
         }
-        if let Some(p) = previous {
-            for old in &p.routes {
-                if !routes.iter().any(|n| Arc::ptr_eq(n, old)) {
-                    changes.retired.push(old.route.config.path.clone());
-                }
-            }
-        }
-        let sio: HashMap<_, _> = routes
+        let retired: Vec<Arc<LiveRoute>> = previous
+            .map(|p| {
+                p.routes
+                    .iter()
+                    .filter(|old| !routes.iter().any(|n| Arc::ptr_eq(n, old)))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        changes.retired = retired
             .iter()
-            .filter_map(|l| Some((l.route.config.path.clone(), l.sio.clone()?)))
+            .map(|l| l.route.config.path.clone())
             .collect();
         let (relay, relay_started) = match previous {
             Some(p) => (p.relay.clone(), p.relay_started.clone()),
             None => (SioRoutes::default(), Arc::new(AtomicBool::new(false))),
         };
-        let any_sio = !sio.is_empty();
-        relay.store(Arc::new(sio));
-        if any_sio && !relay_started.swap(true, Ordering::AcqRel) {
-            crate::transport::socketio::relay::serve(
-                shared.broker.clone(),
-                shared.directory.instance(),
-                relay.clone(),
-                shared.metrics.clone(),
-            );
-        }
         Ok((
             Realtime {
                 routes,
-                metrics: shared.metrics.clone(),
-                limits: shared.limits.clone(),
                 trusted,
                 shared,
                 relay,
                 relay_started,
             },
+            Retired(retired),
             changes,
         ))
+    }
+
+    /// Points the Engine.IO relay at this set's Socket.IO routes (starting the relay
+    /// the first time there are any).
+    pub fn activate(&self) {
+        let sio: HashMap<_, _> = self
+            .routes
+            .iter()
+            .filter_map(|l| Some((l.route.config.path.clone(), l.sio.clone()?)))
+            .collect();
+        let any = !sio.is_empty();
+        self.relay.store(Arc::new(sio));
+        if any && !self.relay_started.swap(true, Ordering::AcqRel) {
+            crate::transport::socketio::relay::serve(
+                self.shared.broker.clone(),
+                self.shared.directory.instance(),
+                self.relay.clone(),
+                self.shared.metrics.clone(),
+            );
+        }
     }
 
     /// Serves `session` when its path is a realtime route; `Ok(false)` passes it on to
@@ -160,7 +162,11 @@ impl Realtime {
     }
 
     fn reject(&self, reason: &'static str, refusal: Refusal) -> Refusal {
-        self.metrics.rejected.with_label_values(&[reason]).inc();
+        self.shared
+            .metrics
+            .rejected
+            .with_label_values(&[reason])
+            .inc();
         refusal
     }
 
@@ -212,7 +218,7 @@ impl Realtime {
                 session,
                 &live.ctx,
                 sio,
-                &self.limits,
+                &self.shared.limits,
                 &client,
                 allowed_origin.as_ref(),
             )
@@ -238,14 +244,14 @@ impl Realtime {
                     format!("this route offers: {}", offered.join(", ")),
                 )
             })?;
-        let slot = acquire(&self.limits, &client, &self.metrics)?;
+        let slot = acquire(&self.shared.limits, &client, &self.shared.metrics)?;
         let grant = live
             .auth
-            .authorize(session.req_header(), &self.metrics)
+            .authorize(session.req_header(), &self.shared.metrics)
             .await?;
         let ctx = live.ctx.clone();
         let path_params = ctx.app.is_some().then(|| params.clone());
-        let admitted = auth::admit(route, params, grant, &self.metrics)?;
+        let admitted = auth::admit(route, params, grant, &self.shared.metrics)?;
         let client_id = ctx.hub.client_id();
         let (conn, opening) = if ctx.ws.echo {
             (None, None)

@@ -128,7 +128,8 @@ impl Browser {
             }
             assert!(tokio::time::Instant::now() < deadline, "{what}: still {v}");
             // Paces the polling of the page; the deadline above bounds the wait.
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let poll_again = tokio::time::Instant::now() + std::time::Duration::from_millis(20);
+            tokio::time::sleep_until(poll_again).await;
         }
     }
 
