@@ -346,7 +346,8 @@ impl Realtime {
                         let _slot = slot;
                         let mut sink = RawSink(&mut stream);
                         if sink.write_head(head).await.is_ok() {
-                            let outcome = ctx.counted("sse", sse_session.run(&mut sink)).await;
+                            let counting = ctx.counting("sse");
+                            let outcome = counting.end(sse_session.run(&mut sink).await);
                             ctx.ended(conn.as_deref(), "sse", outcome, &queue);
                             sink.finish().await;
                         }
@@ -359,9 +360,8 @@ impl Realtime {
                     .write_response_header(Box::new(head), false)
                     .await
                     .map_err(Refusal::internal)?;
-                let outcome = ctx
-                    .counted("sse", sse_session.run(&mut PingoraSink(session)))
-                    .await;
+                let counting = ctx.counting("sse");
+                let outcome = counting.end(sse_session.run(&mut PingoraSink(session)).await);
                 ctx.ended(conn.as_deref(), "sse", outcome, &queue);
                 drop((held, registered, slot));
             }

@@ -24,18 +24,18 @@ pub async fn serve(
     mut head: ResponseHeader,
 ) -> pingora::Result<()> {
     let queue = joined.queue.clone();
-    ctx.counted("poll", async {
-        if !queue.is_empty() || queue.has_reset() {
-            return Outcome::Delivered;
-        }
+    let counting = ctx.counting("poll");
+    let outcome = if !queue.is_empty() || queue.has_reset() {
+        Outcome::Delivered
+    } else {
         tokio::select! {
             _ = queue.ready() => Outcome::Delivered,
             _ = tokio::time::sleep(ctx.poll.timeout.0) => Outcome::Timeout,
             _ = ctx.drain.started() => Outcome::Timeout,
             _ = client_gone(session) => Outcome::Timeout,
         }
-    })
-    .await;
+    };
+    counting.end(outcome);
     let batch = queue.take();
     drop(joined);
     let events: Vec<_> = batch

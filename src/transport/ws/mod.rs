@@ -92,7 +92,8 @@ pub async fn serve<S>(
 {
     let mut session = Session::new(ws, ctx.clone(), joined, permissions);
     session.conn = conn;
-    let outcome = ctx.counted("ws", session.run()).await;
+    let counting = ctx.counting("ws");
+    let outcome = counting.end(session.run().await);
     ctx.ended(session.conn.as_deref(), "ws", outcome, &session.queue);
 }
 

@@ -66,7 +66,8 @@ pub fn start(
     };
     tokio::spawn(async move {
         let ctx = s.ctx.clone();
-        let outcome = ctx.counted("socketio", s.run()).await;
+        let counting = ctx.counting("socketio");
+        let outcome = counting.end(s.run().await);
         s.finish(outcome);
         drop(slot);
     });
