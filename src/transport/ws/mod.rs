@@ -109,6 +109,10 @@ pub struct Session<S> {
     /// one, and an empty box costs 8 bytes of every held connection.
     publish_bucket: Option<Box<Bucket>>,
     subscribe_bucket: Option<Box<Bucket>>,
+    /// tungstenite may hold a frame of its own to write (the pong or close answer to a
+    /// frame it read): flush it before the next raw write. Nothing else leaves
+    /// tungstenite unflushed (its sends complete), so most raw writes skip the flush.
+    flush_first: bool,
     /// On a route with app callbacks (or a raw `publish_to`): the connection's id and
     /// forwarded headers, shared with its rpcs under way.
     conn: Option<Arc<Conn>>,
@@ -142,6 +146,7 @@ where
             permissions,
             publish_bucket: None,
             subscribe_bucket: None,
+            flush_first: false,
             conn: None,
         }
     }
@@ -208,6 +213,7 @@ where
                 Wake::Frame(None) => return Outcome::ClientClosed,
                 Wake::Frame(Some(Err(e))) => return self.on_error(e).await,
                 Wake::Frame(Some(Ok(msg))) => {
+                    self.flush_first = true;
                     last_heard = Instant::now();
                     match msg {
                         Message::Text(t) if raw => {
@@ -278,7 +284,7 @@ where
 
     /// Writes pre-encoded frames after flushing anything tungstenite has pending.
     async fn write_raw(&mut self, buf: Bytes) -> bool {
-        if self.ws.flush().await.is_err() {
+        if std::mem::take(&mut self.flush_first) && self.ws.flush().await.is_err() {
             return false;
         }
         let socket = self.ws.get_mut();
