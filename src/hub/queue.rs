@@ -184,8 +184,11 @@ impl ClientQueue {
         loop {
             {
                 let s = self.lock();
-                if !s.events.is_empty() || s.closed.is_some() || s.dropped > 0 || s.reset.is_some()
-                {
+                // Held events are not ready: `take` would hand out nothing, and a
+                // writer woken for nothing loops without yielding. The splice wakes it.
+                let waiting =
+                    !s.held && (!s.events.is_empty() || s.dropped > 0 || s.reset.is_some());
+                if waiting || s.closed.is_some() {
                     return;
                 }
             }
@@ -266,7 +269,7 @@ impl ClientQueue {
         if reset.is_some() {
             s.reset = reset;
         }
-        let wake = !s.events.is_empty() || s.reset.is_some();
+        let wake = !s.events.is_empty() || s.dropped > 0 || s.reset.is_some();
         drop(s);
         if wake {
             self.ready.notify_one();
@@ -332,6 +335,21 @@ mod tests {
 
     fn queue(messages: usize, bytes: usize, policy: Policy) -> ClientQueue {
         ClientQueue::new(Bound { messages, bytes }, policy)
+    }
+
+    #[test]
+    fn a_held_queue_is_not_ready_until_its_splice() {
+        use futures::FutureExt;
+        let q = queue(10, 1 << 20, Policy::DropOldest);
+        q.hold();
+        q.push(event(10));
+        // Ready would hand the writer an empty batch (take() holds events back), and a
+        // writer looping on it would spin without ever yielding.
+        assert!(q.ready().now_or_never().is_none(), "ready while held");
+        assert!(q.take().events.is_empty());
+        q.splice(Vec::new(), None);
+        assert!(q.ready().now_or_never().is_some(), "ready once spliced");
+        assert_eq!(q.take().events.len(), 1);
     }
 
     #[test]
