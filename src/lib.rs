@@ -322,13 +322,18 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
     )
     .map_err(StartError::Routes)?;
     let realtime = Arc::new(arc_swap::ArcSwap::from_pointee(realtime));
-    let (limits_for_reload, metrics_for_reload) = (limits.clone(), metrics.clone());
+    let reloader = Arc::new(reload::Reloader::new(
+        realtime.clone(),
+        limits.clone(),
+        metrics.clone(),
+        started,
+    ));
     let edge = Edge::new(
         config.upstream.clone(),
         config.proxy.clone(),
         metrics.clone(),
         inflight.clone(),
-        realtime.clone(),
+        realtime,
         config
             .client
             .then(|| edge::assets::Assets::new(config.demo.then_some(admin_addr))),
@@ -386,11 +391,6 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
         disconnects,
         grace: config.shutdown.grace.0,
         drain_window: config.shutdown.drain_window(),
-        reloader: Arc::new(reload::Reloader::new(
-            realtime,
-            limits_for_reload,
-            metrics_for_reload,
-            started,
-        )),
+        reloader,
     })
 }

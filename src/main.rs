@@ -7,8 +7,6 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use fanfare::config::Config;
 
-/// A realtime edge sidecar: pass-through proxy plus WebSocket, SSE and long-poll fan-out
-/// from NATS.
 /// `fanfare --version`: the version and the commit it was built from.
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
@@ -20,6 +18,8 @@ const VERSION: &str = concat!(
 /// Where the configuration is read from when `--config` is not given.
 const DEFAULT_CONFIG: &str = "config/fanfare.yaml";
 
+/// A realtime edge sidecar: pass-through proxy plus WebSocket, SSE and long-poll fan-out
+/// from NATS.
 #[derive(Parser)]
 #[command(version = VERSION, about)]
 struct Cli {
@@ -140,10 +140,7 @@ fn main() -> ExitCode {
 fn embed_schema(file: &Path) -> Result<(), String> {
     let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
     let mut values: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    let mut schema = fanfare::config::schema::generate();
-    if let Some(o) = schema.as_object_mut() {
-        o.remove("$schema");
-    }
+    let schema = fanfare::config::schema::embeddable();
     let slot = values
         .pointer_mut("/properties/fanfare/properties")
         .and_then(serde_json::Value::as_object_mut)
@@ -170,8 +167,7 @@ async fn wait_for_signal(reloader: &Arc<fanfare::reload::Reloader>, path: &Path)
             _ = int.recv() => return "SIGINT",
             _ = hup.recv() => {
                 tracing::info!(path = %path.display(), "SIGHUP: reloading the configuration");
-                let (r, p) = (reloader.clone(), path.to_path_buf());
-                let _ = tokio::task::spawn_blocking(move || r.reload_file(&p)).await;
+                reloader.clone().reload(path.to_path_buf()).await;
             }
         }
     }

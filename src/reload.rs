@@ -78,6 +78,14 @@ impl Reloader {
         outcome
     }
 
+    /// [`Reloader::reload_file`] off the async threads (loading reads the file and may
+    /// build JWKS clients): what SIGHUP and the file watch call.
+    pub async fn reload(self: Arc<Self>, path: PathBuf) -> Option<Reloaded> {
+        tokio::task::spawn_blocking(move || self.reload_file(&path))
+            .await
+            .ok()
+    }
+
     /// Applies `config` (already validated). Not logged or counted: see
     /// [`Reloader::reload_file`].
     pub fn apply(&self, config: Config) -> Reloaded {
@@ -193,9 +201,7 @@ pub async fn watch(reloader: Arc<Reloader>, path: PathBuf) {
         let now = identity(&path);
         if now.is_some() && now != seen {
             seen = now;
-            let (r, p) = (reloader.clone(), path.clone());
-            // Loading reads the file and may build JWKS clients: off the async threads.
-            let _ = tokio::task::spawn_blocking(move || r.reload_file(&p)).await;
+            reloader.clone().reload(path.clone()).await;
         }
     }
 }

@@ -22,6 +22,16 @@ pub fn generate() -> serde_json::Value {
     schema
 }
 
+/// [`generate`] without its `$schema` key: the form embedded in another schema (the
+/// chart's `fanfare.config`), where a nested `$schema` does not belong.
+pub fn embeddable() -> serde_json::Value {
+    let mut schema = generate();
+    if let Some(o) = schema.as_object_mut() {
+        o.remove("$schema");
+    }
+    schema
+}
+
 /// Removes schemars' Rust number formats (`uint`, `double`, …): no validator knows
 /// them, and a strict one may refuse the schema for them.
 fn strip_number_formats(v: &mut serde_json::Value) {

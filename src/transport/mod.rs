@@ -386,6 +386,15 @@ pub enum Outcome {
     Timeout,
 }
 
+impl From<crate::drain::Why> for Outcome {
+    fn from(why: crate::drain::Why) -> Outcome {
+        match why {
+            crate::drain::Why::Shutdown => Outcome::Shutdown,
+            crate::drain::Why::RouteChanged => Outcome::RouteChanged,
+        }
+    }
+}
+
 impl Outcome {
     /// The metric label.
     pub fn label(self) -> &'static str {

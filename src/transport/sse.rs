@@ -176,12 +176,12 @@ impl Session {
                 Wake::Gone => return Outcome::ClientClosed,
                 Wake::Drain(why) => {
                     let retry = self.ctx.retry_hint();
-                    let (bye, outcome) = match why {
-                        Why::Shutdown => (encode_drain(retry), Outcome::Shutdown),
-                        Why::RouteChanged => (encode_route_changed(retry), Outcome::RouteChanged),
+                    let bye = match why {
+                        Why::Shutdown => encode_drain(retry),
+                        Why::RouteChanged => encode_route_changed(retry),
                     };
                     let _ = sink.write(bye).await;
-                    return outcome;
+                    return why.into();
                 }
                 Wake::Heartbeat => {
                     if sink.write(Bytes::from_static(HEARTBEAT)).await.is_err() {

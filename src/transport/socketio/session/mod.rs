@@ -130,10 +130,7 @@ impl Session {
                 }
                 () = sleep_until(pong_due) => return Outcome::PingTimeout,
                 () = tokio::time::sleep_until(connect_by), if !ever_connected && !engine_only => return Outcome::Idle,
-                why = self.ctx.drain.turn(self.id) => return match why {
-                    crate::drain::Why::Shutdown => Outcome::Shutdown,
-                    crate::drain::Why::RouteChanged => Outcome::RouteChanged,
-                },
+                why = self.ctx.drain.turn(self.id) => return why.into(),
                 () = engine.until_ended() => {
                     return if engine.ended() == Some(Ended::Overflow) {
                         Outcome::SlowConsumer
