@@ -107,10 +107,7 @@ pub async fn serve(
     match (transport, sid, method) {
         (TransportName::Polling, None, Method::GET) => {
             let slot = acquire(limits, client, &ctx.metrics)?;
-            let handshake = Handshake {
-                request: session.req_header().clone(),
-                remote: client.ip,
-            };
+            let handshake = Handshake::new(session.req_header(), client.ip);
             let engine = session::start(ctx.clone(), sio.clone(), handshake, Mode::Polling, slot);
             polling::open(session, head, &open_json(sio, &engine.sid, &["websocket"]))
                 .await
@@ -177,10 +174,7 @@ pub async fn serve(
             match sid {
                 None => {
                     let slot = acquire(limits, client, &ctx.metrics)?;
-                    let handshake = Handshake {
-                        request: session.req_header().clone(),
-                        remote: client.ip,
-                    };
+                    let handshake = Handshake::new(session.req_header(), client.ip);
                     let stream = take_h1_stream(session).await.ok_or_else(h1_only)?;
                     let engine =
                         session::start(ctx.clone(), sio.clone(), handshake, Mode::Websocket, slot);

@@ -225,7 +225,15 @@ impl Engine {
             let ready = self.inbox_ready.notified();
             tokio::pin!(ready);
             ready.as_mut().enable();
-            let next = self.inbox().pop_front();
+            let next = {
+                let mut q = self.inbox();
+                let next = q.pop_front();
+                if q.is_empty() {
+                    // An idle session keeps no buffer.
+                    q.shrink_to_fit();
+                }
+                next
+            };
             if let Some(x) = next {
                 self.inbox_room.notify_waiters();
                 return x;
@@ -264,9 +272,10 @@ impl Engine {
         self.lock().out.len()
     }
 
-    /// Takes everything queued (and wakes a session waiting for room).
+    /// Takes everything queued (and wakes a session waiting for room). The outbox's
+    /// buffer goes with it: an idle session keeps none.
     pub fn take(&self) -> Vec<Packet> {
-        let taken: Vec<Packet> = self.lock().out.drain(..).collect();
+        let taken = Vec::from(std::mem::take(&mut self.lock().out));
         if !taken.is_empty() {
             self.wake.notify_waiters();
         }

@@ -29,6 +29,32 @@ pub struct Handshake {
     pub remote: Option<IpAddr>,
 }
 
+impl Handshake {
+    /// Keeps a copy of `req` that owns its bytes. pingora's header values are slices
+    /// of the connection's read buffer (4 KiB), so a plain clone would hold that buffer
+    /// for as long as the session lives.
+    pub fn new(req: &RequestHeader, remote: Option<IpAddr>) -> Handshake {
+        let uri = req.uri.to_string();
+        let Ok(mut request) = RequestHeader::build_no_case(
+            req.method.clone(),
+            uri.as_bytes(),
+            Some(req.headers.len()),
+        ) else {
+            // Not reached (the URI was parsed once already); the clone is still right.
+            return Handshake {
+                request: req.clone(),
+                remote,
+            };
+        };
+        for (name, value) in &req.headers {
+            if let Ok(v) = http::HeaderValue::from_bytes(value.as_bytes()) {
+                let _ = request.append_header(name.clone(), v);
+            }
+        }
+        Handshake { request, remote }
+    }
+}
+
 /// One connected namespace: a fanfare connection of its own.
 struct Socket {
     nsp: String,
@@ -406,6 +432,8 @@ impl Session {
             };
         }
         self.send_sio(Kind::Connect, &nsp, None, &[Arg::Json(answer)]);
+        // Most sessions connect one namespace: room for exactly one more, not four.
+        self.sockets.reserve_exact(1);
         self.sockets.push(Socket {
             nsp,
             queue: joined.queue,
