@@ -935,3 +935,105 @@ routes:
         "the session is closed"
     );
 }
+
+/// A session opened over WebSocket runs in one task that holds the socket: it still
+/// pings, keeps a client that answers, closes one that stops answering, and closes a
+/// client that stops reading as a slow consumer while another client gets every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_session_pings_and_closes_the_silent_and_the_stalled() {
+    let routes = "
+routes:
+  - path: /engine.io/
+    transports: [socketio]
+    auth: { mode: none }
+    socketio: { ping_interval: 300ms, ping_timeout: 200ms, engine_only: true }
+  - path: /socket.io/
+    transports: [socketio]
+    auth: { mode: none }
+    slow_consumer: disconnect
+    queue: { messages: 16, bytes: 1048576 }
+    socketio: { namespaces: { \"/\": { subjects: [feed] } } }
+";
+    let ff = start_fanfare(&(base_yaml("http://127.0.0.1:1", None) + routes)).await;
+    let text = |m: Option<Message>| match m {
+        Some(Message::Text(t)) => Some(t.as_str().to_string()),
+        _ => None,
+    };
+
+    // Pings over the socket; answered pongs keep the session past pingTimeout.
+    let mut ws = ws_connect(ff.edge_addr, "/engine.io/?EIO=4&transport=websocket").await;
+    assert!(text(ws_next(&mut ws).await).unwrap().starts_with("0{"));
+    for _ in 0..3 {
+        assert_eq!(text(ws_next(&mut ws).await).as_deref(), Some("2"));
+        ws.send(Message::text("3")).await.unwrap();
+    }
+    // The next ping goes unanswered: the session is closed.
+    assert_eq!(text(ws_next(&mut ws).await).as_deref(), Some("2"));
+    loop {
+        match ws_next(&mut ws).await {
+            None | Some(Message::Close(_)) => break,
+            Some(Message::Text(t)) if t.as_str() == "1" || t.as_str() == "2" => continue,
+            Some(other) => panic!("{other:?}"),
+        }
+    }
+    wait_metric(
+        ff.admin_addr,
+        "fanfare_connections_closed_total{outcome=\"ping_timeout\",transport=\"socketio\"}",
+        1.0,
+    )
+    .await;
+
+    // A client that reads nothing (a 4 KiB receive buffer) and one that reads all.
+    let path = "/socket.io/?EIO=4&transport=websocket";
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(ff.edge_addr).await.unwrap();
+    let (mut stalled, _) =
+        tokio_tungstenite::client_async(format!("ws://{}{path}", ff.edge_addr), tcp)
+            .await
+            .unwrap();
+    let mut good = ws_connect(ff.edge_addr, path).await;
+    for ws in [&mut stalled, &mut good] {
+        assert!(text(ws_next(ws).await).unwrap().starts_with("0{"));
+        ws.send(Message::text("40")).await.unwrap();
+        assert!(text(ws_next(ws).await).unwrap().starts_with("40{\"sid\""));
+    }
+    wait_metric(
+        ff.admin_addr,
+        "fanfare_connections{transport=\"socketio\"}",
+        2.0,
+    )
+    .await;
+    let reader = tokio::spawn(async move {
+        for i in 0..SLOW_MESSAGES {
+            let t = loop {
+                let t = text(ws_next(&mut good).await).expect("the good client keeps its socket");
+                if t != "2" {
+                    break t;
+                }
+                good.send(Message::text("3")).await.unwrap();
+            };
+            let prefix = format!("42[\"message\",\"{i:06}:");
+            assert!(t.starts_with(&prefix), "in order: {i} is {}", &t[..20]);
+        }
+    });
+    for i in 0..SLOW_MESSAGES {
+        publish(
+            ff.admin_addr,
+            "feed",
+            None,
+            format!("{i:06}:{}", "x".repeat(16 * 1024)),
+        )
+        .await;
+    }
+    reader.await.unwrap();
+    wait_metric(
+        ff.admin_addr,
+        "fanfare_connections_closed_total{outcome=\"slow_consumer\",transport=\"socketio\"}",
+        1.0,
+    )
+    .await;
+    drop(stalled);
+}
+
+const SLOW_MESSAGES: usize = 600;

@@ -166,16 +166,23 @@ impl App {
     }
 
     /// The forwarded headers of a handshake, kept for the connection's callbacks.
+    /// Each value is copied: a request's values are slices of pingora's read buffer
+    /// (4 KiB), which a clone would keep alive for the connection's life.
     pub fn capture(&self, headers: &http::HeaderMap) -> Headers {
         self.forward
             .iter()
             .flat_map(|name| {
-                headers
-                    .get_all(name)
-                    .iter()
-                    .map(move |v| (name.clone(), v.clone()))
+                headers.get_all(name).iter().filter_map(move |v| {
+                    let owned = http::HeaderValue::from_bytes(v.as_bytes()).ok()?;
+                    Some((name.clone(), owned))
+                })
             })
             .collect()
+    }
+
+    /// Whether the callbacks get header `name` (lower case).
+    pub fn forwards(&self, name: &str) -> bool {
+        self.forward.iter().any(|h| h.as_str() == name)
     }
 
     fn post(&self, url: &str, id: &str, headers: &Headers) -> reqwest::RequestBuilder {

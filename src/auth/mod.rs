@@ -54,6 +54,16 @@ impl Authorizer {
         })
     }
 
+    /// Whether authorizing reads header `name` (lower case): the credentials
+    /// (`Authorization`, `Cookie`), and what the upstream mode forwards.
+    pub fn reads_header(&self, name: &str) -> bool {
+        match self {
+            Authorizer::None => false,
+            Authorizer::Jwt(_) => name == "authorization" || name == "cookie",
+            Authorizer::Upstream(u) => u.forwards(name),
+        }
+    }
+
     /// The mode's metric label.
     pub fn mode(&self) -> &'static str {
         match self {

@@ -55,6 +55,11 @@ impl UpstreamAuth {
         }
     }
 
+    /// Whether the app is sent header `name` (lower case).
+    pub fn forwards(&self, name: &str) -> bool {
+        self.forward.iter().any(|h| h == name)
+    }
+
     fn credentials(&self, req: &RequestHeader) -> Vec<(String, String)> {
         self.forward
             .iter()

@@ -57,17 +57,6 @@ pub fn sio_route(route: &Route, auth: Arc<Authorizer>) -> Result<SioRoute, Strin
     })
 }
 
-fn open_json(sio: &SioRoute, sid: &str, upgrades: &[&str]) -> String {
-    let c = &sio.config;
-    engineio::open_json(
-        sid,
-        upgrades,
-        c.ping_interval.0.as_millis(),
-        c.ping_timeout.0.as_millis(),
-        c.max_payload,
-    )
-}
-
 /// Engine.IO's own refusal: `400 {"code":N,"message":"…"}`.
 fn bad(code: u8, message: &'static str) -> Refusal {
     Refusal::App {
@@ -107,9 +96,9 @@ pub async fn serve(
     match (transport, sid, method) {
         (TransportName::Polling, None, Method::GET) => {
             let slot = acquire(limits, client, &ctx.metrics)?;
-            let handshake = Handshake::new(session.req_header(), client.ip);
+            let handshake = handshake(ctx, sio, session.req_header(), client.ip);
             let engine = session::start(ctx.clone(), sio.clone(), handshake, Mode::Polling, slot);
-            polling::open(session, head, &open_json(sio, &engine.sid, &["websocket"]))
+            polling::open(session, head, &sio.open_json(&engine.sid, &["websocket"]))
                 .await
                 .map_err(Refusal::internal)
         }
@@ -174,20 +163,17 @@ pub async fn serve(
             match sid {
                 None => {
                     let slot = acquire(limits, client, &ctx.metrics)?;
-                    let handshake = Handshake::new(session.req_header(), client.ip);
+                    let handshake = handshake(ctx, sio, session.req_header(), client.ip);
                     let stream = take_h1_stream(session).await.ok_or_else(h1_only)?;
-                    let engine =
-                        session::start(ctx.clone(), sio.clone(), handshake, Mode::Websocket, slot);
-                    let open = open_json(sio, &engine.sid, &[]);
-                    tokio::spawn(async move {
-                        if let Some(socket) =
-                            crate::transport::ws::accept(stream, &accept, &ws_config).await
-                        {
-                            ws::serve_new(socket, engine, open).await;
-                        } else {
-                            engine.end(crate::transport::socketio::Ended::ByClient);
-                        }
-                    });
+                    session::start_ws(
+                        ctx.clone(),
+                        sio.clone(),
+                        handshake,
+                        slot,
+                        stream,
+                        accept,
+                        ws_config,
+                    );
                 }
                 Some(sid) if is_elsewhere(ctx, sio, &sid) => {
                     ctx.metrics
@@ -226,6 +212,21 @@ pub async fn serve(
 }
 
 /// Whether `sid` belongs to another instance (its first part names the owner).
+/// What a session keeps of its opening request: the headers its namespace connects
+/// authorize with and its callbacks forward, and the user agent for `app.connect`.
+fn handshake(
+    ctx: &RouteContext,
+    sio: &SioRoute,
+    req: &pingora::http::RequestHeader,
+    remote: Option<std::net::IpAddr>,
+) -> Handshake {
+    Handshake::new(req, remote, |name| {
+        name == "user-agent"
+            || sio.auth.reads_header(name)
+            || ctx.app.as_ref().is_some_and(|a| a.forwards(name))
+    })
+}
+
 fn is_elsewhere(ctx: &RouteContext, sio: &SioRoute, sid: &str) -> bool {
     sio.registry.get(sid).is_none() && relay::owner(sid) != ctx.directory.instance()
 }

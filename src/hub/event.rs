@@ -46,6 +46,21 @@ pub struct SioEncoded {
     pub text: String,
     /// Its binary attachments.
     pub attachments: Vec<Bytes>,
+    /// The text as an Engine.IO message in a WebSocket frame, made on first use.
+    ws_text: OnceLock<Bytes>,
+}
+
+impl SioEncoded {
+    /// The text as an Engine.IO message (`4…`) in a WebSocket text frame, the same
+    /// bytes for every socket that is sent it.
+    pub fn ws_text_frame(&self) -> &Bytes {
+        self.ws_text.get_or_init(|| {
+            let mut m = String::with_capacity(self.text.len() + 1);
+            m.push('4');
+            m.push_str(&self.text);
+            ws::text_frame(m.as_bytes())
+        })
+    }
 }
 
 impl Event {
@@ -104,6 +119,7 @@ impl Event {
                 offset,
                 text,
                 attachments,
+                ws_text: OnceLock::new(),
             });
         }
         let mut encode = Some(encode);
@@ -114,6 +130,7 @@ impl Event {
                 offset,
                 text,
                 attachments,
+                ws_text: OnceLock::new(),
             }
         });
         if e.nsp == nsp && e.offset == offset {
@@ -129,6 +146,7 @@ impl Event {
             offset,
             text,
             attachments,
+            ws_text: OnceLock::new(),
         })
     }
 

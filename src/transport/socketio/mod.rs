@@ -62,6 +62,20 @@ pub struct SioRoute {
     pub registry: Registry,
 }
 
+impl SioRoute {
+    /// The open packet's JSON for session `sid`.
+    pub fn open_json(&self, sid: &str, upgrades: &[&str]) -> String {
+        let c = &self.config;
+        crate::wire::engineio::open_json(
+            sid,
+            upgrades,
+            c.ping_interval.0.as_millis(),
+            c.ping_timeout.0.as_millis(),
+            c.max_payload,
+        )
+    }
+}
+
 /// Live Engine.IO sessions by sid.
 #[derive(Default)]
 pub struct Registry(Mutex<HashMap<String, Arc<Engine>>>);

@@ -1,5 +1,7 @@
-//! Engine.IO over WebSocket: a session opened on it, or upgraded to it from
-//! long-polling (`2probe` / `3probe`, the pending poll ended with a noop, `5`).
+//! Engine.IO over WebSocket upgraded to from long-polling (`2probe` / `3probe`, the
+//! pending poll ended with a noop, `5`): a pump between the socket and the session's
+//! outbox. A session opened over WebSocket holds its socket itself
+//! (`session::direct`).
 
 use std::sync::Arc;
 
@@ -13,19 +15,6 @@ use super::{Ended, Engine, Mode};
 /// Batches of at most this many packets are written a packet at a time.
 const SEPARATE_WRITES: usize = 4;
 use crate::wire::engineio::{self, Kind, Packet};
-
-/// A session opened over WebSocket: the open packet first, then the pump.
-pub async fn serve_new<S>(mut ws: Box<WebSocketStream<S>>, engine: Arc<Engine>, open_json: String)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    let open = engineio::encode_text(Kind::Open, &open_json);
-    if ws.send(Message::text(open)).await.is_err() {
-        engine.end(Ended::ByClient);
-        return;
-    }
-    pump(ws, &engine).await;
-}
 
 /// An upgrade of a polling session: the probe, then `5`, then the pump. A second
 /// WebSocket for a session already upgraded is closed, the session left alone.

@@ -1,71 +1,25 @@
 //! One Engine.IO session's task: heartbeats, Socket.IO namespaces, events from the
 //! hub out, emits and acknowledgements in.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
-
-use pingora::http::RequestHeader;
-use serde_json::{Value, json};
 
 use super::{Ended, Engine, Inbound, Mode, OUTBOX_HIGH, SioRoute};
 
+mod connect;
+mod direct;
 mod events;
-use crate::app::Connecting;
-use crate::hub::direct::Registration;
-use crate::hub::{ClientQueue, Closed, Membership};
-use crate::limits::Bucket;
-use crate::transport::{Conn, Outcome, RouteContext};
-use crate::wire::engineio::{Kind as EioKind, Packet};
+mod handshake;
+mod out;
+mod socket;
+use direct::Direct;
+use direct::next_frame;
+pub use handshake::Handshake;
+use socket::{Socket, any_ready};
+
+use super::ws::Inbound as WsInbound;
+use crate::transport::{Outcome, RouteContext};
+use crate::wire::engineio::{self, Kind as EioKind, Packet};
 use crate::wire::socketio::{self, Arg, Decoder, Kind};
-
-/// The HTTP request that opened the session (its headers authenticate the namespace
-/// connects, and go to the app's callbacks).
-pub struct Handshake {
-    /// The request head.
-    pub request: RequestHeader,
-    /// The client's address.
-    pub remote: Option<IpAddr>,
-}
-
-impl Handshake {
-    /// Keeps a copy of `req` that owns its bytes. pingora's header values are slices
-    /// of the connection's read buffer (4 KiB), so a plain clone would hold that buffer
-    /// for as long as the session lives.
-    pub fn new(req: &RequestHeader, remote: Option<IpAddr>) -> Handshake {
-        let uri = req.uri.to_string();
-        let Ok(mut request) = RequestHeader::build_no_case(
-            req.method.clone(),
-            uri.as_bytes(),
-            Some(req.headers.len()),
-        ) else {
-            // Not reached (the URI was parsed once already); the clone is still right.
-            return Handshake {
-                request: req.clone(),
-                remote,
-            };
-        };
-        for (name, value) in &req.headers {
-            if let Ok(v) = http::HeaderValue::from_bytes(value.as_bytes()) {
-                let _ = request.append_header(name.clone(), v);
-            }
-        }
-        Handshake { request, remote }
-    }
-}
-
-/// One connected namespace: a fanfare connection of its own.
-struct Socket {
-    nsp: String,
-    queue: Arc<ClientQueue>,
-    _memberships: Vec<(String, Membership)>,
-    _registration: Registration,
-    conn: Arc<Conn>,
-    claims: HashMap<String, String>,
-    publish: Vec<String>,
-    bucket: Option<Box<Bucket>>,
-}
 
 /// Starts a session: registers it and spawns its task, which holds `slot` (the
 /// connection's place in the limits) for as long as it runs.
@@ -76,28 +30,45 @@ pub fn start(
     mode: Mode,
     slot: crate::limits::Slot,
 ) -> Arc<Engine> {
-    let id = ctx.hub.client_id();
-    let engine = Engine::new(ctx.directory.id(id), mode);
-    sio.registry.insert(engine.clone());
-    let mut s = Session {
-        ctx,
-        sio,
-        engine: engine.clone(),
-        handshake,
-        sockets: Vec::new(),
-        decoder: Decoder::default(),
-        id,
-        pong: false,
-        engine_headers: None,
-    };
+    let mut s = Session::new(ctx, sio, handshake, mode);
+    let engine = s.engine.clone();
     tokio::spawn(async move {
-        let ctx = s.ctx.clone();
-        let counting = ctx.counting("socketio");
-        let outcome = counting.end(s.run().await);
-        s.finish(outcome);
+        s.serve().await;
         drop(slot);
     });
     engine
+}
+
+/// Starts a session opened over WebSocket: one task writes the `101` on `stream`, then
+/// the open packet, then runs the session with the socket in hand.
+pub fn start_ws(
+    ctx: Arc<RouteContext>,
+    sio: Arc<SioRoute>,
+    handshake: Handshake,
+    slot: crate::limits::Slot,
+    stream: tokio::net::TcpStream,
+    accept: String,
+    ws_config: crate::config::WsConfig,
+) {
+    let mut s = Session::new(ctx, sio, handshake, Mode::Websocket);
+    let open = engineio::encode_text(EioKind::Open, &s.sio.open_json(&s.engine.sid, &[]));
+    tokio::spawn(async move {
+        let Some(ws) = crate::transport::ws::accept(stream, &accept, &ws_config).await else {
+            s.engine.end(Ended::ByClient);
+            s.finish(Outcome::ClientClosed);
+            return;
+        };
+        let mut direct = Direct::new(ws);
+        direct.push_frame(crate::wire::ws::text_frame(open.as_bytes()));
+        if !direct.write().await {
+            s.engine.end(Ended::ByClient);
+            s.finish(Outcome::ClientClosed);
+            return;
+        }
+        s.direct = Some(direct);
+        s.serve().await;
+        drop(slot);
+    });
 }
 
 struct Session {
@@ -112,22 +83,65 @@ struct Session {
     pong: bool,
     /// `engine_only`: the forwarded handshake headers, captured at the first message.
     engine_headers: Option<crate::app::Headers>,
+    /// A session opened over WebSocket: its socket.
+    direct: Option<Direct>,
 }
 
 impl Session {
+    /// A new session, registered.
+    fn new(
+        ctx: Arc<RouteContext>,
+        sio: Arc<SioRoute>,
+        handshake: Handshake,
+        mode: Mode,
+    ) -> Session {
+        let id = ctx.hub.client_id();
+        let engine = Engine::new(ctx.directory.id(id), mode);
+        sio.registry.insert(engine.clone());
+        Session {
+            ctx,
+            sio,
+            engine,
+            handshake,
+            sockets: Vec::new(),
+            decoder: Decoder::default(),
+            id,
+            pong: false,
+            engine_headers: None,
+            direct: None,
+        }
+    }
+
+    /// Runs the session, counted in the connection metrics, and ends it.
+    async fn serve(&mut self) {
+        let ctx = self.ctx.clone();
+        let counting = ctx.counting("socketio");
+        let outcome = counting.end(self.run().await);
+        self.finish(outcome);
+        if let Some(direct) = self.direct.take() {
+            direct.end(&self.engine).await;
+        }
+    }
+
     async fn run(&mut self) -> Outcome {
         let c = &self.sio.config;
         let (every, timeout) = (c.ping_interval.0, c.ping_timeout.0);
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let now = tokio::time::Instant::now();
+        // One timer for the ping, its pong and the namespace connect: a held session
+        // keeps one `Sleep`, not three.
+        let mut next_ping = now + every;
         let mut pong_due: Option<tokio::time::Instant> = None;
-        let connect_by = tokio::time::Instant::now() + c.connect_timeout.0;
-        let mut ever_connected = false;
-        let engine_only = c.engine_only;
+        let mut connect_by = (!c.engine_only).then_some(now + c.connect_timeout.0);
         loop {
             let engine = self.engine.clone();
-            let room = engine.queued() < OUTBOX_HIGH;
-            let queues: Vec<Arc<ClientQueue>> =
-                self.sockets.iter().map(|s| s.queue.clone()).collect();
+            let direct = self.direct.is_some();
+            let room = direct || engine.queued() < OUTBOX_HIGH;
+            let deadline = match (pong_due, connect_by) {
+                (Some(p), Some(c)) => p.min(c),
+                (Some(p), None) => p,
+                (None, Some(c)) => c.min(next_ping),
+                (None, None) => next_ping,
+            };
             tokio::select! {
                 p = engine.recv() => match p {
                     Inbound::Handled(done) => {
@@ -137,37 +151,66 @@ impl Session {
                         if let Err(o) = self.on_packet(p).await {
                             return o;
                         }
-                        ever_connected |= !self.sockets.is_empty();
                     }
                 },
-                i = any_ready(&queues), if room && !queues.is_empty() => {
+                f = next_frame(&mut self.direct) => match f {
+                    WsInbound::Packet(p) => {
+                        if let Err(o) = self.on_packet(p).await {
+                            return o;
+                        }
+                    }
+                    WsInbound::Control => {}
+                    WsInbound::Invalid => {
+                        self.engine.end(Ended::ByServer);
+                        return self.invalid();
+                    }
+                    WsInbound::Gone => {
+                        self.engine.end(Ended::ByClient);
+                        return Outcome::ClientClosed;
+                    }
+                },
+                i = any_ready(&self.sockets), if room && !self.sockets.is_empty() => {
                     if let Some(o) = self.flush(i) {
                         return o;
                     }
                 }
                 // The outbox was full; the transport took it: look again.
                 () = engine.room(), if !room => {}
-                _ = ping.tick() => {
-                    if pong_due.is_none() {
+                // Something for a direct session's socket from outside its task (an
+                // ack from the app), or its end.
+                () = engine.wait(Mode::Websocket), if direct => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    let now = tokio::time::Instant::now();
+                    if pong_due.is_some_and(|d| now >= d) {
+                        return Outcome::PingTimeout;
+                    }
+                    if connect_by.is_some_and(|d| now >= d) {
+                        return Outcome::Idle;
+                    }
+                    if pong_due.is_none() && now >= next_ping {
                         self.engine.send(Packet::bare(EioKind::Ping));
-                        pong_due = Some(tokio::time::Instant::now() + timeout);
+                        pong_due = Some(now + timeout);
+                        next_ping = now + every;
                         self.engine.set_pong_due(pong_due);
                     }
                 }
-                () = sleep_until(pong_due) => return Outcome::PingTimeout,
-                () = tokio::time::sleep_until(connect_by), if !ever_connected && !engine_only => return Outcome::Idle,
                 why = self.ctx.drain.turn(self.id) => return why.into(),
-                () = engine.until_ended() => {
-                    return if engine.ended() == Some(Ended::Overflow) {
-                        Outcome::SlowConsumer
-                    } else {
-                        Outcome::ClientClosed
-                    };
-                }
+                () = engine.until_ended() => return ended_outcome(engine.ended()),
+            }
+            if !self.sockets.is_empty() {
+                connect_by = None;
             }
             if std::mem::take(&mut self.pong) {
                 pong_due = None;
                 self.engine.set_pong_due(None);
+            }
+            if direct {
+                if let Some(e) = engine.ended() {
+                    return ended_outcome(Some(e));
+                }
+                if let Some(o) = self.write_direct().await {
+                    return o;
+                }
             }
         }
     }
@@ -284,6 +327,13 @@ impl Session {
                 // The namespace's answer goes out on its own, before the socket's first
                 // events, as the reference server writes it (a client reading frame by
                 // frame, like the protocol's own test suite, sees them apart).
+                if self.direct.is_some() {
+                    if let Some(o) = self.write_direct().await {
+                        return Err(o);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                    return Ok(());
+                }
                 let written = async {
                     while self.engine.queued() > 0 && self.engine.ended().is_none() {
                         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
@@ -308,194 +358,6 @@ impl Session {
             _ => Ok(()),
         }
     }
-
-    /// A namespace CONNECT: authorize (the handshake's credentials, or the `token` of
-    /// the auth payload), ask the app, join the subjects, answer `{sid}`.
-    async fn connect(&mut self, nsp: String, auth: Option<Value>) {
-        let refuse = |this: &Self, message: &str, data: Option<Value>| {
-            let mut body = json!({ "message": message });
-            if let Some(d) = data {
-                body["data"] = d;
-            }
-            this.send_sio(Kind::ConnectError, &nsp, None, &[Arg::Json(body)]);
-        };
-        let Some(ns) = self.sio.namespaces.get(&nsp) else {
-            refuse(self, "Invalid namespace", None);
-            return;
-        };
-        let mut request = self.handshake.request.clone();
-        if let Some(token) = auth
-            .as_ref()
-            .and_then(|a| a.get("token"))
-            .and_then(Value::as_str)
-        {
-            let _ = request.insert_header("authorization", format!("Bearer {token}"));
-        }
-        let grant = match self.sio.auth.authorize(&request, &self.ctx.metrics).await {
-            Ok(g) => g,
-            Err(r) => {
-                let (message, data) = r.message_and_data();
-                refuse(self, &message, data);
-                return;
-            }
-        };
-        let subjects: Result<Vec<String>, _> = ns
-            .subjects
-            .iter()
-            .map(|t| t.render(&grant.claims))
-            .collect();
-        let subjects = match subjects {
-            Ok(s) => s,
-            Err(e) => {
-                refuse(self, &e.to_string(), None);
-                return;
-            }
-        };
-        let mut publish = grant.publish.clone();
-        publish.extend(
-            self.sio
-                .allow_publish
-                .iter()
-                .filter_map(|t| t.render(&grant.claims).ok()),
-        );
-        let client = self.ctx.hub.client_id();
-        let conn = Arc::new(Conn {
-            id: self.ctx.directory.id(client),
-            params: HashMap::from([("namespace".to_string(), nsp.clone())]),
-            headers: self.ctx.app.as_ref().map_or_else(
-                || Arc::from([]),
-                |a| a.capture(&self.handshake.request.headers),
-            ),
-            started: Instant::now(),
-            in_flight: std::sync::atomic::AtomicUsize::new(0),
-            publish_to: None,
-        });
-        let auth_payload = auth.clone().unwrap_or_else(|| json!({}));
-        let opening = match &self.ctx.app {
-            Some(app) => {
-                let connecting = Connecting {
-                    id: &conn.id,
-                    params: &conn.params,
-                    transport: "socketio",
-                    subjects: &subjects,
-                    remote_addr: self.handshake.remote,
-                    user_agent: self
-                        .handshake
-                        .request
-                        .headers
-                        .get(http::header::USER_AGENT)
-                        .and_then(|v| v.to_str().ok()),
-                    auth: Some(&auth_payload),
-                };
-                match app.connect(&connecting, &conn.headers).await {
-                    Ok(o) => o,
-                    Err(r) => {
-                        let (message, data) = r.message_and_data();
-                        refuse(self, &message, data);
-                        return;
-                    }
-                }
-            }
-            None => None,
-        };
-        // Connection-state recovery: a client back with its pid and last offset is
-        // replayed what it missed (its old pid answered: `socket.recovered`).
-        let (pid, offset) = match (self.sio.config.recovery, auth.as_ref()) {
-            (true, Some(a)) => (
-                a.get("pid").and_then(Value::as_str).map(str::to_string),
-                a.get("offset").and_then(Value::as_str).map(str::to_string),
-            ),
-            _ => (None, None),
-        };
-        let cursor = pid.as_ref().and(offset.as_deref());
-        let joined = match self
-            .ctx
-            .join(client, &subjects, cursor, opening.as_ref())
-            .await
-        {
-            Ok(j) => j,
-            Err(e) => {
-                refuse(self, &e.to_string(), None);
-                return;
-            }
-        };
-        let registration =
-            self.ctx
-                .directory
-                .register(client, joined.queue.clone(), self.ctx.spec.clone());
-        let mut answer = json!({ "sid": conn.id });
-        if self.sio.config.recovery {
-            let recovered = cursor.is_some() && !joined.queue.has_reset();
-            answer["pid"] = match (recovered, pid) {
-                (true, Some(pid)) => Value::from(pid),
-                _ => Value::from(format!("p{}", conn.id)),
-            };
-        }
-        self.send_sio(Kind::Connect, &nsp, None, &[Arg::Json(answer)]);
-        // Most sessions connect one namespace: room for exactly one more, not four.
-        self.sockets.reserve_exact(1);
-        self.sockets.push(Socket {
-            nsp,
-            queue: joined.queue,
-            _memberships: joined.memberships,
-            _registration: registration,
-            conn,
-            claims: grant.claims,
-            publish,
-            bucket: None,
-        });
-    }
-
-    /// Moves the events of socket `i`'s queue into the outbox.
-    fn flush(&mut self, i: usize) -> Option<Outcome> {
-        let s = &self.sockets[i];
-        let batch = s.queue.take();
-        let deliveries = self.ctx.metrics.deliveries.with_label_values(&["socketio"]);
-        let recovery = self.sio.config.recovery;
-        if batch.dropped > 0 || batch.reset.is_some() {
-            // Messages were lost for this socket (it fell behind, or a resume could
-            // not replay): the client refetches its state, as `fanfare.reset` says
-            // on the other transports.
-            let reason = batch.reset.unwrap_or("slow_consumer");
-            send_sio(
-                &self.engine,
-                Kind::Event,
-                &s.nsp,
-                None,
-                &[
-                    Arg::Json(Value::from("fanfare:reset")),
-                    Arg::Json(json!({ "reason": reason, "dropped": batch.dropped })),
-                ],
-            );
-        }
-        for e in &batch.events {
-            let offset = (recovery && !e.id.is_empty()).then_some(e.id.as_str());
-            // Encoded once per event and namespace, shared by every socket.
-            let encoded = e.sio(&s.nsp, offset.is_some(), || {
-                socketio::event_from_payload(&s.nsp, &e.name, &e.payload, e.spread, offset)
-            });
-            self.engine.send(Packet::message(encoded.text.clone()));
-            for a in &encoded.attachments {
-                self.engine.send(Packet::Binary(a.clone()));
-            }
-        }
-        self.ctx.delivered(
-            &deliveries,
-            batch.events.len() as u64,
-            batch.events.front().map(|e| e.received),
-        );
-        match batch.closed {
-            Some(Closed::SlowConsumer) => Some(Outcome::SlowConsumer),
-            Some(Closed::ByApp(_)) => {
-                let s = self.sockets.swap_remove(i);
-                self.send_sio(Kind::Disconnect, &s.nsp, None, &[]);
-                self.ctx
-                    .ended(Some(&s.conn), "socketio", Outcome::ClosedByApp, &s.queue);
-                None
-            }
-            None => None,
-        }
-    }
 }
 
 /// Queues a Socket.IO packet (and its attachments) for the client.
@@ -507,15 +369,11 @@ fn send_sio(engine: &Engine, kind: Kind, nsp: &str, id: Option<u64>, args: &[Arg
     }
 }
 
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
+/// How a session whose end was recorded by another party ended.
+fn ended_outcome(e: Option<Ended>) -> Outcome {
+    if e == Some(Ended::Overflow) {
+        Outcome::SlowConsumer
+    } else {
+        Outcome::ClientClosed
     }
-}
-
-/// The index of a queue with something to take.
-async fn any_ready(queues: &[Arc<ClientQueue>]) -> usize {
-    let waits = queues.iter().map(|q| Box::pin(q.ready()));
-    futures::future::select_all(waits).await.1
 }
