@@ -165,7 +165,6 @@ pub struct Engine {
     /// What the transports handed in, for the session (a `VecDeque` costs nothing
     /// until used, where a channel's first block costs about 1.4 KiB per session).
     inbox: Mutex<VecDeque<Inbound>>,
-    inbox_ready: Notify,
     inbox_room: Notify,
     state: Mutex<State>,
     wake: Notify,
@@ -176,7 +175,6 @@ impl Engine {
         Arc::new(Engine {
             sid,
             inbox: Mutex::default(),
-            inbox_ready: Notify::new(),
             inbox_room: Notify::new(),
             state: Mutex::new(State {
                 out: VecDeque::new(),
@@ -218,7 +216,7 @@ impl Engine {
                 if q.len() < INBOX_MAX {
                     q.extend(item.take());
                     drop(q);
-                    self.inbox_ready.notify_one();
+                    self.wake.notify_waiters();
                     return true;
                 }
             }
@@ -233,12 +231,15 @@ impl Engine {
         self.inbox_room.notify_waiters();
     }
 
-    /// The next thing handed in (the session's side).
-    async fn recv(&self) -> Inbound {
+    /// What the session's task waits for, in one future (a held session keeps its
+    /// size): the next thing handed in; else `None` once the session has ended, the
+    /// outbox has room again (`full`: it had none), or holds something (`direct`: the
+    /// session writes it itself).
+    async fn next(&self, full: bool, direct: bool) -> Option<Inbound> {
         loop {
-            let ready = self.inbox_ready.notified();
-            tokio::pin!(ready);
-            ready.as_mut().enable();
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             let next = {
                 let mut q = self.inbox();
                 let next = q.pop_front();
@@ -250,9 +251,18 @@ impl Engine {
             };
             if let Some(x) = next {
                 self.inbox_room.notify_waiters();
-                return x;
+                return Some(x);
             }
-            ready.await;
+            {
+                let s = self.lock();
+                if s.ended.is_some()
+                    || (full && s.out.len() < OUTBOX_HIGH)
+                    || (direct && !s.out.is_empty())
+                {
+                    return None;
+                }
+            }
+            notified.await;
         }
     }
 
@@ -294,12 +304,6 @@ impl Engine {
             self.wake.notify_waiters();
         }
         taken
-    }
-
-    /// Waits until the outbox has room below [`OUTBOX_HIGH`] (or the session ended).
-    pub async fn room(&self) {
-        self.until(|s| s.out.len() < OUTBOX_HIGH || s.ended.is_some())
-            .await;
     }
 
     /// Waits until `done` holds of the state (checked on every wake-up, with the
@@ -380,11 +384,6 @@ impl Engine {
     /// Waits until the session has ended for an overflowing outbox.
     pub async fn overflowed(&self) {
         self.until(|s| s.ended == Some(Ended::Overflow)).await;
-    }
-
-    /// Waits until the session has ended.
-    pub async fn until_ended(&self) {
-        self.until(|s| s.ended.is_some()).await;
     }
 
     /// The transport in use.

@@ -27,7 +27,7 @@ impl Session {
             refuse(self, "Invalid namespace", None);
             return;
         };
-        let mut request = self.handshake.request.clone();
+        let mut request = self.handshake.request();
         if let Some(token) = auth
             .as_ref()
             .and_then(|a| a.get("token"))
@@ -68,7 +68,7 @@ impl Session {
             params: HashMap::from([("namespace".to_string(), nsp.clone())]),
             headers: self.ctx.app.as_ref().map_or_else(
                 || Arc::from([]),
-                |a| a.capture(&self.handshake.request.headers),
+                |a| a.capture(&self.handshake.header_map()),
             ),
             started: Instant::now(),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
@@ -83,12 +83,7 @@ impl Session {
                     transport: "socketio",
                     subjects: &subjects,
                     remote_addr: self.handshake.remote,
-                    user_agent: self
-                        .handshake
-                        .request
-                        .headers
-                        .get(http::header::USER_AGENT)
-                        .and_then(|v| v.to_str().ok()),
+                    user_agent: self.handshake.user_agent(),
                     auth: Some(&auth_payload),
                 };
                 match app.connect(&connecting, &conn.headers).await {

@@ -51,7 +51,10 @@ pub fn start_ws(
     ws_config: crate::config::WsConfig,
 ) {
     let mut s = Session::new(ctx, sio, handshake, Mode::Websocket);
-    let open = engineio::encode_text(EioKind::Open, &s.sio.open_json(&s.engine.sid, &[]));
+    // A frame, moved into the socket's queue: nothing of it stays in the task.
+    let open = crate::wire::ws::text_frame(
+        engineio::encode_text(EioKind::Open, &s.sio.open_json(&s.engine.sid, &[])).as_bytes(),
+    );
     tokio::spawn(async move {
         let Some(ws) = crate::transport::ws::accept(stream, &accept, &ws_config).await else {
             s.engine.end(Ended::ByClient);
@@ -59,7 +62,7 @@ pub fn start_ws(
             return;
         };
         let mut direct = Direct::new(ws);
-        direct.push_frame(crate::wire::ws::text_frame(open.as_bytes()));
+        direct.push_frame(open);
         if !direct.write().await {
             s.engine.end(Ended::ByClient);
             s.finish(Outcome::ClientClosed);
@@ -143,15 +146,19 @@ impl Session {
                 (None, None) => next_ping,
             };
             tokio::select! {
-                p = engine.recv() => match p {
-                    Inbound::Handled(done) => {
+                p = engine.next(!room, direct) => match p {
+                    Some(Inbound::Handled(done)) => {
                         let _ = done.send(());
                     }
-                    Inbound::Packet(p) => {
+                    Some(Inbound::Packet(p)) => {
                         if let Err(o) = self.on_packet(p).await {
                             return o;
                         }
                     }
+                    // The outbox has room again, or something for a direct session's
+                    // socket came from outside its task (an ack from the app).
+                    None if !engine.has_ended() => {}
+                    None => return ended_outcome(engine.ended()),
                 },
                 f = next_frame(&mut self.direct) => match f {
                     WsInbound::Packet(p) => {
@@ -174,11 +181,6 @@ impl Session {
                         return o;
                     }
                 }
-                // The outbox was full; the transport took it: look again.
-                () = engine.room(), if !room => {}
-                // Something for a direct session's socket from outside its task (an
-                // ack from the app), or its end.
-                () = engine.wait(Mode::Websocket), if direct => {}
                 () = tokio::time::sleep_until(deadline) => {
                     let now = tokio::time::Instant::now();
                     if pong_due.is_some_and(|d| now >= d) {
@@ -195,7 +197,6 @@ impl Session {
                     }
                 }
                 why = self.ctx.drain.turn(self.id) => return why.into(),
-                () = engine.until_ended() => return ended_outcome(engine.ended()),
             }
             if !self.sockets.is_empty() {
                 connect_by = None;
@@ -264,7 +265,9 @@ impl Session {
             Packet::Binary(b) => self.decoder.binary(b),
         };
         match decoded {
-            Ok(Some(packet)) => self.on_sio(packet).await,
+            // Boxed: its answer's writing and waiting would otherwise sit in every held
+            // session's future.
+            Ok(Some(packet)) => Box::pin(self.on_sio(packet)).await,
             Ok(None) => Ok(()),
             Err(e) => {
                 tracing::debug!(error = %e, "closing a Socket.IO session");
@@ -283,7 +286,7 @@ impl Session {
         };
         let headers = self
             .engine_headers
-            .get_or_insert_with(|| app.capture(&self.handshake.request.headers))
+            .get_or_insert_with(|| app.capture(&self.handshake.header_map()))
             .clone();
         let content_type = if text {
             "text/plain; charset=utf-8"
