@@ -65,7 +65,11 @@ impl Session {
         let client = self.ctx.hub.client_id();
         let conn = Arc::new(Conn {
             id: self.ctx.directory.id(client),
-            params: HashMap::from([("namespace".to_string(), nsp.clone())]),
+            // Read by the app's callbacks only: without an app, no map is kept.
+            params: match self.ctx.app {
+                Some(_) => HashMap::from([("namespace".to_string(), nsp.clone())]),
+                None => HashMap::new(),
+            },
             headers: self.ctx.app.as_ref().map_or_else(
                 || Arc::from([]),
                 |a| a.capture(&self.handshake.header_map()),
