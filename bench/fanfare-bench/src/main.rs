@@ -64,6 +64,10 @@ struct Args {
     /// Publish rate in messages per second; 0: as fast as possible.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
+    /// Publish the next message only once every subscriber got the previous one (one
+    /// message at a time, no batching possible: the per-message cost).
+    #[arg(long)]
+    lockstep: bool,
     /// Where to publish: `nats://host:port`, or an HTTP URL where `{subject}` is
     /// replaced (e.g. `http://127.0.0.1:9090/publish/{subject}`).
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
@@ -330,6 +334,15 @@ async fn main() {
                 let subject = args.subject.replace("{i}", &s.to_string());
                 publisher.send(&subject, payload(seq, args.payload)).await;
             }
+            if args.lockstep {
+                publisher.flush().await;
+                // Each round delivers once per connection (fanout: N on one subject;
+                // subjects: one on each).
+                let want = connected as u64 * (seq + 1);
+                while stats.received.load(Ordering::Relaxed) < want && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
             if let Some(g) = gap {
                 next += g;
                 tokio::time::sleep_until(next).await;
@@ -353,6 +366,9 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let cpu1 = sum_over(&args.server_pid, cpu_ticks);
+        // What each connection holds once the messages went through (buffers grown,
+        // encodings cached), against the RSS before any connection.
+        let rss_end = sum_over(&args.server_pid, rss_kib);
         stop_tx.send_replace(true);
         let received = stats.received.load(Ordering::Relaxed);
         let (mut lost, mut dup) = (0u64, 0u64);
@@ -390,6 +406,13 @@ async fn main() {
             "p50": percentile(&lat, 0.5), "p99": percentile(&lat, 0.99), "max": lat.last().map_or(0.0, |m| *m as f64 / 1000.0)
         });
         report["server_cpu_us_per_delivery"] = serde_json::json!(cpu_per_delivery_us);
+        report["lockstep"] = serde_json::json!(args.lockstep);
+        if let (Some(b), Some(e)) = (rss_before, rss_end)
+            && connected > 0
+        {
+            report["rss_per_connection_after_messages_bytes"] =
+                serde_json::json!((e.saturating_sub(b) * 1024) as f64 / connected as f64);
+        }
     }
 
     if args.json {
