@@ -5,6 +5,9 @@
 #
 # usage: bench/compare.sh [IDLE_N=10000] [FANOUT_N=10000] [MESSAGES=100]
 #   ONLY="fanfare nats nchan pushpin" (the default) picks which servers run.
+#   LOCKSTEP_MESSAGES=100 (the default; 0 skips it): a fan-out at FANOUT_N where each
+#   message is published only once every subscriber got the previous one (no batching:
+#   the cost of one message at a time, chat's and dashboards' common case).
 # Loopback only; every process it starts is stopped by PID at the end.
 # Servers run on core 0, fanfare-bench on core 1 (taskset).
 set -euo pipefail
@@ -12,6 +15,7 @@ cd "$(dirname "$0")/.."
 IDLE_N=${1:-10000}
 FANOUT_N=${2:-10000}
 MESSAGES=${3:-100}
+LOCKSTEP_MESSAGES=${LOCKSTEP_MESSAGES:-100}
 export PATH="$PATH:/usr/sbin"
 
 need=()
@@ -45,6 +49,9 @@ run() {
   $BENCH $common --scenario idle --connections "$IDLE_N" >> "$results" || echo "{\"label\":\"$name\",\"scenario\":\"idle\",\"error\":true}" >> "$results"
   $BENCH $common --scenario fanout --connections "$FANOUT_N" --messages "$MESSAGES" >> "$results" || echo "{\"label\":\"$name\",\"scenario\":\"fanout\",\"error\":true}" >> "$results"
   $BENCH $common --scenario fanout --connections 1000 --messages 300 --rate 100 | sed 's/"scenario":"fanout"/"scenario":"latency"/' >> "$results" || true
+  if [ "$LOCKSTEP_MESSAGES" -gt 0 ]; then
+    $BENCH $common --scenario fanout --lockstep --connections "$FANOUT_N" --messages "$LOCKSTEP_MESSAGES" | sed 's/"scenario":"fanout"/"scenario":"lockstep"/' >> "$results" || true
+  fi
 }
 
 if want fanfare; then
@@ -115,6 +122,9 @@ fi
 kill "$PU" "$ZU" 2>/dev/null || true
 fi
 
+mkdir -p target/bench-results
+saved="target/bench-results/compare-$(date +%Y%m%d-%H%M%S).jsonl"
+cp "$results" "$saved"
 python3 - "$results" <<'PY'
 import json, sys
 rows = {}
@@ -127,17 +137,21 @@ for line in open(sys.argv[1]):
 def kib(r):
     v = r.get("rss_per_connection_bytes")
     return f"{v/1024:.1f}" if v else "n/a"
-print("| server | idle KiB/conn | fan-out deliveries/s | server CPU µs/delivery | lost / dup | p99 ms (1k subs, 100 msg/s) | connects/s |")
-print("| --- | --- | --- | --- | --- | --- | --- |")
+print("| server | idle KiB/conn | fan-out deliveries/s | server CPU µs/delivery (bursts) | server CPU µs/delivery (lockstep) | KiB/conn after the messages | lost / dup | p99 ms (1k subs, 100 msg/s) | connects/s |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for name, s in rows.items():
-    i, f, l = s.get("idle", {}), s.get("fanout", {}), s.get("latency", {})
+    i, f, l, k = s.get("idle", {}), s.get("fanout", {}), s.get("latency", {}), s.get("lockstep", {})
+    lcpu = k.get("server_cpu_us_per_delivery")
+    lcpu = f"{lcpu:.2f}" if lcpu is not None else "n/a"
+    after = f.get("rss_per_connection_after_messages_bytes")
+    after = f"{after/1024:.1f}" if after else "n/a"
     cpu = f.get("server_cpu_us_per_delivery")
     cpu = f"{cpu:.2f}" if cpu is not None else "n/a"
     p99 = l.get("latency_ms", {}).get("p99")
     p99 = f"{p99:.2f}" if p99 is not None else "n/a"
     dps = f.get("deliveries_per_second")
     dps = f"{dps:,.0f}" if dps else "n/a"
-    print(f"| {name} | {kib(i)} | {dps} | {cpu} | {f.get('lost','?')} / {f.get('duplicated','?')} | {p99} | {i.get('connections_per_second', 0):,.0f} |")
+    print(f"| {name} | {kib(i)} | {dps} | {cpu} | {lcpu} | {after} | {f.get('lost','?')} / {f.get('duplicated','?')} | {p99} | {i.get('connections_per_second', 0):,.0f} |")
 PY
 echo
-echo "raw results: one JSON object per run above; rerun with: bench/compare.sh $IDLE_N $FANOUT_N $MESSAGES"
+echo "raw results (one JSON object per run): $saved; rerun with: bench/compare.sh $IDLE_N $FANOUT_N $MESSAGES"
