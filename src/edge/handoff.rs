@@ -34,7 +34,12 @@ pub async fn take_h1_stream(session: &mut Session) -> Option<TcpStream> {
     let placeholder = placeholder(session).await?;
     let original = std::mem::replace(&mut session.downstream_session, Box::new(placeholder));
     match *original {
-        ServerSession::H1(h1) => into_socket(h1.into_inner()),
+        ServerSession::H1(h1) => {
+            // Whatever pingora left in the write buffer goes out first.
+            let mut stream = h1.into_inner();
+            stream.flush().await.ok()?;
+            into_socket(stream)
+        }
         other => {
             // Checked above; restore rather than lose the session if it ever differs.
             *session.downstream_session = other;
@@ -46,8 +51,7 @@ pub async fn take_h1_stream(session: &mut Session) -> Option<TcpStream> {
 /// The TCP socket under pingora's stream, as a tokio `TcpStream` of its own.
 #[allow(unsafe_code)] // one block, its soundness argued where it stands
 fn into_socket(stream: Stream) -> Option<TcpStream> {
-    use pingora::protocols::l4::stream::Stream as L4;
-    let l4 = stream.into_any().downcast::<L4>().ok()?;
+    let l4 = super::buffered::unwrap(stream.into_any())?;
     let fd = l4.as_raw_fd();
     if fd < 0 {
         return None;

@@ -21,6 +21,7 @@ use std::os::fd::AsRawFd;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use super::buffered::Buffered;
 use crate::limits::{ConnectionLimits, Pending};
 
 /// The HTTP/2 connection preface.
@@ -134,7 +135,9 @@ pub async fn serve<A>(
                 let shutdown = sessions.clone();
                 let Some(policy) = head.clone() else {
                     tokio::spawn(async move {
-                        let mut next = app.process_new(Box::new(stream), &shutdown).await;
+                        let mut next = app
+                            .process_new(Box::new(Buffered::new(stream)), &shutdown)
+                            .await;
                         while let Some(reused) = next {
                             next = app.process_new(reused, &shutdown).await;
                         }
@@ -156,7 +159,7 @@ pub async fn serve<A>(
                                 watch.mark(true);
                             }
                         }
-                        let mut next = app.process_new(Box::new(stream), &shutdown).await;
+                        let mut next = app.process_new(Box::new(Buffered::new(stream)), &shutdown).await;
                         while let Some(reused) = next {
                             next = app.process_new(reused, &shutdown).await;
                         }

@@ -17,6 +17,7 @@
 
 mod admission;
 pub mod assets;
+mod buffered;
 pub mod client;
 pub mod cors;
 mod handoff;
