@@ -35,9 +35,6 @@ use crate::wire::ws::close;
 
 mod requests;
 
-/// Queue wakes in a row before the session looks at everything else first once.
-const FAIR_TURNS: u32 = 16;
-
 /// A connection's subscriptions: a few at most (`ws.max_subscriptions`), so a vector
 /// (one small allocation) beats a hash map (a bucket array) for every held connection.
 /// Each entry is one topic, labelled by its subjects joined by [`SET_SEPARATOR`]: the
@@ -167,34 +164,13 @@ where
         let raw = self.ctx.ws.protocol == WsProtocol::Raw;
         let mut idle_since = (can_idle && self.subscriptions.is_empty()).then(Instant::now);
         let mut expiry = super::expiry_timer(self.permissions.expires);
-        // Queue wakes in a row: the queue is looked at first (a wake for an event then
-        // polls nothing else, about 9% of the CPU per delivery one message at a
-        // time), but never more than FAIR_TURNS times running, so a busy queue cannot
-        // starve the client's frames, the heartbeat or the drain.
-        let mut streak = 0u32;
         loop {
-            let wake = if streak < FAIR_TURNS {
-                tokio::select! {
-                    biased;
-                    _ = self.queue.ready() => Wake::Queue,
-                    f = self.ws.next() => Wake::Frame(f),
-                    _ = tick.tick() => Wake::Tick,
-                    why = self.ctx.drain.turn(self.client) => Wake::Drain(why),
-                    _ = super::expired(expiry.as_mut()) => Wake::Expired,
-                }
-            } else {
-                tokio::select! {
-                    biased;
-                    f = self.ws.next() => Wake::Frame(f),
-                    _ = tick.tick() => Wake::Tick,
-                    why = self.ctx.drain.turn(self.client) => Wake::Drain(why),
-                    _ = super::expired(expiry.as_mut()) => Wake::Expired,
-                    _ = self.queue.ready() => Wake::Queue,
-                }
-            };
-            streak = match wake {
-                Wake::Queue if streak < FAIR_TURNS => streak + 1,
-                _ => 0,
+            let wake = tokio::select! {
+                _ = self.queue.ready() => Wake::Queue,
+                f = self.ws.next() => Wake::Frame(f),
+                _ = tick.tick() => Wake::Tick,
+                why = self.ctx.drain.turn(self.client) => Wake::Drain(why),
+                _ = super::expired(expiry.as_mut()) => Wake::Expired,
             };
             match wake {
                 Wake::Queue => {
