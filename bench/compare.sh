@@ -137,21 +137,19 @@ for line in open(sys.argv[1]):
 def kib(r):
     v = r.get("rss_per_connection_bytes")
     return f"{v/1024:.1f}" if v else "n/a"
-print("| server | idle KiB/conn | fan-out deliveries/s | server CPU µs/delivery (bursts) | server CPU µs/delivery (lockstep) | KiB/conn after the messages | lost / dup | p99 ms (1k subs, 100 msg/s) | connects/s |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+print("| server | idle KiB/conn | fan-out deliveries/s | server CPU µs/delivery (bursts) | server CPU µs/delivery (lockstep) | lost / dup | p99 ms (1k subs, 100 msg/s) | connects/s |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
 for name, s in rows.items():
     i, f, l, k = s.get("idle", {}), s.get("fanout", {}), s.get("latency", {}), s.get("lockstep", {})
     lcpu = k.get("server_cpu_us_per_delivery")
     lcpu = f"{lcpu:.2f}" if lcpu is not None else "n/a"
-    after = f.get("rss_per_connection_after_messages_bytes")
-    after = f"{after/1024:.1f}" if after else "n/a"
     cpu = f.get("server_cpu_us_per_delivery")
     cpu = f"{cpu:.2f}" if cpu is not None else "n/a"
     p99 = l.get("latency_ms", {}).get("p99")
     p99 = f"{p99:.2f}" if p99 is not None else "n/a"
     dps = f.get("deliveries_per_second")
     dps = f"{dps:,.0f}" if dps else "n/a"
-    print(f"| {name} | {kib(i)} | {dps} | {cpu} | {lcpu} | {after} | {f.get('lost','?')} / {f.get('duplicated','?')} | {p99} | {i.get('connections_per_second', 0):,.0f} |")
+    print(f"| {name} | {kib(i)} | {dps} | {cpu} | {lcpu} | {f.get('lost','?')} / {f.get('duplicated','?')} | {p99} | {i.get('connections_per_second', 0):,.0f} |")
 PY
 echo
 echo "raw results (one JSON object per run): $saved; rerun with: bench/compare.sh $IDLE_N $FANOUT_N $MESSAGES"
