@@ -233,10 +233,6 @@ routes:
 
 const SLOW_MESSAGES: usize = 600;
 
-fn payload(i: usize) -> String {
-    format!("{i:06}:{}", "x".repeat(16 * 1024))
-}
-
 fn seq_of(data: &str) -> usize {
     data[..6].parse().unwrap()
 }
@@ -261,9 +257,7 @@ async fn run_slow_consumer(ff: &fanfare::Handle) -> SseReader<Chunked> {
             );
         }
     });
-    for i in 0..SLOW_MESSAGES {
-        publish(ff.admin_addr, "feed", None, payload(i)).await;
-    }
+    publish_numbered(ff.admin_addr, "feed", SLOW_MESSAGES).await;
     reader.await.unwrap();
     SseReader::new(Chunked::new(stalled, rest))
 }

@@ -1017,15 +1017,7 @@ routes:
             assert!(t.starts_with(&prefix), "in order: {i} is {}", &t[..20]);
         }
     });
-    for i in 0..SLOW_MESSAGES {
-        publish(
-            ff.admin_addr,
-            "feed",
-            None,
-            format!("{i:06}:{}", "x".repeat(16 * 1024)),
-        )
-        .await;
-    }
+    publish_numbered(ff.admin_addr, "feed", SLOW_MESSAGES).await;
     reader.await.unwrap();
     wait_metric(
         ff.admin_addr,

@@ -386,15 +386,7 @@ async fn a_slow_ws_reader_does_not_hold_up_the_others() {
             assert_eq!(data[..6].parse::<usize>().unwrap(), i);
         }
     });
-    for i in 0..N {
-        publish(
-            ff.admin_addr,
-            "feed",
-            None,
-            format!("{i:06}:{}", "x".repeat(16 * 1024)),
-        )
-        .await;
-    }
+    publish_numbered(ff.admin_addr, "feed", N).await;
     reader.await.unwrap();
     let dropped = metric(
         ff.admin_addr,

@@ -282,6 +282,16 @@ pub async fn publish(
     );
 }
 
+/// Publishes `n` messages of 16 KiB on `subject`, each starting with its number in six
+/// digits and a colon (more than kernel buffers and a small queue hold: what the
+/// slow-consumer tests need).
+pub async fn publish_numbered(admin: SocketAddr, subject: &str, n: usize) {
+    for i in 0..n {
+        let body = format!("{i:06}:{}", "x".repeat(16 * 1024));
+        publish(admin, subject, None, body).await;
+    }
+}
+
 /// Waits until `series` in `/metrics` equals `value`.
 pub async fn wait_metric(admin: SocketAddr, series: &str, value: f64) {
     wait_for(&format!("{series} == {value}"), DEADLINE, || async move {
