@@ -2,10 +2,12 @@
 //! the upgrade between them) carrying Socket.IO v5 namespaces, each namespace socket a
 //! fanfare connection (subjects, queue, app callbacks, addressable by id).
 //!
-//! One task per Engine.IO session ([`session`]) holds the Socket.IO state; the
+//! One task per Engine.IO session ([`session`]) holds the Socket.IO state. A session
+//! opened over WebSocket holds its socket in that task too (one task per connection,
+//! events written as frames shared by every socket of a namespace). For the others the
 //! transports are thin pumps between the client and the session's [`Engine`]: what the
 //! client sends goes to the session's inbox, what the session sends waits in the
-//! engine's outbox until a poll or the WebSocket takes it.
+//! engine's outbox until a poll or the upgraded WebSocket takes it.
 //!
 //! Invariants: at most one GET and one POST of a session are under way (a second one
 //! closes it, as the protocol says); after an upgrade HTTP requests for the session

@@ -11,8 +11,7 @@ mod events;
 mod handshake;
 mod out;
 mod socket;
-use direct::Direct;
-use direct::next_frame;
+use direct::{Direct, next_frame};
 pub use handshake::Handshake;
 use socket::{Socket, any_ready};
 

@@ -36,7 +36,8 @@ impl Session {
         })
     }
 
-    /// Moves the events of socket `i`'s queue into the outbox.
+    /// Moves the events of socket `i`'s queue into the outbox, or, for a session opened
+    /// over WebSocket, behind the frames waiting for its socket.
     pub(super) fn flush(&mut self, i: usize) -> Option<Outcome> {
         let s = &self.sockets[i];
         let batch = s.queue.take();
