@@ -166,12 +166,6 @@ impl Peek for Buffered {
     }
 }
 
-impl std::os::fd::AsRawFd for Buffered {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.inner.as_raw_fd()
-    }
-}
-
 /// The stream under a boxed connection, for [`super::handoff`].
 pub fn unwrap(stream: Box<dyn Any>) -> Option<L4> {
     match stream.downcast::<Buffered>() {

@@ -211,7 +211,6 @@ pub async fn serve(
     }
 }
 
-/// Whether `sid` belongs to another instance (its first part names the owner).
 /// What a session keeps of its opening request: the headers its namespace connects
 /// authorize with and its callbacks forward, and the user agent for `app.connect`.
 fn handshake(
@@ -227,6 +226,7 @@ fn handshake(
     })
 }
 
+/// Whether `sid` belongs to another instance (its first part names the owner).
 fn is_elsewhere(ctx: &RouteContext, sio: &SioRoute, sid: &str) -> bool {
     sio.registry.get(sid).is_none() && relay::owner(sid) != ctx.directory.instance()
 }

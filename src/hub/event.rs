@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::broker::Message;
-use crate::wire::{protocol, sse, ws};
+use crate::wire::{engineio, protocol, sse, ws};
 
 /// Bytes counted per event on top of its payload (framing, id, event name).
 const EVENT_OVERHEAD: usize = 64;
@@ -55,10 +55,7 @@ impl SioEncoded {
     /// bytes for every socket that is sent it.
     pub fn ws_text_frame(&self) -> &Bytes {
         self.ws_text.get_or_init(|| {
-            let mut m = String::with_capacity(self.text.len() + 1);
-            m.push('4');
-            m.push_str(&self.text);
-            ws::text_frame(m.as_bytes())
+            ws::text_frame(engineio::encode_text(engineio::Kind::Message, &self.text).as_bytes())
         })
     }
 }

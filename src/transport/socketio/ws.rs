@@ -12,8 +12,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::{Ended, Engine, Mode};
 
-/// Batches of at most this many packets are written a packet at a time.
-const SEPARATE_WRITES: usize = 4;
+/// Batches of at most this many packets are written a packet at a time, as the
+/// reference server writes them (a client reading frame by frame, like the protocol's
+/// own test suite, sees them apart); more go out in one write.
+pub(super) const SEPARATE_WRITES: usize = 4;
 use crate::wire::engineio::{self, Kind, Packet};
 
 /// An upgrade of a polling session: the probe, then `5`, then the pump. A second

@@ -9,8 +9,6 @@
 //! so after such a frame it is flushed before the next raw write; nothing else
 //! touches the socket while a raw write is under way.
 
-use std::time::Duration;
-
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
@@ -18,18 +16,11 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::super::ws::{Inbound, packet_of};
+use super::super::ws::{Inbound, SEPARATE_WRITES, packet_of};
 use super::super::{Ended, Engine};
+use crate::transport::ws_socket::CLOSE_TIMEOUT;
 use crate::wire::engineio::{self, Kind, Packet};
 use crate::wire::ws::{binary_frame, text_frame};
-
-/// Writes of at most this many frames go out a frame at a time, as the reference
-/// server writes them (a client reading frame by frame, like the protocol's own test
-/// suite, sees them apart); more go out in one write.
-const SEPARATE_WRITES: usize = 4;
-
-/// How long the close at the session's end may take.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The session's WebSocket and the frames waiting for it, in order.
 pub(super) struct Direct {
