@@ -298,7 +298,8 @@ async fn upstream_auth_uses_the_apps_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_auth_app_down_is_503() {
-    let down = format!("http://127.0.0.1:{}", free_port());
+    let closed = closed_port();
+    let down = format!("http://127.0.0.1:{}", closed.port);
     let yaml = base_yaml(&down, None)
         + "routes:\n  - path: /o/{id}\n    subjects: [\"orders.{id}\"]\n    auth: { mode: upstream, path: /auth, timeout: 500ms }\n";
     let ff = start_fanfare(&yaml).await;

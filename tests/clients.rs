@@ -211,7 +211,8 @@ for i, event in enumerate(sseclient.SSEClient(r).events()):
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_public_port_opens_at_once_while_nats_is_down() {
-    let dead_nats = format!("nats://127.0.0.1:{}", free_port());
+    let closed = closed_port();
+    let dead_nats = format!("nats://127.0.0.1:{}", closed.port);
     let yaml = base_yaml("http://127.0.0.1:1", Some(&dead_nats))
         + "routes:\n  - path: /o\n    subjects: [orders.1]\n    auth: { mode: none }\n    history: { jetstream: ORDERS }\n";
     let started = Instant::now();

@@ -197,15 +197,16 @@ async fn read_answer(s: &mut tokio::net::TcpStream) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_replies_errors_timeouts_and_busy() {
     let app = CallbackApp::start().await;
-    let down = free_port();
+    let down = closed_port();
     let routes = chat(&app, "      max_in_flight: 2\n")
         + &format!(
             "
   - path: /down
     transports: [ws]
     auth: {{ mode: none }}
-    app: {{ message: \"http://127.0.0.1:{down}/nowhere\" }}
-"
+    app: {{ message: \"http://127.0.0.1:{}/nowhere\" }}
+",
+            down.port
         );
     let ff = start_fanfare(&(base_yaml(&app.url(), None) + &routes)).await;
     let mut ws = ws_with_cookie(ff.edge_addr, "/chat/lobby").await;

@@ -147,7 +147,8 @@ async fn h2c_clients_are_proxied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_down_is_a_json_502() {
-    let nothing = format!("http://127.0.0.1:{}", free_port());
+    let closed = closed_port();
+    let nothing = format!("http://127.0.0.1:{}", closed.port);
     let ff = start_fanfare(&base_yaml(&nothing, None)).await;
     let r = http_client()
         .get(format!("http://{}/anything", ff.edge_addr))
@@ -225,10 +226,33 @@ async fn readyz_follows_nats() {
     assert_eq!(metric(admin, "fanfare_nats_connected").await, Some(1.0));
 }
 
+/// The harness's own nats-server: CI once failed with "timed out waiting for
+/// nats-server to accept connections" because the free port it picked was taken
+/// before nats-server bound it, and the harness waited on a server that had exited.
+/// Here another listener holds the port across a restart for a moment: the harness
+/// must notice, wait, and come back with the real nats-server, not the impostor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_harness_nats_server_restarts_past_a_port_held_meanwhile() {
+    let mut nats = NatsServer::start().await;
+    let port = nats.port;
+    nats.stop();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).expect("take the port");
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        drop(squatter);
+    });
+    nats.restart().await;
+    release.join().unwrap();
+    assert_eq!(nats.port, port, "a restart keeps the port");
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    client.flush().await.expect("nats-server answers a flush");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_503_until_nats_is_reachable() {
     // Nothing listens on this port: fanfare starts, keeps retrying, and is not ready.
-    let port = free_port();
+    let closed = closed_port();
+    let port = closed.port;
     let app = StubApp::start().await;
     let ff = start_fanfare(&base_yaml(
         &app.url(),

@@ -274,13 +274,15 @@ routes:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_io_client_reconnects_by_itself_after_fanfare_restarts() {
-    let port = free_port();
-    let admin = free_port();
-    let yaml = format!(
-        "listen: 127.0.0.1:{port}\nupstream: http://127.0.0.1:1\nadmin: {{ listen: 127.0.0.1:{admin} }}\nshutdown: {{ grace: 2s, drain: 500ms }}\n\
+    // The first instance binds ports the OS picks; the second takes the same ones.
+    let yaml = |port: u16, admin: u16| {
+        format!(
+            "listen: 127.0.0.1:{port}\nupstream: http://127.0.0.1:1\nadmin: {{ listen: 127.0.0.1:{admin} }}\nshutdown: {{ grace: 2s, drain: 500ms }}\n\
 routes:\n  - path: /socket.io/\n    transports: [socketio]\n    auth: {{ mode: none }}\n    socketio:\n      namespaces:\n        \"/\": {{ subjects: [news] }}\n"
-    );
-    let mut first = FanfareProcess::start(&yaml).await;
+        )
+    };
+    let mut first = FanfareProcess::start(&yaml(0, 0)).await;
+    let (port, admin) = (first.edge.port(), first.admin.port());
     let mut c =
         SioClient::start(&json!({"url": format!("http://127.0.0.1:{port}"), "reconnection": true}));
     c.until("connect").await;
@@ -291,7 +293,7 @@ routes:\n  - path: /socket.io/\n    transports: [socketio]\n    auth: {{ mode: n
         ["transport close", "transport error"].contains(&d["reason"].as_str().unwrap()),
         "{d}"
     );
-    let _second = FanfareProcess::start(&yaml).await;
+    let _second = FanfareProcess::start(&yaml(port, admin)).await;
     c.until("connect").await;
     publish(
         format!("127.0.0.1:{admin}").parse().unwrap(),
@@ -657,14 +659,10 @@ async fn a_polling_session_and_its_upgrade_work_across_two_instances() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_whose_owner_died_is_refused_as_unknown() {
     let nats = NatsServer::start().await;
-    let (port, admin) = (free_port(), free_port());
-    let owner_yaml = format!(
-        "listen: 127.0.0.1:{port}\nupstream: http://127.0.0.1:1\nadmin: {{ listen: 127.0.0.1:{admin} }}\nnats: {{ url: \"{}\" }}\n{TWO}",
-        nats.url()
-    );
-    let mut owner = FanfareProcess::start(&owner_yaml).await;
-    let b = start_fanfare(&(base_yaml("http://127.0.0.1:1", Some(&nats.url())) + TWO)).await;
-    let sid = handshake(&format!("http://127.0.0.1:{port}/socket.io/")).await;
+    let yaml = base_yaml("http://127.0.0.1:1", Some(&nats.url())) + TWO;
+    let mut owner = FanfareProcess::start(&yaml).await;
+    let b = start_fanfare(&yaml).await;
+    let sid = handshake(&format!("http://{}/socket.io/", owner.edge)).await;
     let url = format!(
         "http://{}/socket.io/?EIO=4&transport=polling&sid={sid}",
         b.edge_addr
@@ -796,12 +794,14 @@ routes:
 async fn connection_state_recovery_replays_what_a_restart_missed() {
     let nats = NatsServer::start_jetstream().await;
     create_stream(&nats.url(), "FEED", &["feed"]).await;
-    let (port, admin) = (free_port(), free_port());
-    let yaml = format!(
-        "listen: 127.0.0.1:{port}\nupstream: http://127.0.0.1:1\nadmin: {{ listen: 127.0.0.1:{admin} }}\nnats: {{ url: \"{}\" }}\nshutdown: {{ grace: 2s, drain: 200ms }}\n\
+    // The first instance binds ports the OS picks; the second takes the same ones.
+    let yaml = |port: u16, admin: u16| {
+        format!(
+            "listen: 127.0.0.1:{port}\nupstream: http://127.0.0.1:1\nadmin: {{ listen: 127.0.0.1:{admin} }}\nnats: {{ url: \"{}\" }}\nshutdown: {{ grace: 2s, drain: 200ms }}\n\
 routes:\n  - path: /socket.io/\n    transports: [socketio]\n    auth: {{ mode: none }}\n    history: {{ jetstream: FEED }}\n    socketio:\n      recovery: true\n      namespaces:\n        \"/\": {{ subjects: [feed] }}\n",
-        nats.url()
-    );
+            nats.url()
+        )
+    };
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let send = |n: u32| {
         let js = js.clone();
@@ -815,7 +815,8 @@ routes:\n  - path: /socket.io/\n    transports: [socketio]\n    auth: {{ mode: n
                 .unwrap();
         }
     };
-    let mut first = FanfareProcess::start(&yaml).await;
+    let mut first = FanfareProcess::start(&yaml(0, 0)).await;
+    let (port, admin) = (first.edge.port(), first.admin.port());
     wait_for("fanfare ready", DEADLINE, || async {
         (admin_get(format!("127.0.0.1:{admin}").parse().unwrap(), "/readyz")
             .await
@@ -844,7 +845,7 @@ routes:\n  - path: /socket.io/\n    transports: [socketio]\n    auth: {{ mode: n
     for n in 3..5 {
         send(n).await;
     }
-    let _second = FanfareProcess::start(&yaml).await;
+    let _second = FanfareProcess::start(&yaml(port, admin)).await;
     let back = c.until("connect").await;
     assert_eq!(back["recovered"], true, "{back}");
     for n in 3..5 {

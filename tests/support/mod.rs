@@ -55,6 +55,28 @@ pub fn free_port() -> u16 {
         .expect("bind 127.0.0.1:0")
 }
 
+/// A port on 127.0.0.1 that is bound and never listened on: while it lives, no other
+/// process can take it, and every connection to it is refused. For "nothing listens
+/// here" (a [`free_port`] could be taken by someone else before the test uses it).
+pub struct ClosedPort {
+    _socket: tokio::net::TcpSocket,
+    /// The port.
+    pub port: u16,
+}
+
+/// A [`ClosedPort`] from the OS.
+pub fn closed_port() -> ClosedPort {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().unwrap())
+        .expect("bind 127.0.0.1:0");
+    let port = socket.local_addr().expect("local_addr").port();
+    ClosedPort {
+        _socket: socket,
+        port,
+    }
+}
+
 /// Polls `check` until it returns `Some`, or panics with `what` after `deadline`.
 pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
 where

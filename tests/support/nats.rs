@@ -1,8 +1,9 @@
-//! A real nats-server on free ports.
+//! A real nats-server on ports it picks itself.
 
-use super::{DEADLINE, free_port, http_client, wait_for};
+use super::{DEADLINE, http_client, wait_for};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// Where the `nats-server` binary is: `NATS_SERVER_BIN`, then `PATH`, then /usr/sbin.
 pub fn nats_server_bin() -> PathBuf {
@@ -26,7 +27,7 @@ pub fn nats_server_bin() -> PathBuf {
     );
 }
 
-/// A real nats-server on free ports, killed on drop.
+/// A real nats-server on ports it picks itself, killed on drop.
 pub struct NatsServer {
     child: Option<Child>,
     /// Client port.
@@ -34,6 +35,8 @@ pub struct NatsServer {
     /// HTTP monitoring port (`/subsz`, `/connz`).
     pub monitor_port: u16,
     jetstream: Option<tempfile::TempDir>,
+    /// Where nats-server writes its ports file and its log.
+    run_dir: tempfile::TempDir,
 }
 
 impl NatsServer {
@@ -50,9 +53,10 @@ impl NatsServer {
     async fn start_with(jetstream: bool) -> NatsServer {
         let mut s = NatsServer {
             child: None,
-            port: free_port(),
-            monitor_port: free_port(),
+            port: 0,
+            monitor_port: 0,
             jetstream: jetstream.then(|| tempfile::tempdir().expect("tempdir")),
+            run_dir: tempfile::tempdir().expect("tempdir"),
         };
         s.spawn().await;
         s
@@ -63,27 +67,81 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// Starts nats-server and waits for its ports file, which it writes once both
+    /// listeners are bound. The first start lets nats-server pick its own ports
+    /// (`-1`), so no other process can take them between choosing and binding; a
+    /// restart asks for the same ports again, and if something holds one meanwhile
+    /// nats-server exits and is started again, until the deadline.
     async fn spawn(&mut self) {
+        let start = Instant::now();
+        loop {
+            match self.spawn_once().await {
+                Ok(()) => return,
+                Err(why) if start.elapsed() < DEADLINE => {
+                    eprintln!("nats-server did not start ({why}); starting it again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(why) => panic!("nats-server did not start within {DEADLINE:?}: {why}"),
+            }
+        }
+    }
+
+    async fn spawn_once(&mut self) -> Result<(), String> {
+        let port = |p: u16| {
+            if p == 0 {
+                "-1".to_string()
+            } else {
+                p.to_string()
+            }
+        };
+        let log = self.run_dir.path().join("nats-server.log");
         let mut cmd = Command::new(nats_server_bin());
-        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["-m", &self.monitor_port.to_string()])
+        cmd.args(["-a", "127.0.0.1", "-p", &port(self.port)])
+            .args(["-m", &port(self.monitor_port)])
+            .arg("--ports_file_dir")
+            .arg(self.run_dir.path())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?);
         if let Some(dir) = &self.jetstream {
             cmd.arg("-js").arg("-sd").arg(dir.path());
         }
-        self.child = Some(cmd.spawn().expect("spawn nats-server"));
-        let port = self.port;
-        wait_for(
-            "nats-server to accept connections",
-            DEADLINE,
-            || async move {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .ok()
-            },
-        )
-        .await;
+        let mut child = cmd.spawn().expect("spawn nats-server");
+        let ports_file = self
+            .run_dir
+            .path()
+            .join(format!("nats-server_{}.ports", child.id()));
+        let begun = Instant::now();
+        let ports = loop {
+            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                let last = log.lines().last().unwrap_or("no log");
+                return Err(format!("it exited ({status}): {last}"));
+            }
+            if let Some(ports) = std::fs::read_to_string(&ports_file)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            {
+                break ports;
+            }
+            if begun.elapsed() > DEADLINE {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("no ports file".into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        // {"nats":["nats://127.0.0.1:P"],"monitoring":["http://127.0.0.1:M"]}
+        let port_of = |key: &str| {
+            ports[key][0]
+                .as_str()
+                .and_then(|u| u.rsplit_once(':'))
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .unwrap_or_else(|| panic!("no {key} port in nats-server's ports file: {ports}"))
+        };
+        self.port = port_of("nats");
+        self.monitor_port = port_of("monitoring");
+        self.child = Some(child);
+        Ok(())
     }
 
     /// Kills the server (SIGKILL) and waits for it to exit.
