@@ -3,6 +3,7 @@
 //! Socket.IO v5 packets. Nothing here imports
 //! the rest of fanfare; every rule has unit tests next to it.
 
+pub mod deflate;
 pub mod engineio;
 pub mod protocol;
 pub mod socketio;

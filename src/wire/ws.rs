@@ -114,12 +114,45 @@ pub fn check_handshake(req: &http::request::Parts) -> Result<String, HandshakeEr
     Ok(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
 }
 
-/// The raw `101 Switching Protocols` response head.
-pub fn switching_protocols(accept: &str) -> Bytes {
+/// Every `Sec-WebSocket-Extensions` value of an upgrade request, joined with `,`.
+pub fn offered_extensions(req: &http::request::Parts) -> String {
+    req.headers
+        .get_all("sec-websocket-extensions")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The raw `101 Switching Protocols` response head, with the negotiated
+/// `Sec-WebSocket-Extensions` when there is one.
+pub fn switching_protocols(accept: &str, extensions: Option<&str>) -> Bytes {
+    let extensions = extensions
+        .map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n"))
+        .unwrap_or_default();
     Bytes::from(format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+         Sec-WebSocket-Accept: {accept}\r\n{extensions}\r\n"
     ))
+}
+
+/// The frame of a message compressed with permessage-deflate: `plain` is the
+/// message's uncompressed frame (from [`text_frame`] or [`binary_frame`]), and the
+/// result is the same message with RSV1 set and its payload compressed with a window
+/// of `window_bits`; or `plain` itself when compressing would not make it smaller
+/// (a message may go either way).
+pub fn deflated_frame(plain: &Bytes, window_bits: u8) -> Bytes {
+    let packed = super::deflate::compress(&frame_payload(plain), window_bits);
+    if packed.len() + header_len(packed.len()) >= plain.len() {
+        return plain.clone();
+    }
+    data_frame(plain[0] | 0x40, &packed)
+}
+
+/// [`deflated_frame`] even when compressing does not shrink the message.
+pub fn always_deflated_frame(plain: &Bytes, window_bits: u8) -> Bytes {
+    let packed = super::deflate::compress(&frame_payload(plain), window_bits);
+    data_frame(plain[0] | 0x40, &packed)
 }
 
 /// The length of the header [`text_frame`] puts before a payload of `len` bytes.
@@ -294,8 +327,31 @@ mod tests {
 
     #[test]
     fn switching_protocols_head() {
-        let h = switching_protocols("abc=");
+        let h = switching_protocols("abc=", None);
         assert!(h.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
         assert!(h.ends_with(b"Sec-WebSocket-Accept: abc=\r\n\r\n"));
+        let h = switching_protocols("abc=", Some("permessage-deflate"));
+        assert!(h.ends_with(
+            b"Sec-WebSocket-Accept: abc=\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn deflated_frames_set_rsv1_and_keep_small_messages_plain() {
+        let json = "{\"status\":\"shipped\",\"carrier\":\"post\"}".repeat(20);
+        let plain = text_frame(json.as_bytes());
+        let d = deflated_frame(&plain, 15);
+        assert_eq!(d[0], 0xc1, "FIN, RSV1, text");
+        assert!(d.len() < plain.len() / 3, "{} of {}", d.len(), plain.len());
+        let mut inflate = flate2::Decompress::new(false);
+        let mut body = frame_payload(&d).to_vec();
+        body.extend_from_slice(&[0, 0, 0xff, 0xff]);
+        let mut out = Vec::with_capacity(json.len() + 16);
+        inflate
+            .decompress_vec(&body, &mut out, flate2::FlushDecompress::Sync)
+            .unwrap();
+        assert_eq!(out, json.as_bytes());
+        let tiny = binary_frame(b"ab");
+        assert_eq!(deflated_frame(&tiny, 15), tiny, "not worth compressing");
     }
 }
