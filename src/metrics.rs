@@ -26,6 +26,8 @@ pub struct Metrics {
     pub connections_closed: IntCounterVec,
     /// Messages received from the broker for at least one subscriber.
     pub messages_received: IntCounter,
+    /// WebSocket connections that negotiated permessage-deflate.
+    pub ws_compressed: IntCounter,
     /// Messages written to clients, by transport.
     pub deliveries: IntCounterVec,
     /// Messages not delivered, by reason.
@@ -117,6 +119,10 @@ impl Metrics {
             messages_received: IntCounter::new(
                 "fanfare_messages_received_total",
                 "Messages received from the broker.",
+            )?,
+            ws_compressed: IntCounter::new(
+                "fanfare_ws_compressed_connections_total",
+                "WebSocket connections that negotiated permessage-deflate.",
             )?,
             deliveries: IntCounterVec::new(
                 Opts::new(
@@ -254,6 +260,7 @@ impl Metrics {
         m.registry
             .register(Box::new(m.connections_closed.clone()))?;
         m.registry.register(Box::new(m.messages_received.clone()))?;
+        m.registry.register(Box::new(m.ws_compressed.clone()))?;
         m.registry.register(Box::new(m.deliveries.clone()))?;
         m.registry.register(Box::new(m.dropped.clone()))?;
         m.registry.register(Box::new(m.subscriptions.clone()))?;

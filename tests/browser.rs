@@ -1,7 +1,8 @@
 //! In a real browser (Debian's `chromium`, driven over the DevTools protocol): an
 //! EventSource opened while NATS is down stays open through the outage and, without a
 //! reload, receives what the app publishes once NATS is back (issue 14, item 2); the
-//! bare `WebSocket` snippet of MDN talks to a raw-mode route (issue 15); Socket.IO's
+//! bare `WebSocket` snippet of MDN talks to a raw-mode route (issue 15), with
+//! permessage-deflate too (issue 18); Socket.IO's
 //! "get started" chat works in two pages with a config and no app code (issue 16).
 //!
 //! Needs `chromium` (`apt-get install chromium`; `scripts/test` installs it when run as
@@ -81,9 +82,40 @@ async fn an_event_source_opened_during_a_nats_outage_receives_without_a_reload()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bare_browser_websocket_talks_to_the_app_through_a_raw_route() {
     let Some(bin) = chromium() else { return };
+    let doc = "{\"order\": 42, \"status\": \"shipped\"}";
+    let mut browser = bare_websocket_on_a_raw_route(bin, "{ protocol: raw }", doc).await;
+    assert_eq!(browser.eval("socket.extensions").await, json!(""));
+}
+
+/// The same page with `ws.compression: on`: Chromium offers permessage-deflate, so it
+/// compresses "Hello Server!" (fanfare inflates it for the app) and inflates the
+/// kilobyte the app publishes (fanfare compressed it once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_websocket_negotiates_compression_both_ways() {
+    let Some(bin) = chromium() else { return };
+    let rows: Vec<String> = (0..12)
+        .map(|i| format!("{{\"order\":{i},\"status\":\"shipped\",\"carrier\":\"post\"}}"))
+        .collect();
+    let doc = format!("[{}]", rows.join(","));
+    assert!(doc.len() > 500);
+    let mut browser =
+        bare_websocket_on_a_raw_route(bin, "{ protocol: raw, compression: on }", &doc).await;
+    let ext = browser.eval("socket.extensions").await;
+    assert_eq!(
+        ext,
+        json!("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
+    );
+}
+
+/// MDN's bare `WebSocket` snippet on a raw-mode route with `ws` settings `ws`: the app
+/// receives "Hello Server!", its answer arrives as `event.data`, and `doc`, published
+/// to the connection, arrives verbatim. Returns the page for more checks.
+async fn bare_websocket_on_a_raw_route(bin: &str, ws: &str, doc: &str) -> Browser {
     let app = CallbackApp::start().await;
     let yaml = base_yaml(&app.url(), None)
-        + "routes:\n  - path: /native\n    transports: [ws]\n    auth: { mode: none }\n    ws: { protocol: raw }\n    app: { connect: /rt/connect, message: /rt/message }\n";
+        + &format!(
+            "routes:\n  - path: /native\n    transports: [ws]\n    auth: {{ mode: none }}\n    ws: {ws}\n    app: {{ connect: /rt/connect, message: /rt/message }}\n"
+        );
     let ff = start_fanfare(&yaml).await;
     let mut browser = Browser::open(bin, &format!("http://{}/page/native", ff.edge_addr)).await;
     // The app receives "Hello Server!" and its answer arrives as event.data.
@@ -106,7 +138,7 @@ async fn a_bare_browser_websocket_talks_to_the_app_through_a_raw_route() {
         ff.admin_addr,
         &format!("fanfare.connection.{id}"),
         None,
-        "{\"order\": 42, \"status\": \"shipped\"}",
+        doc.to_string(),
     )
     .await;
     let deadline = Instant::now() + DEADLINE;
@@ -116,10 +148,8 @@ async fn a_bare_browser_websocket_talks_to_the_app_through_a_raw_route() {
             "the published message never arrived"
         );
     }
-    assert_eq!(
-        browser.eval("window.got[1]").await,
-        json!("{\"order\": 42, \"status\": \"shipped\"}")
-    );
+    assert_eq!(browser.eval("window.got[1]").await, json!(doc));
+    browser
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -438,3 +438,178 @@ async fn echo_route_echoes_text_and_binary() {
     ws.send(Message::Close(None)).await.unwrap();
     assert!(matches!(ws_next(&mut ws).await, Some(Message::Close(_))));
 }
+
+// --- permessage-deflate (RFC 7692) ---
+
+const DEFLATE: &str = "
+routes:
+  - path: /on/{room}
+    transports: [ws]
+    subjects: [\"news.{room}\"]
+    allow_subscribe: [\"news.*\"]
+    auth: { mode: none }
+    ws: { compression: on, max_message: 65536 }
+  - path: /off/{room}
+    transports: [ws]
+    subjects: [\"news.{room}\"]
+    auth: { mode: none }
+";
+
+/// A JSON document of about `n` records, as a dashboard might publish.
+fn orders(n: usize) -> String {
+    let rows: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"order":{i},"status":"shipped","carrier":"post","eta":"2026-11-2{}","items":[{{"sku":"A-{i}","qty":{}}}]}}"#,
+                i % 10,
+                i % 3 + 1
+            )
+        })
+        .collect();
+    format!("[{}]", rows.join(","))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compression_is_negotiated_only_where_the_route_turns_it_on() {
+    let ff = start_fanfare(&(base_yaml("http://127.0.0.1:1", None) + DEFLATE)).await;
+    let browser_offer = "permessage-deflate; client_max_window_bits";
+    let on = DeflateWs::connect(ff.edge_addr, "/on/a", browser_offer).await;
+    assert_eq!(
+        on.extensions().as_deref(),
+        Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
+    );
+    let off = DeflateWs::connect(ff.edge_addr, "/off/a", browser_offer).await;
+    assert_eq!(off.extensions(), None, "compression is off by default");
+    let none = DeflateWs::connect(ff.edge_addr, "/on/a", "").await;
+    assert_eq!(none.extensions(), None, "a client that offers nothing");
+    // Counted once the socket is handed over, just after the 101 went out.
+    wait_for("one compressed connection counted", DEADLINE, || async {
+        let n = metric(ff.admin_addr, "fanfare_ws_compressed_connections_total").await;
+        (n == Some(1.0)).then_some(())
+    })
+    .await;
+    // An offer fanfare cannot keep (a 256-byte window) is declined, the next taken.
+    let two = DeflateWs::connect(
+        ff.edge_addr,
+        "/on/a",
+        "permessage-deflate; server_max_window_bits=8, permessage-deflate; server_max_window_bits=10",
+    )
+    .await;
+    assert_eq!(
+        two.extensions().as_deref(),
+        Some(
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=10"
+        )
+    );
+    wait_for(
+        "the second compressed connection counted",
+        DEADLINE,
+        || async {
+            let n = metric(ff.admin_addr, "fanfare_ws_compressed_connections_total").await;
+            (n == Some(2.0)).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_is_compressed_once_and_the_same_bytes_reach_every_client() {
+    let ff = start_fanfare(&(base_yaml("http://127.0.0.1:1", None) + DEFLATE)).await;
+    let offer = "permessage-deflate; client_max_window_bits";
+    let mut a = DeflateWs::connect(ff.edge_addr, "/on/x", offer).await;
+    let mut b = DeflateWs::connect(ff.edge_addr, "/on/x", offer).await;
+    // A client that limited fanfare's window gets the shared plain frame instead.
+    let mut narrow = DeflateWs::connect(
+        ff.edge_addr,
+        "/on/x",
+        "permessage-deflate; server_max_window_bits=10",
+    )
+    .await;
+    let mut plain = ws_connect(ff.edge_addr, "/off/x").await;
+    let doc = orders(10);
+    assert!((900..1400).contains(&doc.len()), "{}", doc.len());
+    publish(ff.admin_addr, "news.x", Some("orders"), doc.clone()).await;
+
+    let (fa, fb) = (a.data().await, b.data().await);
+    assert_eq!(fa.first, 0xc1, "FIN, RSV1, text");
+    assert_eq!(fa, fb, "the same compressed bytes for every client");
+    let Message::Text(want) = ws_next(&mut plain).await.unwrap() else {
+        panic!("a text frame")
+    };
+    assert_eq!(fa.text(), want.as_str(), "inflates to the plain message");
+    let v: serde_json::Value = serde_json::from_str(&fa.text()).unwrap();
+    assert_eq!(
+        v["data"],
+        serde_json::from_str::<serde_json::Value>(&doc).unwrap()
+    );
+    assert!(
+        fa.payload.len() * 100 <= want.len() * 40,
+        "{} compressed bytes for {} plain",
+        fa.payload.len(),
+        want.len()
+    );
+    let fn_ = narrow.data().await;
+    assert_eq!(
+        fn_.first, 0x81,
+        "plain: the shared frame needs the full window"
+    );
+    assert_eq!(fn_.text(), want.as_str());
+
+    // Each message inflates on its own (no context kept between messages): the
+    // second one, the same document again, inflates with a fresh inflater too.
+    publish(ff.admin_addr, "news.x", Some("orders"), doc.clone()).await;
+    let again = a.data().await;
+    assert!(again.compressed());
+    let v: serde_json::Value = serde_json::from_str(&again.text()).unwrap();
+    assert_eq!(
+        v["data"],
+        serde_json::from_str::<serde_json::Value>(&doc).unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_client_messages_are_read_and_broken_ones_closed() {
+    let ff = start_fanfare(&(base_yaml("http://127.0.0.1:1", None) + DEFLATE)).await;
+    let offer = "permessage-deflate";
+    let mut c = DeflateWs::connect(ff.edge_addr, "/on/y", offer).await;
+    c.send_compressed(r#"{"type":"subscribe","subject":"news.z","ref":1}"#)
+        .await;
+    let ack: serde_json::Value = serde_json::from_str(&c.data().await.text()).unwrap();
+    assert_eq!(ack, json!({"type":"ack","ref":1,"subject":"news.z"}));
+    // A compressed message in three fragments, a ping between them.
+    let body = deflate(br#"{"type":"subscribe","subject":"news.w","ref":2}"#);
+    let (p1, rest) = body.split_at(body.len() / 3);
+    let (p2, p3) = rest.split_at(rest.len() / 2);
+    c.send(0x41, p1).await;
+    c.send(0x89, b"ping").await;
+    c.send(0x00, p2).await;
+    c.send(0x80, p3).await;
+    let pong = c.frame().await;
+    assert_eq!((pong.first, &pong.payload[..]), (0x8a, &b"ping"[..]));
+    let ack: serde_json::Value = serde_json::from_str(&c.data().await.text()).unwrap();
+    assert_eq!(ack, json!({"type":"ack","ref":2,"subject":"news.w"}));
+    // Both subscriptions deliver.
+    publish(ff.admin_addr, "news.w", None, "\"w\"").await;
+    let m: serde_json::Value = serde_json::from_str(&c.data().await.text()).unwrap();
+    assert_eq!(m["subject"], "news.w");
+
+    // Data that does not inflate: 1007.
+    let mut bad = DeflateWs::connect(ff.edge_addr, "/on/y", offer).await;
+    bad.send(0xc1, &[0xff; 16]).await;
+    assert_eq!(bad.close_code().await, 1007);
+    // A message that inflates past ws.max_message (64 KiB) from 1 KiB: 1009, and
+    // fanfare never holds the megabyte.
+    let mut bomb = DeflateWs::connect(ff.edge_addr, "/on/y", offer).await;
+    let zeros = deflate(&vec![b' '; 1 << 20]);
+    assert!(zeros.len() < 2048, "{}", zeros.len());
+    bomb.send(0xc1, &zeros).await;
+    assert_eq!(bomb.close_code().await, 1009);
+    // RSV1 without the extension is still a protocol error.
+    let mut plain = DeflateWs::connect(ff.edge_addr, "/off/y", "").await;
+    plain.send_compressed("{}").await;
+    assert_eq!(plain.close_code().await, 1002);
+    // The first client was not harmed.
+    publish(ff.admin_addr, "news.y", None, "\"still\"").await;
+    let m: serde_json::Value = serde_json::from_str(&c.data().await.text()).unwrap();
+    assert_eq!(m["data"], "still");
+}

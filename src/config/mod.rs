@@ -28,7 +28,8 @@ use serde::Deserialize;
 pub use app::{AppConfig, WsProtocol};
 pub use auth::{AuthConfig, AuthMode, JwtAlgorithm};
 pub use route::{
-    HistoryConfig, PollConfig, QueueConfig, RouteConfig, SlowConsumer, Transport, WsConfig,
+    Compression, HistoryConfig, PollConfig, QueueConfig, RouteConfig, SlowConsumer, Transport,
+    WsConfig,
 };
 pub use socketio::{NamespaceConfig, SocketIoConfig};
 pub use value::{Addr, Cidr, Dur, Upstream, interpolate};

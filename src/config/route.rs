@@ -129,6 +129,53 @@ pub struct WsConfig {
     /// Raw mode: a subject template (over the path parameters) every client frame is
     /// published to, instead of going to `app.message`.
     pub publish_to: Option<String>,
+    /// `on`: accept permessage-deflate (RFC 7692) from clients that offer it; each
+    /// message is compressed once and the same bytes go to every such client.
+    /// Default `off`.
+    pub compression: Compression,
+}
+
+/// Whether a WebSocket route accepts permessage-deflate: `off` or `on`, or a boolean,
+/// since YAML 1.1 tools (Helm's `toYaml` among them) write `on` as `true`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// Messages go uncompressed (the default).
+    #[default]
+    Off,
+    /// Negotiated with clients that offer it.
+    On,
+}
+
+impl<'de> Deserialize<'de> for Compression {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Word(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(Compression::On),
+            Raw::Bool(false) => Ok(Compression::Off),
+            Raw::Word(w) if w == "on" => Ok(Compression::On),
+            Raw::Word(w) if w == "off" => Ok(Compression::Off),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "unknown compression `{w}`, expected on or off"
+            ))),
+        }
+    }
+}
+
+impl JsonSchema for Compression {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Compression".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "`on`: permessage-deflate with clients that offer it; `off` (the default). `true` / `false` mean the same.",
+            "oneOf": [{ "enum": ["off", "on"] }, { "type": "boolean" }],
+        })
+    }
 }
 
 impl Default for WsConfig {
@@ -146,6 +193,7 @@ impl Default for WsConfig {
             echo: false,
             protocol: WsProtocol::Json,
             publish_to: None,
+            compression: Compression::Off,
         }
     }
 }
@@ -305,6 +353,12 @@ impl RouteConfig {
         if self.ws.echo && self.transports != [Transport::Ws] {
             return Err(at(format!(
                 "route {}: ws.echo needs transports: [ws]",
+                self.path
+            )));
+        }
+        if self.ws.compression == Compression::On && !self.transports.contains(&Transport::Ws) {
+            return Err(at(format!(
+                "route {}: ws.compression needs the ws transport",
                 self.path
             )));
         }

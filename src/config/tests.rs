@@ -145,3 +145,29 @@ fn cidr_ranges() {
         assert!(Cidr::parse(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn ws_compression_is_off_by_default_and_needs_the_ws_transport() {
+    let route = |extra: &str| {
+        format!(
+            "routes:\n  - path: /r\n    transports: [ws, sse]\n    subjects: [r]\n    auth: {{ mode: none }}\n{extra}"
+        )
+    };
+    let c = Config::parse(&route("")).unwrap();
+    assert_eq!(c.routes[0].ws.compression, Compression::Off);
+    let c = Config::parse(&route("    ws: { compression: on }\n")).unwrap();
+    assert_eq!(c.routes[0].ws.compression, Compression::On);
+    let (_, reason) = parse_err(&route("    ws: { compression: maybe }\n"));
+    assert!(reason.contains("maybe"), "{reason}");
+    // YAML 1.1 tools (Helm's toYaml among them) turn `on` into `true`.
+    let c = Config::parse(&route("    ws: { compression: true }\n")).unwrap();
+    assert_eq!(c.routes[0].ws.compression, Compression::On);
+    let c = Config::parse(&route("    ws: { compression: false }\n")).unwrap();
+    assert_eq!(c.routes[0].ws.compression, Compression::Off);
+    let sse_only = "routes:\n  - path: /r\n    transports: [sse]\n    subjects: [r]\n    auth: { mode: none }\n    ws: { compression: on }\n";
+    let (_, reason) = parse_err(sse_only);
+    assert!(
+        reason.contains("ws.compression needs the ws transport"),
+        "{reason}"
+    );
+}

@@ -22,13 +22,14 @@ use super::respond::Refusal;
 use crate::app::Admission;
 use crate::auth::{self, Admitted};
 use crate::broker::BrokerError;
-use crate::config::{Cidr, RouteConfig, Transport};
+use crate::config::{Cidr, Compression, RouteConfig, Transport};
 use crate::hub::JoinError;
 use crate::routing::path::{MatchError, Params, query_param};
 use crate::transport::socketio::relay::SioRoutes;
 use crate::transport::sse::{PingoraSink, RawSink};
 use crate::transport::{Held, Joined, RouteContext, echo, poll, sse, ws};
-use crate::wire::ws::check_handshake;
+use crate::wire::deflate;
+use crate::wire::ws::{check_handshake, offered_extensions};
 
 /// The realtime side of the edge: the routes of one configuration. A reload builds
 /// the next one ([`Realtime::reloaded`]) and the edge swaps it in.
@@ -273,6 +274,9 @@ impl Realtime {
             Transport::Ws => {
                 let accept = check_handshake(session.req_header())
                     .map_err(|e| Refusal::new(e.status(), e.code(), e.to_string()))?;
+                let deflate = (ctx.ws.compression == Compression::On)
+                    .then(|| offered_extensions(session.req_header()))
+                    .and_then(|offers| deflate::negotiate(&offers));
                 let joined = if ctx.ws.echo {
                     None
                 } else {
@@ -293,9 +297,13 @@ impl Realtime {
                 })?;
                 tokio::spawn(async move {
                     let _slot = slot;
-                    let Some(socket) = ws::accept(stream, &accept, &ctx.ws).await else {
+                    let deflate = deflate.as_ref();
+                    let Some(socket) = ws::accept(stream, &accept, &ctx.ws, deflate).await else {
                         return;
                     };
+                    if deflate.is_some() {
+                        ctx.metrics.ws_compressed.inc();
+                    }
                     match joined {
                         Some((joined, registered)) => {
                             ws::serve(socket, ctx, joined, admitted.permissions, conn).await;

@@ -184,7 +184,7 @@ pub async fn serve(
                     let (broker, sio, path) = (ctx.broker.clone(), sio.clone(), ctx.path.clone());
                     tokio::spawn(async move {
                         if let Some(socket) =
-                            crate::transport::ws::accept(stream, &accept, &ws_config).await
+                            crate::transport::ws::accept(stream, &accept, &ws_config, None).await
                         {
                             relay::remote_upgrade(socket, broker, sio, path, sid).await;
                         }
@@ -198,7 +198,7 @@ pub async fn serve(
                     let stream = take_h1_stream(session).await.ok_or_else(h1_only)?;
                     tokio::spawn(async move {
                         if let Some(socket) =
-                            crate::transport::ws::accept(stream, &accept, &ws_config).await
+                            crate::transport::ws::accept(stream, &accept, &ws_config, None).await
                         {
                             ws::serve_upgrade(socket, engine).await;
                         }

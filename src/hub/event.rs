@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::broker::Message;
-use crate::wire::{engineio, protocol, sse, ws};
+use crate::wire::{deflate, engineio, protocol, sse, ws};
 
 /// Bytes counted per event on top of its payload (framing, id, event name).
 const EVENT_OVERHEAD: usize = 64;
@@ -34,6 +34,9 @@ pub struct Event {
     sse: OnceLock<Bytes>,
     ws: OnceLock<Bytes>,
     raw: OnceLock<Bytes>,
+    /// The `ws` and `raw` frames compressed (permessage-deflate).
+    ws_deflated: OnceLock<Bytes>,
+    raw_deflated: OnceLock<Bytes>,
     sio: OnceLock<SioEncoded>,
 }
 
@@ -79,6 +82,8 @@ impl Event {
             sse: OnceLock::new(),
             ws: OnceLock::new(),
             raw: OnceLock::new(),
+            ws_deflated: OnceLock::new(),
+            raw_deflated: OnceLock::new(),
             sio: OnceLock::new(),
         }
     }
@@ -150,6 +155,20 @@ impl Event {
     /// The raw-mode frame: the payload alone, text when it is UTF-8, else binary.
     pub fn raw_frame(&self) -> &Bytes {
         self.raw.get_or_init(|| ws::payload_frame(&self.payload))
+    }
+
+    /// [`Event::ws_frame`] compressed with permessage-deflate (full window, no
+    /// context): made once, on first use, and the same bytes for every client that
+    /// negotiated compression; the plain frame when compressing would not shrink it.
+    pub fn ws_frame_deflated(&self) -> &Bytes {
+        self.ws_deflated
+            .get_or_init(|| ws::deflated_frame(self.ws_frame(), deflate::MAX_WINDOW_BITS))
+    }
+
+    /// [`Event::raw_frame`] compressed, like [`Event::ws_frame_deflated`].
+    pub fn raw_frame_deflated(&self) -> &Bytes {
+        self.raw_deflated
+            .get_or_init(|| ws::deflated_frame(self.raw_frame(), deflate::MAX_WINDOW_BITS))
     }
 
     /// The SSE encoding, made on first use.

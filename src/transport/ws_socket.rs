@@ -10,8 +10,10 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
+use super::ws_deflate::{Socket, is_corrupt};
 use crate::config::WsConfig;
-use crate::hub::Batch;
+use crate::hub::{Batch, Event};
+use crate::wire::deflate::Agreed;
 use crate::wire::protocol;
 use crate::wire::ws::{close, close_frame, switching_protocols, text_frame};
 
@@ -24,20 +26,31 @@ pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A batch's frames in one buffer: resets first, then the events. A lone event's
 /// shared frame is written as is, without a copy (the common case at a steady rate).
-/// In raw mode the frames carry the payloads alone, and resets have no frame.
-pub(super) fn assemble(batch: &Batch, raw: bool) -> Bytes {
+/// In raw mode the frames carry the payloads alone, and resets have no frame. With
+/// `deflated` (the client negotiated permessage-deflate) events go compressed, each
+/// compressed once for every such client; resets go plain.
+pub(super) fn assemble(batch: &Batch, raw: bool, deflated: bool) -> Bytes {
+    let frame = |e: &Event| {
+        match (raw, deflated) {
+            (false, false) => e.ws_frame(),
+            (false, true) => e.ws_frame_deflated(),
+            (true, false) => e.raw_frame(),
+            (true, true) => e.raw_frame_deflated(),
+        }
+        .clone()
+    };
     if raw {
         if batch.events.len() == 1 {
-            return batch.events[0].raw_frame().clone();
+            return frame(&batch.events[0]);
         }
         let mut buf = BytesMut::new();
         for e in &batch.events {
-            buf.put_slice(e.raw_frame());
+            buf.put_slice(&frame(e));
         }
         return buf.freeze();
     }
     if batch.events.len() == 1 && batch.reset.is_none() && batch.dropped == 0 {
-        return batch.events[0].ws_frame().clone();
+        return frame(&batch.events[0]);
     }
     let mut buf = BytesMut::new();
     if let Some(reason) = batch.reset {
@@ -47,7 +60,7 @@ pub(super) fn assemble(batch: &Batch, raw: bool) -> Bytes {
         buf.put_slice(&text_frame(protocol::reset(batch.dropped).as_bytes()));
     }
     for e in &batch.events {
-        buf.put_slice(e.ws_frame());
+        buf.put_slice(&frame(e));
     }
     buf.freeze()
 }
@@ -61,22 +74,26 @@ fn ws_config(max_message: usize) -> WebSocketConfig {
 }
 
 /// Writes the `101` on a socket taken out of pingora and wraps it; `None` when the
-/// client is already gone.
+/// client is already gone. With `deflate` (an offer the route accepted) the `101`
+/// names the extension and the socket inflates what the client compresses.
 pub async fn accept<S>(
     mut stream: S,
     accept_key: &str,
     config: &WsConfig,
-) -> Option<Box<WebSocketStream<S>>>
+    deflate: Option<&Agreed>,
+) -> Option<Box<WebSocketStream<Socket<S>>>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let extensions = deflate.map(|a| a.response.as_str());
     stream
-        .write_all(&switching_protocols(accept_key))
+        .write_all(&switching_protocols(accept_key, extensions))
         .await
         .ok()?;
     stream.flush().await.ok()?;
+    let socket = Socket::new(stream, deflate, config.max_message);
     Some(Box::new(
-        WebSocketStream::from_raw_socket(stream, Role::Server, Some(ws_config(config.max_message)))
+        WebSocketStream::from_raw_socket(socket, Role::Server, Some(ws_config(config.max_message)))
             .await,
     ))
 }
@@ -91,6 +108,9 @@ where
 {
     let frame = match e {
         WsError::Utf8(_) => close_frame(close::INVALID_DATA, "invalid UTF-8"),
+        WsError::Io(io) if is_corrupt(io) => {
+            close_frame(close::INVALID_DATA, "invalid compressed data")
+        }
         // A client that vanished without a close frame cannot read one.
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => return,
         WsError::Protocol(p) => close_frame(close::PROTOCOL, &p.to_string()),

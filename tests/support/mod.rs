@@ -7,6 +7,7 @@ mod app;
 mod balancer;
 mod browser;
 mod callbacks;
+mod deflate;
 mod instance;
 mod nats;
 mod node;
@@ -16,7 +17,8 @@ mod ws;
 // Each test crate uses a part of the harness; the rest is unused there.
 #[allow(unused_imports)]
 pub use {
-    app::*, balancer::*, browser::*, callbacks::*, instance::*, nats::*, node::*, sse::*, ws::*,
+    app::*, balancer::*, browser::*, callbacks::*, deflate::*, instance::*, nats::*, node::*,
+    sse::*, ws::*,
 };
 
 use std::future::Future;

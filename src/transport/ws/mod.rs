@@ -22,14 +22,16 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use super::ws_deflate::is_corrupt;
 pub use super::ws_socket::accept;
 use super::ws_socket::{CLOSE_TIMEOUT, assemble, close_for_error};
-use super::{Conn, Joined, Outcome, RouteContext, SET_SEPARATOR};
+use super::{Conn, Joined, Outcome, RouteContext, SET_SEPARATOR, WsSocket};
 use crate::auth::Permissions;
 use crate::config::WsProtocol;
 use crate::drain::Why;
 use crate::hub::{ClientQueue, Closed, Membership};
 use crate::limits::Bucket;
+use crate::wire::deflate;
 use crate::wire::protocol::{self, Code};
 use crate::wire::ws::close;
 
@@ -82,7 +84,7 @@ impl Subscriptions {
 /// Runs a client's connection after its `101`: counted in the connection metrics;
 /// the app is told when it ends.
 pub async fn serve<S>(
-    ws: Box<WebSocketStream<S>>,
+    ws: Box<WebSocketStream<WsSocket<S>>>,
     ctx: Arc<RouteContext>,
     joined: Joined,
     permissions: Permissions,
@@ -99,7 +101,7 @@ pub async fn serve<S>(
 
 /// One client's session.
 pub struct Session<S> {
-    ws: Box<WebSocketStream<S>>,
+    ws: Box<WebSocketStream<WsSocket<S>>>,
     ctx: Arc<RouteContext>,
     queue: Arc<ClientQueue>,
     client: u64,
@@ -132,7 +134,7 @@ where
 {
     /// A session that already holds the route's subscriptions.
     pub fn new(
-        ws: Box<WebSocketStream<S>>,
+        ws: Box<WebSocketStream<WsSocket<S>>>,
         ctx: Arc<RouteContext>,
         joined: Joined,
         permissions: Permissions,
@@ -162,6 +164,9 @@ where
         // A connection the app can address (it has callbacks) is never idle.
         let can_idle = self.conn.is_none();
         let raw = self.ctx.ws.protocol == WsProtocol::Raw;
+        // Shared compressed frames use the full window: a client that asked for a
+        // smaller one gets events uncompressed (allowed message by message).
+        let deflated = self.ws.get_ref().deflate_window() == Some(deflate::MAX_WINDOW_BITS);
         let mut idle_since = (can_idle && self.subscriptions.is_empty()).then(Instant::now);
         let mut expiry = super::expiry_timer(self.permissions.expires);
         loop {
@@ -176,7 +181,7 @@ where
                 Wake::Queue => {
                     let batch = self.queue.take();
                     let closed = batch.closed.is_some();
-                    let buf = assemble(&batch, raw);
+                    let buf = assemble(&batch, raw, deflated);
                     if !buf.is_empty() {
                         let queue = self.queue.clone();
                         let ok = tokio::select! {
@@ -307,6 +312,10 @@ where
                     .await
             }
             WsError::ConnectionClosed | WsError::AlreadyClosed => Outcome::ClientClosed,
+            WsError::Io(io) if is_corrupt(&io) => {
+                close_for_error(&mut self.ws, &WsError::Io(io)).await;
+                Outcome::WriteError
+            }
             WsError::Io(_) | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
                 Outcome::ClientClosed
             }

@@ -18,19 +18,20 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::super::ws::{Inbound, SEPARATE_WRITES, packet_of};
 use super::super::{Ended, Engine};
+use crate::transport::WsSocket;
 use crate::transport::ws_socket::CLOSE_TIMEOUT;
 use crate::wire::engineio::{self, Kind, Packet};
 use crate::wire::ws::{binary_frame, text_frame};
 
 /// The session's WebSocket and the frames waiting for it, in order.
 pub(super) struct Direct {
-    ws: Box<WebSocketStream<TcpStream>>,
+    ws: Box<WebSocketStream<WsSocket<TcpStream>>>,
     flush_first: bool,
     frames: Vec<Bytes>,
 }
 
 impl Direct {
-    pub(super) fn new(ws: Box<WebSocketStream<TcpStream>>) -> Direct {
+    pub(super) fn new(ws: Box<WebSocketStream<WsSocket<TcpStream>>>) -> Direct {
         Direct {
             ws,
             flush_first: false,

@@ -55,7 +55,7 @@ pub fn start_ws(
         engineio::encode_text(EioKind::Open, &s.sio.open_json(&s.engine.sid, &[])).as_bytes(),
     );
     tokio::spawn(async move {
-        let Some(ws) = crate::transport::ws::accept(stream, &accept, &ws_config).await else {
+        let Some(ws) = crate::transport::ws::accept(stream, &accept, &ws_config, None).await else {
             s.engine.end(Ended::ByClient);
             s.finish(Outcome::ClientClosed);
             return;
