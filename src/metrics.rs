@@ -28,6 +28,8 @@ pub struct Metrics {
     pub messages_received: IntCounter,
     /// WebSocket connections that negotiated permessage-deflate.
     pub ws_compressed: IntCounter,
+    /// Deliveries the fan-out wrote to a WebSocket client's socket itself.
+    pub fanout_writes: IntCounter,
     /// Messages written to clients, by transport.
     pub deliveries: IntCounterVec,
     /// Messages not delivered, by reason.
@@ -123,6 +125,10 @@ impl Metrics {
             ws_compressed: IntCounter::new(
                 "fanfare_ws_compressed_connections_total",
                 "WebSocket connections that negotiated permessage-deflate.",
+            )?,
+            fanout_writes: IntCounter::new(
+                "fanfare_fanout_writes_total",
+                "Deliveries the fan-out wrote to a WebSocket client's socket itself (part of fanfare_deliveries_total).",
             )?,
             deliveries: IntCounterVec::new(
                 Opts::new(
@@ -261,6 +267,7 @@ impl Metrics {
             .register(Box::new(m.connections_closed.clone()))?;
         m.registry.register(Box::new(m.messages_received.clone()))?;
         m.registry.register(Box::new(m.ws_compressed.clone()))?;
+        m.registry.register(Box::new(m.fanout_writes.clone()))?;
         m.registry.register(Box::new(m.deliveries.clone()))?;
         m.registry.register(Box::new(m.dropped.clone()))?;
         m.registry.register(Box::new(m.subscriptions.clone()))?;

@@ -613,3 +613,94 @@ async fn compressed_client_messages_are_read_and_broken_ones_closed() {
     let m: serde_json::Value = serde_json::from_str(&c.data().await.text()).unwrap();
     assert_eq!(m["data"], "still");
 }
+
+// --- the fan-out writing to sockets itself (issue 18) ---
+
+const LONE: &str = "
+routes:
+  - path: /lone/{room}
+    transports: [ws]
+    subjects: [\"lone.{room}\"]
+    auth: { mode: none }
+    history: { ring: 0 }
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_on_its_own_is_written_by_the_fan_out_in_order() {
+    let ff = start_fanfare(&(base_yaml("http://127.0.0.1:1", None) + LONE)).await;
+    let mut a = ws_connect(ff.edge_addr, "/lone/x").await;
+    let mut b = ws_connect(ff.edge_addr, "/lone/x").await;
+    for i in 0..20 {
+        publish(ff.admin_addr, "lone.x", None, format!("{i}")).await;
+        assert_eq!(ws_json(&mut a).await["data"], i);
+        assert_eq!(ws_json(&mut b).await["data"], i);
+    }
+    let metric = |name: &'static str| metric(ff.admin_addr, name);
+    assert_eq!(
+        metric("fanfare_deliveries_total{transport=\"ws\"}").await,
+        Some(40.0)
+    );
+    // The first message goes through each client's task (a session owns its socket
+    // until its first write); with nothing queued after that, the fan-out writes.
+    let direct = metric("fanfare_fanout_writes_total").await.unwrap();
+    assert!(direct >= 38.0, "{direct} of 40 written by the fan-out");
+    // A client's own requests still go through its task, between the fan-out's writes.
+    ws_send(
+        &mut a,
+        json!({"type":"subscribe","subject":"lone.x","ref":7}),
+    )
+    .await;
+    assert_eq!(ws_json(&mut a).await["type"], "error");
+    publish(ff.admin_addr, "lone.x", None, "20").await;
+    assert_eq!(ws_json(&mut a).await["data"], 20);
+}
+
+/// A client that stops reading while messages arrive one by one: the fan-out's
+/// writes fill its socket, one of them only partly, and the client's task must send
+/// the rest of that frame before anything else. When the client reads again every
+/// frame is whole and the messages come in order, a gap only after a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_gets_whole_frames_in_order_after_the_fan_out_filled_its_socket() {
+    let routes = format!("{LONE}    queue: {{ messages: 64, bytes: 1048576 }}\n");
+    let ff = start_fanfare(&(base_yaml("http://127.0.0.1:1", None) + &routes)).await;
+    let mut stalled = DeflateWs::connect_small(ff.edge_addr, "/lone/s", 4096).await;
+    let pad = "p".repeat(60_000);
+    let total = 100;
+    for i in 0..total {
+        publish(
+            ff.admin_addr,
+            "lone.s",
+            None,
+            format!("{{\"n\":{i},\"pad\":\"{pad}\"}}"),
+        )
+        .await;
+    }
+    let mut last: Option<u64> = None;
+    let mut reset = false;
+    loop {
+        let f = stalled.data().await;
+        assert_eq!(f.first, 0x81, "a whole text frame");
+        let v: serde_json::Value =
+            serde_json::from_str(&f.text()).expect("every frame is whole JSON");
+        match v["type"].as_str() {
+            Some("reset") => reset = true,
+            Some("message") => {
+                let n = v["data"]["n"].as_u64().unwrap();
+                if let Some(l) = last {
+                    assert!(n > l, "in order: {n} after {l}");
+                    assert!(n == l + 1 || reset, "a gap without a reset: {l} then {n}");
+                }
+                reset = false;
+                last = Some(n);
+                if n == total - 1 {
+                    break;
+                }
+            }
+            other => panic!("unexpected {other:?}: {v}"),
+        }
+    }
+    let direct = metric(ff.admin_addr, "fanfare_fanout_writes_total")
+        .await
+        .unwrap();
+    assert!(direct >= 1.0, "the fan-out wrote some of them: {direct}");
+}

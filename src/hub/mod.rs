@@ -15,10 +15,12 @@
 //!
 //! Files: this one is the `Hub` handle (join, resume, cursors); `topic` the registry,
 //! the subscription task and the fan-out; `event` the shared encodings; `history`
-//! cursors and the ring; [`queue`] the client queue.
+//! cursors and the ring; [`queue`] the client queue; [`gate`] the hub writing to a
+//! WebSocket client's socket itself.
 
 pub mod direct;
 mod event;
+pub mod gate;
 mod history;
 pub mod queue;
 mod topic;

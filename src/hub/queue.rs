@@ -9,11 +9,14 @@
 //!   then sends a reset before what follows), and `disconnect` closes the queue for good.
 
 use std::collections::VecDeque;
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::event::Event;
+use super::gate::{self, FrameKind, Gate, Target, Wrote};
 
 #[derive(Default)]
 struct State {
@@ -34,6 +37,10 @@ struct State {
     held: bool,
     /// Events handed to the writer so far (the disconnect callback's `delivered`).
     taken: u64,
+    /// A WebSocket client's socket, for the hub to write to itself ([`super::gate`]).
+    direct: Option<Target>,
+    /// The rest of a frame the hub only partly wrote, for the writer to send first.
+    rest: Option<Box<Bytes>>,
 }
 
 /// A queue's bound: past either, the [`Policy`] applies.
@@ -75,6 +82,8 @@ pub enum Pushed {
     Disconnected,
     /// The queue was already closed; the event was not queued.
     AlreadyClosed,
+    /// Written to the client's socket by the hub itself ([`ClientQueue::push_or_write`]).
+    Written,
 }
 
 /// What the writer takes from the queue at once.
@@ -89,9 +98,18 @@ pub struct Batch {
     pub closed: Option<Closed>,
 }
 
+/// An event for [`ClientQueue::push_inner`]: one to queue, or one the hub may write
+/// itself (cloned only if it is queued after all).
+enum Offer<'a> {
+    Queue(Arc<Event>),
+    Write(&'a Arc<Event>),
+}
+
 /// A client's bounded queue, shared by the hub (producer) and the client's writer.
 pub struct ClientQueue {
     state: Mutex<State>,
+    /// Who may write to the client's socket when the hub can write to it itself.
+    pub gate: Gate,
     ready: Notify,
     closed: Notify,
     max_messages: usize,
@@ -104,6 +122,7 @@ impl ClientQueue {
     pub fn new(bound: Bound, policy: Policy) -> ClientQueue {
         ClientQueue {
             state: Mutex::default(),
+            gate: Gate::default(),
             ready: Notify::new(),
             closed: Notify::new(),
             max_messages: bound.messages,
@@ -128,8 +147,46 @@ impl ClientQueue {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Lets the hub write to the client's socket `fd` itself, `kind` frames
+    /// ([`ClientQueue::push_or_write`]). `fd` must stay open until [`ClientQueue::gate`]
+    /// is closed, and every write of the client's own must pass the gate.
+    pub fn attach(&self, fd: RawFd, kind: FrameKind) {
+        self.lock().direct = Some(Target { fd, kind });
+    }
+
     /// Appends `event` without waiting, applying the slow-consumer policy past the bound.
     pub fn push(&self, event: Arc<Event>) -> Pushed {
+        self.push_inner(Offer::Queue(event))
+    }
+
+    /// Like [`ClientQueue::push`], but when nothing is queued and the client has a
+    /// socket the hub may write to ([`ClientQueue::attach`]) that is free now, writes
+    /// the event's frame there instead of queueing it (one non-blocking send). For a
+    /// message that arrived on its own: in a burst, queueing lets the writer batch.
+    pub fn push_or_write(&self, event: &Arc<Event>) -> Pushed {
+        self.push_inner(Offer::Write(event))
+    }
+
+    /// The rest of a frame the hub only partly wrote (the writer sends it first).
+    pub fn take_rest(&self) -> Option<Bytes> {
+        self.lock().rest.take().map(|b| *b)
+    }
+
+    /// Puts back what the writer could not send yet of [`ClientQueue::take_rest`];
+    /// `None`: all of it is written.
+    pub fn put_rest(&self, rest: Option<Bytes>) {
+        let done = rest.is_none();
+        self.lock().rest = rest.map(Box::new);
+        if done {
+            self.gate.rest_done();
+        }
+    }
+
+    fn push_inner(&self, offer: Offer<'_>) -> Pushed {
+        let (event, write) = match &offer {
+            Offer::Queue(e) => (e, false),
+            Offer::Write(e) => (*e, true),
+        };
         let cost = event.cost();
         let mut s = self.lock();
         if s.closed.is_some() {
@@ -139,6 +196,29 @@ impl ClientQueue {
             && floor.get(&event.subject).is_some_and(|f| event.seq <= *f)
         {
             return Pushed::Queued;
+        }
+        // Written directly only in order: nothing queued, held, dropped or reset, and
+        // the queue's lock held, so the writer cannot take a batch meanwhile.
+        let in_order = s.events.is_empty() && !s.held && s.dropped == 0 && s.reset.is_none();
+        if write
+            && in_order
+            && let Some(to) = s.direct
+        {
+            match gate::write(&self.gate, to, event) {
+                Wrote::All => {
+                    s.taken += 1;
+                    return Pushed::Written;
+                }
+                Wrote::Part(rest) => {
+                    s.rest = Some(Box::new(rest));
+                    // The socket's writer sends the rest before anything else.
+                    s.taken += 1;
+                    drop(s);
+                    self.ready.notify_one();
+                    return Pushed::Written;
+                }
+                Wrote::Nothing => {}
+            }
         }
         let over = |s: &State| {
             s.events.len() >= self.max_messages
@@ -169,7 +249,10 @@ impl ClientQueue {
             }
         }
         s.bytes += cost;
-        s.events.push_back(event);
+        s.events.push_back(match offer {
+            Offer::Queue(e) => e,
+            Offer::Write(e) => e.clone(),
+        });
         drop(s);
         self.ready.notify_one();
         if dropped > 0 {
@@ -186,8 +269,8 @@ impl ClientQueue {
                 let s = self.lock();
                 // Held events are not ready: `take` would hand out nothing, and a
                 // writer woken for nothing loops without yielding. The splice wakes it.
-                let waiting =
-                    !s.held && (!s.events.is_empty() || s.dropped > 0 || s.reset.is_some());
+                let waiting = self.gate.has_rest()
+                    || !s.held && (!s.events.is_empty() || s.dropped > 0 || s.reset.is_some());
                 if waiting || s.closed.is_some() {
                     return;
                 }
@@ -209,24 +292,34 @@ impl ClientQueue {
     }
 
     /// Takes everything queued.
+    ///
+    /// With a socket the hub may write to, a batch with anything to write makes the
+    /// socket the writer's (the hub queues) until it releases the gate.
     pub fn take(&self) -> Batch {
         let mut s = self.lock();
-        if s.held {
-            return Batch {
+        let batch = if s.held {
+            Batch {
                 events: VecDeque::new(),
                 dropped: 0,
                 reset: None,
                 closed: s.closed.clone(),
-            };
+            }
+        } else {
+            s.bytes = 0;
+            s.taken += s.events.len() as u64;
+            Batch {
+                events: std::mem::take(&mut s.events),
+                dropped: std::mem::take(&mut s.dropped),
+                reset: s.reset.take(),
+                closed: s.closed.clone(),
+            }
+        };
+        if s.direct.is_some()
+            && (!batch.events.is_empty() || batch.dropped > 0 || batch.reset.is_some())
+        {
+            self.gate.own();
         }
-        s.bytes = 0;
-        s.taken += s.events.len() as u64;
-        Batch {
-            events: std::mem::take(&mut s.events),
-            dropped: std::mem::take(&mut s.dropped),
-            reset: s.reset.take(),
-            closed: s.closed.clone(),
-        }
+        batch
     }
 
     /// Closes the queue for the app: what is queued is still handed out, then the
@@ -321,117 +414,4 @@ impl ClientQueue {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::broker::Message;
-
-    fn event(n: usize) -> Arc<Event> {
-        Arc::new(Event::new(
-            Message::new("s", vec![b'x'; n]),
-            1,
-            "e-1".into(),
-        ))
-    }
-
-    fn queue(messages: usize, bytes: usize, policy: Policy) -> ClientQueue {
-        ClientQueue::new(Bound { messages, bytes }, policy)
-    }
-
-    #[test]
-    fn a_held_queue_is_not_ready_until_its_splice() {
-        use futures::FutureExt;
-        let q = queue(10, 1 << 20, Policy::DropOldest);
-        q.hold();
-        q.push(event(10));
-        // Ready would hand the writer an empty batch (take() holds events back), and a
-        // writer looping on it would spin without ever yielding.
-        assert!(q.ready().now_or_never().is_none(), "ready while held");
-        assert!(q.take().events.is_empty());
-        q.splice(Vec::new(), None);
-        assert!(q.ready().now_or_never().is_some(), "ready once spliced");
-        assert_eq!(q.take().events.len(), 1);
-    }
-
-    #[test]
-    fn drop_oldest_keeps_the_message_bound() {
-        let q = queue(3, 1 << 20, Policy::DropOldest);
-        for _ in 0..3 {
-            assert_eq!(q.push(event(10)), Pushed::Queued);
-        }
-        assert_eq!(q.push(event(10)), Pushed::DroppedOldest(1));
-        assert_eq!(q.len().0, 3);
-        let b = q.take();
-        assert_eq!((b.events.len(), b.dropped), (3, 1));
-        assert!(q.is_empty());
-        assert_eq!(q.take().dropped, 0, "the gap is reported once");
-    }
-
-    #[test]
-    fn drop_oldest_keeps_the_byte_bound() {
-        let q = queue(1000, 1000, Policy::DropOldest);
-        for _ in 0..100 {
-            q.push(event(100));
-            assert!(q.len().1 <= 1000, "{:?}", q.len());
-        }
-        // A single event larger than the byte bound still goes through alone.
-        assert!(matches!(q.push(event(5000)), Pushed::DroppedOldest(_)));
-        assert_eq!(q.len().0, 1);
-    }
-
-    #[test]
-    fn disconnect_closes_on_overflow() {
-        let q = queue(2, 1 << 20, Policy::Disconnect);
-        q.push(event(1));
-        q.push(event(1));
-        assert_eq!(q.push(event(1)), Pushed::Disconnected);
-        assert!(q.is_closed());
-        assert_eq!(q.push(event(1)), Pushed::AlreadyClosed);
-        let b = q.take();
-        assert_eq!(b.closed, Some(Closed::SlowConsumer));
-        assert!(b.events.is_empty());
-    }
-
-    fn numbered(seq: u64) -> Arc<Event> {
-        Arc::new(Event::new(Message::new("s", "x"), seq, format!("e-{seq}")))
-    }
-
-    #[test]
-    fn splice_puts_replay_first_without_duplicates() {
-        let q = queue(100, 1 << 20, Policy::DropOldest);
-        for seq in [4, 5, 6] {
-            q.push(numbered(seq));
-        }
-        q.splice(vec![numbered(2), numbered(3), numbered(4)], None);
-        let seqs: Vec<u64> = q.take().events.iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, [2, 3, 4, 5, 6]);
-        // A replayed event that arrives live afterwards is not queued again.
-        q.push(numbered(3));
-        q.push(numbered(7));
-        let seqs: Vec<u64> = q.take().events.iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, [7]);
-        q.splice(Vec::new(), Some("cursor_too_old"));
-        assert_eq!(q.take().reset, Some("cursor_too_old"));
-    }
-
-    #[tokio::test]
-    async fn ready_wakes_on_push() {
-        let q = Arc::new(queue(2, 100, Policy::DropOldest));
-        let q2 = q.clone();
-        let waiter = tokio::spawn(async move { q2.ready().await });
-        q.push(event(1));
-        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
-            .await
-            .expect("ready resolves after a push")
-            .unwrap();
-    }
-
-    #[test]
-    fn a_held_queue_hands_out_nothing_until_the_splice() {
-        let q = queue(100, 1 << 20, Policy::DropOldest);
-        q.hold();
-        assert_eq!(q.push(event(10)), Pushed::Queued);
-        assert!(q.take().events.is_empty(), "held back");
-        q.splice(Vec::new(), None);
-        assert_eq!(q.take().events.len(), 1, "released by the splice");
-    }
-}
+mod tests;

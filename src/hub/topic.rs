@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::sync::watch;
 
 use super::event::Event;
@@ -190,23 +191,32 @@ impl Inner {
                     tx.send_replace(Some(Ok(())));
                     gauge = Some(SubscriptionGauge(hub.clone()));
                 }
+                // A message read ahead: it shows the one before was not alone.
+                let mut ahead: Option<Option<Message>> = None;
                 let resubscribe = loop {
-                    tokio::select! {
-                        msg = sub.next() => {
-                            let Some(msg) = msg else { break spec.stream.is_some() };
-                            let (Some(hub), Some(topic)) = (hub.upgrade(), weak_topic.upgrade()) else {
-                                break false;
-                            };
-                            if let Some(seq) = msg.seq {
-                                if last.is_some_and(|l| seq <= l) {
-                                    continue;
-                                }
-                                last = Some(seq);
-                            }
-                            hub.fan_out(&topic, msg);
+                    let msg = match ahead.take() {
+                        Some(m) => m,
+                        None => tokio::select! {
+                            msg = sub.next() => msg,
+                            _ = reconnected(&mut connected), if spec.stream.is_some() => break true,
+                        },
+                    };
+                    let Some(msg) = msg else {
+                        break spec.stream.is_some();
+                    };
+                    let (Some(hub), Some(topic)) = (hub.upgrade(), weak_topic.upgrade()) else {
+                        break false;
+                    };
+                    if let Some(seq) = msg.seq {
+                        if last.is_some_and(|l| seq <= l) {
+                            continue;
                         }
-                        _ = reconnected(&mut connected), if spec.stream.is_some() => break true,
+                        last = Some(seq);
                     }
+                    // Another message already waiting makes this one part of a burst.
+                    // `next` is cancel-safe: an unready poll takes nothing.
+                    ahead = sub.next().now_or_never();
+                    hub.fan_out(&topic, msg, ahead.is_none());
                 };
                 if !resubscribe {
                     break;
@@ -219,8 +229,10 @@ impl Inner {
         topic
     }
 
-    /// Delivers one message to every client of `topic`.
-    fn fan_out(&self, topic: &Topic, msg: Message) {
+    /// Delivers one message to every client of `topic`. `alone`: no other message is
+    /// waiting behind it, so clients with nothing queued are written to right away
+    /// ([`ClientQueue::push_or_write`]); in a burst every client's writer batches.
+    fn fan_out(&self, topic: &Topic, msg: Message, alone: bool) {
         // A message addressed to one connection reaches it through the directory
         // only, never through a topic whose pattern happens to cover it (`>`).
         if is_connection_subject(&msg.subject) {
@@ -250,9 +262,16 @@ impl Inner {
             }
             expire(ring, topic.spec.max_age);
         }
+        let mut written = 0u64;
         for queue in m.clients.values() {
-            match queue.push(event.clone()) {
+            let pushed = if alone {
+                queue.push_or_write(&event)
+            } else {
+                queue.push(event.clone())
+            };
+            match pushed {
                 Pushed::Queued | Pushed::AlreadyClosed => {}
+                Pushed::Written => written += 1,
                 Pushed::DroppedOldest(n) => {
                     self.metrics
                         .dropped
@@ -266,6 +285,14 @@ impl Inner {
                         .inc();
                 }
             }
+        }
+        if written > 0 {
+            // Counted once per message, not per socket: the lag is the last write's.
+            let m = &self.metrics;
+            m.deliveries.with_label_values(&["ws"]).inc_by(written);
+            m.fanout_writes.inc_by(written);
+            m.delivery_lag
+                .observe(event.received.elapsed().as_secs_f64());
         }
     }
 

@@ -1,21 +1,30 @@
 //! The socket under a WebSocket session, with permessage-deflate when the client
 //! negotiated it: reads pass through an [`Inflater`] (so tungstenite, which has no
 //! extension support, reads plain frames), writes go straight to the socket. Without
-//! the extension it is the socket itself plus one pointer.
+//! the extension it is the socket itself plus two pointers. When the hub may write to
+//! the socket too ([`Socket::share`]), every write passes the shared gate.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::hub::ClientQueue;
+use crate::hub::gate::FrameKind;
 use crate::wire::deflate::{Agreed, Inflater};
 
 /// A client's socket.
 pub struct Socket<S> {
     inner: S,
     deflate: Option<Box<Deflate>>,
+    /// When the hub may write to this socket too ([`crate::hub::gate`]): the client's
+    /// queue, whose gate every write of the session's passes and which dropping the
+    /// socket closes.
+    shared: Option<Arc<ClientQueue>>,
 }
 
 struct Deflate {
@@ -42,7 +51,19 @@ impl<S> Socket<S> {
                     failed: false,
                 })
             }),
+            shared: None,
         }
+    }
+
+    /// Shares the socket with the hub, which writes `kind` frames to it for `queue`
+    /// when nothing is queued ([`ClientQueue::push_or_write`]). The descriptor stays
+    /// open until this socket is dropped, and its `Drop` closes the gate first.
+    pub fn share(&mut self, queue: Arc<ClientQueue>, kind: FrameKind)
+    where
+        S: AsRawFd,
+    {
+        queue.attach(self.inner.as_raw_fd(), kind);
+        self.shared = Some(queue);
     }
 
     /// The window fanfare compresses with, when the client negotiated compression.
@@ -121,26 +142,84 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Socket<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        let this = self.get_mut();
+        let Some(queue) = &this.shared else {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        };
+        let gate = &queue.gate;
+        // A close frame (FIN + opcode 8) starting a write: nothing may follow it.
+        if buf.first() == Some(&0x88) {
+            gate.closing();
+        }
+        gate.session_begin();
+        let r = match write_rest(queue, &mut this.inner, cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_write(cx, buf),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        };
+        gate.session_end(!matches!(r, Poll::Ready(Ok(n)) if n == buf.len()));
+        r
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        if let Some(queue) = this.shared.as_ref().filter(|q| q.gate.has_rest()) {
+            queue.gate.session_begin();
+            let r = write_rest(queue, &mut this.inner, cx);
+            queue.gate.session_end(!matches!(r, Poll::Ready(Ok(()))));
+            ready!(r)?;
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if let Some(queue) = &this.shared {
+            queue.gate.closing();
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+/// Writes what is left of a frame the hub began (inside the session's write, so no
+/// byte of the session's can come before it); ready once nothing is left.
+fn write_rest<S: AsyncWrite + Unpin>(
+    queue: &ClientQueue,
+    inner: &mut S,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    if !queue.gate.has_rest() {
+        return Poll::Ready(Ok(()));
+    }
+    let mut rest = queue.take_rest();
+    while let Some(r) = rest.as_mut() {
+        match Pin::new(&mut *inner).poll_write(cx, r) {
+            Poll::Ready(Ok(0)) => {
+                queue.put_rest(rest);
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            Poll::Ready(Ok(n)) if n < r.len() => r.advance(n),
+            Poll::Ready(Ok(_)) => rest = None,
+            Poll::Ready(Err(e)) => {
+                queue.put_rest(rest);
+                return Poll::Ready(Err(e));
+            }
+            Poll::Pending => {
+                queue.put_rest(rest);
+                return Poll::Pending;
+            }
+        }
+    }
+    queue.put_rest(None);
+    Poll::Ready(Ok(()))
+}
+
+impl<S> Drop for Socket<S> {
+    fn drop(&mut self) {
+        // Before `inner` (and its descriptor) is dropped: waits out a send of the
+        // hub's, after which the hub never writes to the descriptor again.
+        if let Some(queue) = &self.shared {
+            queue.gate.close();
+        }
     }
 }

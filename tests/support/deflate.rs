@@ -1,6 +1,7 @@
-//! A WebSocket client written frame by frame that offers permessage-deflate (RFC
+//! A WebSocket client written frame by frame that may offer permessage-deflate (RFC
 //! 7692), for tests that look at the bytes on the wire: which extension the `101`
-//! names, which frames carry RSV1, and what a compressed frame holds.
+//! names, which frames carry RSV1, what a compressed frame holds, and whether every
+//! frame arrived whole.
 
 use std::net::SocketAddr;
 
@@ -31,7 +32,12 @@ impl WsFrame {
         } else {
             self.payload.clone()
         };
-        String::from_utf8(bytes).expect("UTF-8")
+        String::from_utf8(bytes).unwrap_or_else(|e| {
+            panic!(
+                "not UTF-8 from byte {} (a frame cut or mixed with another)",
+                e.utf8_error().valid_up_to()
+            )
+        })
     }
 }
 
@@ -47,7 +53,25 @@ pub struct DeflateWs {
 impl DeflateWs {
     /// Upgrades at `path` with `offer` as `Sec-WebSocket-Extensions` (none if empty).
     pub async fn connect(addr: SocketAddr, path: &str, offer: &str) -> DeflateWs {
-        let mut socket = TcpStream::connect(addr).await.unwrap();
+        let socket = TcpStream::connect(addr).await.unwrap();
+        DeflateWs::upgrade(socket, addr, path, offer).await
+    }
+
+    /// Like [`DeflateWs::connect`], with a receive buffer of `bytes` (a client that
+    /// stops reading fills it, and then fanfare's send buffer, quickly).
+    pub async fn connect_small(addr: SocketAddr, path: &str, bytes: u32) -> DeflateWs {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.set_recv_buffer_size(bytes).unwrap();
+        let socket = s.connect(addr).await.unwrap();
+        DeflateWs::upgrade(socket, addr, path, "").await
+    }
+
+    async fn upgrade(
+        mut socket: TcpStream,
+        addr: SocketAddr,
+        path: &str,
+        offer: &str,
+    ) -> DeflateWs {
         let ext = if offer.is_empty() {
             String::new()
         } else {

@@ -10,6 +10,7 @@
 //! write the session flushes tungstenite (so no partial pong/close is pending), and
 //! while a raw write is under way nothing else touches the socket.
 
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,6 +30,7 @@ use super::{Conn, Joined, Outcome, RouteContext, SET_SEPARATOR, WsSocket};
 use crate::auth::Permissions;
 use crate::config::WsProtocol;
 use crate::drain::Why;
+use crate::hub::gate::FrameKind;
 use crate::hub::{ClientQueue, Closed, Membership};
 use crate::limits::Bucket;
 use crate::wire::deflate;
@@ -90,7 +92,7 @@ pub async fn serve<S>(
     permissions: Permissions,
     conn: Option<Arc<Conn>>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send,
 {
     let mut session = Session::new(ws, ctx.clone(), joined, permissions);
     session.conn = conn;
@@ -130,7 +132,7 @@ enum Wake {
 
 impl<S> Session<S>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send,
 {
     /// A session that already holds the route's subscriptions.
     pub fn new(
@@ -167,6 +169,15 @@ where
         // Shared compressed frames use the full window: a client that asked for a
         // smaller one gets events uncompressed (allowed message by message).
         let deflated = self.ws.get_ref().deflate_window() == Some(deflate::MAX_WINDOW_BITS);
+        // The hub writes a lone message to this socket itself when nothing is queued
+        // (hub::gate); the session releases the socket after each of its writes.
+        let kind = match (raw, deflated) {
+            (false, false) => FrameKind::Json,
+            (false, true) => FrameKind::JsonDeflated,
+            (true, false) => FrameKind::Raw,
+            (true, true) => FrameKind::RawDeflated,
+        };
+        self.ws.get_mut().share(self.queue.clone(), kind);
         let mut idle_since = (can_idle && self.subscriptions.is_empty()).then(Instant::now);
         let mut expiry = super::expiry_timer(self.permissions.expires);
         loop {
@@ -182,7 +193,9 @@ where
                     let batch = self.queue.take();
                     let closed = batch.closed.is_some();
                     let buf = assemble(&batch, raw, deflated);
-                    if !buf.is_empty() {
+                    // With nothing else to write, the rest of a frame the hub started
+                    // still goes out (the socket's flush writes it).
+                    if !buf.is_empty() || self.queue.gate.has_rest() {
                         let queue = self.queue.clone();
                         let ok = tokio::select! {
                             ok = self.write_raw(buf) => ok,
@@ -201,6 +214,7 @@ where
                             batch.events.front().map(|e| e.received),
                         );
                     }
+                    self.queue.gate.release();
                     match batch.closed {
                         Some(Closed::SlowConsumer) => {
                             return self

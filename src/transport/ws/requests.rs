@@ -2,6 +2,7 @@
 //! raw mode's client frames, carried out for one WebSocket session.
 
 use bytes::Bytes;
+use std::os::fd::AsRawFd;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::super::rpc::{self, Reply};
@@ -17,7 +18,7 @@ use super::Outcome;
 
 impl<S> Session<S>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send,
 {
     pub(super) async fn on_text(&mut self, text: &str) {
         let reply = match protocol::parse(text) {
