@@ -8,6 +8,9 @@
 #   LOCKSTEP_MESSAGES=100 (the default; 0 skips it): a fan-out at FANOUT_N where each
 #   message is published only once every subscriber got the previous one (no batching:
 #   the cost of one message at a time, chat's and dashboards' common case).
+#   DEFLATE_MESSAGES=100 (the default; 0 skips it): for the WebSocket servers, two
+#   fan-outs at FANOUT_N of ~1 KB JSON messages (`--body json --payload 1000`), with
+#   and without permessage-deflate offered: bytes on the wire and CPU per delivery.
 # Loopback only; every process it starts is stopped by PID at the end.
 # Servers run on core 0, fanfare-bench on core 1 (taskset).
 set -euo pipefail
@@ -16,6 +19,7 @@ IDLE_N=${1:-10000}
 FANOUT_N=${2:-10000}
 MESSAGES=${3:-100}
 LOCKSTEP_MESSAGES=${LOCKSTEP_MESSAGES:-100}
+DEFLATE_MESSAGES=${DEFLATE_MESSAGES:-100}
 export PATH="$PATH:/usr/sbin"
 
 need=()
@@ -51,6 +55,11 @@ run() {
   $BENCH $common --scenario fanout --connections 1000 --messages 300 --rate 100 | sed 's/"scenario":"fanout"/"scenario":"latency"/' >> "$results" || true
   if [ "$LOCKSTEP_MESSAGES" -gt 0 ]; then
     $BENCH $common --scenario fanout --lockstep --connections "$FANOUT_N" --messages "$LOCKSTEP_MESSAGES" | sed 's/"scenario":"fanout"/"scenario":"lockstep"/' >> "$results" || true
+  fi
+  if [ "$DEFLATE_MESSAGES" -gt 0 ] && [[ $transport == *ws ]]; then
+    local json="--scenario fanout --body json --payload 1000 --connections $FANOUT_N --messages $DEFLATE_MESSAGES"
+    $BENCH $common $json | sed 's/"scenario":"fanout"/"scenario":"json"/' >> "$results" || true
+    $BENCH $common $json --deflate | sed 's/"scenario":"fanout"/"scenario":"json-deflate"/' >> "$results" || true
   fi
 }
 
@@ -150,6 +159,20 @@ for name, s in rows.items():
     dps = f.get("deliveries_per_second")
     dps = f"{dps:,.0f}" if dps else "n/a"
     print(f"| {name} | {kib(i)} | {dps} | {cpu} | {lcpu} | {f.get('lost','?')} / {f.get('duplicated','?')} | {p99} | {i.get('connections_per_second', 0):,.0f} |")
+deflated = [(n, s["json"], s["json-deflate"]) for n, s in rows.items() if "json" in s and "json-deflate" in s]
+if deflated:
+    print()
+    print("~1 KB JSON messages in bursts, without and with permessage-deflate offered:")
+    print()
+    print("| server | bytes on the wire per delivery | with deflate | share | server CPU µs/delivery | with deflate | ratio | lost (deflate) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, p, d in deflated:
+        pw, dw = p.get("wire_bytes_per_delivery"), d.get("wire_bytes_per_delivery")
+        pc, dc = p.get("server_cpu_us_per_delivery"), d.get("server_cpu_us_per_delivery")
+        share = f"{100*dw/pw:.0f}%" if pw and dw else "n/a"
+        ratio = f"{dc/pc:.2f}x" if pc and dc else "n/a"
+        f = lambda v, spec: format(v, spec) if v is not None else "n/a"
+        print(f"| {name} | {f(pw, '.0f')} | {f(dw, '.0f')} | {share} | {f(pc, '.2f')} | {f(dc, '.2f')} | {ratio} | {d.get('lost', '?')} |")
 PY
 echo
 echo "raw results (one JSON object per run): $saved; rerun with: bench/compare.sh $IDLE_N $FANOUT_N $MESSAGES"

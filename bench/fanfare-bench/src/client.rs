@@ -18,6 +18,10 @@ use crate::{Args, Transport};
 /// Counters shared by every subscriber (the rest is per connection).
 pub(crate) struct Stats {
     pub(crate) received: AtomicU64,
+    /// Bytes read from the sockets while receiving.
+    pub(crate) wire_bytes: AtomicU64,
+    /// What those bytes carried, inflated (the frames' payloads when compressed).
+    pub(crate) message_bytes: AtomicU64,
     /// Nanoseconds since `origin` of the last delivery.
     pub(crate) last_recv_ns: AtomicU64,
     pub(crate) origin: Instant,
@@ -181,9 +185,14 @@ pub(crate) async fn subscribe(
         ),
         Transport::Ws | Transport::NatsWs | Transport::Socketio => {
             let key = base64::engine::general_purpose::STANDARD.encode((i as u128).to_be_bytes());
+            let offer = if args.deflate {
+                "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+            } else {
+                ""
+            };
             format!(
                 "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                 Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                 Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n",
                 t.path, t.host
             )
         }
@@ -266,6 +275,15 @@ pub(crate) fn find_num(text: &[u8], key: &[u8], from: usize) -> Option<(u64, usi
     ))
 }
 
+/// How a subscriber's bytes are framed.
+#[derive(Clone, Copy)]
+pub(crate) struct Framing {
+    /// NATS protocol inside the WebSocket (answer its PINGs).
+    pub(crate) nats_ws: bool,
+    /// permessage-deflate was offered: parse frames and inflate compressed ones.
+    pub(crate) deflate: bool,
+}
+
 /// Reads deliveries until `expected` arrived, the stream ends, or `stop` fires.
 pub(crate) async fn receive(
     mut s: TcpStream,
@@ -273,9 +291,13 @@ pub(crate) async fn receive(
     mut dechunk: Option<Dechunk>,
     expected: usize,
     stats: Arc<Stats>,
-    nats_ws: bool,
+    framing: Framing,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Seen {
+    let Framing { nats_ws, deflate } = framing;
+    // With permessage-deflate the frames are parsed and compressed ones inflated
+    // before the scan for sequence numbers.
+    let mut frames = deflate.then(|| std::mem::take(&mut buf));
     let mut seen = Seen::default();
     let mut b = vec![0u8; 16 * 1024];
     let mut scan_from = 0;
@@ -311,22 +333,76 @@ pub(crate) async fn receive(
         if buf.len() > 1 << 20 {
             buf.clear();
         }
+        let before = buf.len();
         tokio::select! {
             r = s.read(&mut b) => match r {
                 Ok(0) | Err(_) => return seen,
-                Ok(n) => match dechunk.as_mut() {
-                    Some(d) => d.feed(&b[..n], &mut buf),
-                    None => buf.extend_from_slice(&b[..n]),
-                },
+                Ok(n) => {
+                    stats.wire_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    match (dechunk.as_mut(), frames.as_mut()) {
+                        (Some(d), _) => d.feed(&b[..n], &mut buf),
+                        (None, Some(f)) => {
+                            f.extend_from_slice(&b[..n]);
+                            unframe(f, &mut buf);
+                        }
+                        (None, None) => buf.extend_from_slice(&b[..n]),
+                    }
+                    stats
+                        .message_bytes
+                        .fetch_add(buf.len().saturating_sub(before) as u64, Ordering::Relaxed);
+                }
             },
             _ = stop.wait_for(|s| *s) => return seen,
         }
     }
 }
 
+/// Moves the complete server frames at the start of `frames` into `out` as their
+/// payloads, inflating the compressed ones (permessage-deflate, no context).
+fn unframe(frames: &mut Vec<u8>, out: &mut Vec<u8>) {
+    let mut at = 0;
+    while let (Some(&first), Some(&b1)) = (frames.get(at), frames.get(at + 1)) {
+        let (len, hl) = match b1 & 0x7f {
+            126 => match frames.get(at + 2..at + 4) {
+                Some(l) => (u16::from_be_bytes([l[0], l[1]]) as usize, 4),
+                None => break,
+            },
+            127 => match frames.get(at + 2..at + 10) {
+                Some(l) => (u64::from_be_bytes(l.try_into().unwrap()) as usize, 10),
+                None => break,
+            },
+            n => (n as usize, 2),
+        };
+        let Some(payload) = frames.get(at + hl..at + hl + len) else {
+            break;
+        };
+        if first & 0x40 != 0 {
+            let mut d = flate2::Decompress::new(false);
+            let mut input = payload.to_vec();
+            input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+            let mut plain = Vec::with_capacity(len * 8 + 256);
+            loop {
+                let done = d.total_in() as usize;
+                if d.decompress_vec(&input[done..], &mut plain, flate2::FlushDecompress::Sync)
+                    .is_err()
+                    || d.total_in() as usize == input.len()
+                {
+                    break;
+                }
+                plain.reserve(plain.capacity());
+            }
+            out.extend_from_slice(&plain);
+        } else if first & 0x08 == 0 {
+            out.extend_from_slice(payload);
+        }
+        at += hl + len;
+    }
+    frames.drain(..at);
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{Dechunk, find_num};
+    use super::{Dechunk, find_num, unframe};
 
     #[test]
     fn dechunk_joins_an_event_cut_across_chunks_and_reads() {
@@ -362,5 +438,24 @@ mod tests {
         let (_, end) = find_num(text, b"\"seq\":", 0).expect("seq");
         assert_eq!(find_num(text, b"\"ts\":", end), None);
         assert_eq!(find_num(br#"{"seq":4"#, b"\"seq\":", 0), None);
+    }
+
+    #[test]
+    fn unframe_inflates_compressed_frames_and_waits_for_partial_ones() {
+        let text = br#"{"seq":1,"ts":2,"pad":"abcabcabcabcabcabcabcabc"}"#;
+        let mut c = flate2::Compress::new(flate2::Compression::default(), false);
+        let mut packed = Vec::with_capacity(256);
+        c.compress_vec(text, &mut packed, flate2::FlushCompress::Sync)
+            .unwrap();
+        packed.truncate(packed.len() - 4);
+        let mut wire = vec![0xc1, packed.len() as u8];
+        wire.extend_from_slice(&packed);
+        wire.extend_from_slice(&[0x81, 3, b'a', b'b', b'c']);
+        wire.extend_from_slice(&[0x89, 0]); // a ping: no payload kept
+        wire.extend_from_slice(&[0x81, 5, b'x']); // cut short
+        let mut out = Vec::new();
+        unframe(&mut wire, &mut out);
+        assert_eq!(out, [&text[..], b"abc"].concat());
+        assert_eq!(wire, [0x81, 5, b'x'], "the partial frame waits");
     }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 
-use client::{Stats, receive, subscribe};
+use client::{Framing, Stats, receive, subscribe};
 use proc::{clk_tck, cpu_ticks, now_ns, raise_nofile, rss_kib, sum_over};
 
 /// Realtime fan-out load generator.
@@ -78,6 +78,15 @@ struct Args {
     /// Payload padding in bytes (on top of the sequence and timestamp).
     #[arg(long, default_value_t = 0)]
     payload: usize,
+    /// What the padding is: `x` repeated, or JSON records (orders with varying ids,
+    /// amounts and times) that compress the way an app's JSON does.
+    #[arg(long, value_enum, default_value = "pad")]
+    body: Body,
+    /// WebSocket subscribers offer permessage-deflate (`client_max_window_bits`, as
+    /// browsers do) and inflate what arrives compressed; the report gives the bytes
+    /// on the wire per delivery either way.
+    #[arg(long)]
+    deflate: bool,
     /// The server's PID: its RSS and CPU time are read from /proc. A comma-separated
     /// list sums the processes (a server made of several, e.g. pushpin's condure,
     /// proxy, handler and zurl).
@@ -134,12 +143,49 @@ enum PublishFormat {
     Pushpin,
 }
 
-fn payload(seq: u64, pad: usize) -> String {
-    format!(
-        "{{\"seq\":{seq},\"ts\":{},\"pad\":\"{}\"}}",
-        now_ns(),
-        "x".repeat(pad)
-    )
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
+enum Body {
+    /// `"pad":"xxx…"`.
+    Pad,
+    /// `"orders":[{…}, …]`.
+    Json,
+}
+
+fn payload(seq: u64, pad: usize, body: Body) -> String {
+    match body {
+        Body::Pad => format!(
+            "{{\"seq\":{seq},\"ts\":{},\"pad\":\"{}\"}}",
+            now_ns(),
+            "x".repeat(pad)
+        ),
+        Body::Json => {
+            let mut orders = String::new();
+            let mut i = seq.wrapping_mul(7919);
+            while orders.len() < pad {
+                i = i
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let r = i >> 33;
+                orders.push_str(&format!(
+                    "{}{{\"id\":{},\"status\":\"{}\",\"customer\":\"c-{}\",\"total\":{}.{:02},\"updated\":\"2026-11-{:02}T{:02}:{:02}:{:02}Z\"}}",
+                    if orders.is_empty() { "" } else { "," },
+                    100_000 + r % 900_000,
+                    ["placed", "paid", "packed", "shipped", "delivered"][(r % 5) as usize],
+                    r % 10_000,
+                    r % 500,
+                    r % 100,
+                    1 + r % 28,
+                    r % 24,
+                    r % 60,
+                    (r >> 7) % 60
+                ));
+            }
+            format!(
+                "{{\"seq\":{seq},\"ts\":{},\"orders\":[{orders}]}}",
+                now_ns()
+            )
+        }
+    }
 }
 
 enum Publisher {
@@ -249,6 +295,8 @@ async fn main() {
     };
     let stats = Arc::new(Stats {
         received: AtomicU64::new(0),
+        wire_bytes: AtomicU64::new(0),
+        message_bytes: AtomicU64::new(0),
         last_recv_ns: AtomicU64::new(0),
         origin: Instant::now(),
     });
@@ -320,7 +368,11 @@ async fn main() {
                 dechunk,
                 args.messages,
                 stats.clone(),
-                args.transport == Transport::NatsWs,
+                Framing {
+                    nats_ws: args.transport == Transport::NatsWs,
+                    deflate: args.deflate
+                        && matches!(args.transport, Transport::Ws | Transport::NatsWs),
+                },
                 stop_rx.clone(),
             )));
         }
@@ -332,7 +384,9 @@ async fn main() {
         for seq in 0..args.messages as u64 {
             for s in 0..subjects {
                 let subject = args.subject.replace("{i}", &s.to_string());
-                publisher.send(&subject, payload(seq, args.payload)).await;
+                publisher
+                    .send(&subject, payload(seq, args.payload, args.body))
+                    .await;
             }
             if args.lockstep {
                 publisher.flush().await;
@@ -406,6 +460,12 @@ async fn main() {
             "p50": percentile(&lat, 0.5), "p99": percentile(&lat, 0.99), "max": lat.last().map_or(0.0, |m| *m as f64 / 1000.0)
         });
         report["server_cpu_us_per_delivery"] = serde_json::json!(cpu_per_delivery_us);
+        if received > 0 {
+            let per = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / received as f64;
+            report["wire_bytes_per_delivery"] = serde_json::json!(per(&stats.wire_bytes));
+            report["message_bytes_per_delivery"] = serde_json::json!(per(&stats.message_bytes));
+        }
+        report["deflate"] = serde_json::json!(args.deflate);
         report["lockstep"] = serde_json::json!(args.lockstep);
         if let (Some(b), Some(e)) = (rss_before, rss_end)
             && connected > 0
@@ -468,6 +528,15 @@ fn print_human(r: &serde_json::Value) {
         );
         if let Some(c) = r["server_cpu_us_per_delivery"].as_f64() {
             println!("  server CPU {c:.2} µs per delivery");
+        }
+        if let (Some(w), Some(m)) = (
+            r["wire_bytes_per_delivery"].as_f64(),
+            r["message_bytes_per_delivery"].as_f64(),
+        ) {
+            println!(
+                "  {w:.0} bytes on the wire per delivery for {m:.0} bytes of messages ({:.0}%)",
+                100.0 * w / m.max(1.0)
+            );
         }
     }
 }
