@@ -137,18 +137,29 @@ impl Gate {
 
 /// Which of an event's frames a client is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum FrameKind {
     /// fanfare's JSON `message` frame.
-    Json,
+    Json = 0,
     /// The payload alone (raw mode).
-    Raw,
+    Raw = 1,
     /// The JSON frame, compressed (permessage-deflate).
-    JsonDeflated,
+    JsonDeflated = 2,
     /// The raw frame, compressed.
-    RawDeflated,
+    RawDeflated = 3,
 }
 
 impl FrameKind {
+    /// The kind stored as `kind as u8`.
+    pub(super) fn from_u8(b: u8) -> FrameKind {
+        match b {
+            1 => FrameKind::Raw,
+            2 => FrameKind::JsonDeflated,
+            3 => FrameKind::RawDeflated,
+            _ => FrameKind::Json,
+        }
+    }
+
     /// `event`'s frame of this kind.
     pub fn frame(self, event: &Event) -> &Bytes {
         match self {
@@ -256,6 +267,18 @@ mod tests {
         assert!(!g.hub_begin(), "never after a close frame");
         g.close();
         assert!(!g.hub_begin());
+    }
+
+    #[test]
+    fn frame_kinds_round_trip_through_a_byte() {
+        for k in [
+            FrameKind::Json,
+            FrameKind::Raw,
+            FrameKind::JsonDeflated,
+            FrameKind::RawDeflated,
+        ] {
+            assert_eq!(FrameKind::from_u8(k as u8), k);
+        }
     }
 
     #[test]

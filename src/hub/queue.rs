@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -37,8 +38,6 @@ struct State {
     held: bool,
     /// Events handed to the writer so far (the disconnect callback's `delivered`).
     taken: u64,
-    /// A WebSocket client's socket, for the hub to write to itself ([`super::gate`]).
-    direct: Option<Target>,
     /// The rest of a frame the hub only partly wrote, for the writer to send first.
     rest: Option<Box<Bytes>>,
 }
@@ -115,6 +114,11 @@ pub struct ClientQueue {
     max_messages: usize,
     max_bytes: usize,
     policy: Policy,
+    /// A WebSocket client's socket the hub may write to itself ([`super::gate`]),
+    /// `-1` for none. Set once; with `kind`, it sits in what would be padding.
+    fd: AtomicI32,
+    /// Which frames that socket takes ([`FrameKind`] as a byte).
+    kind: AtomicU8,
 }
 
 impl ClientQueue {
@@ -128,6 +132,8 @@ impl ClientQueue {
             max_messages: bound.messages,
             max_bytes: bound.bytes,
             policy,
+            fd: AtomicI32::new(-1),
+            kind: AtomicU8::new(0),
         }
     }
 
@@ -151,7 +157,19 @@ impl ClientQueue {
     /// ([`ClientQueue::push_or_write`]). `fd` must stay open until [`ClientQueue::gate`]
     /// is closed, and every write of the client's own must pass the gate.
     pub fn attach(&self, fd: RawFd, kind: FrameKind) {
-        self.lock().direct = Some(Target { fd, kind });
+        // Under the lock, which the hub holds when it reads them.
+        let _s = self.lock();
+        self.kind.store(kind as u8, Ordering::Relaxed);
+        self.fd.store(fd, Ordering::Relaxed);
+    }
+
+    /// The socket the hub may write to, if any (read under the queue's lock).
+    fn target(&self) -> Option<Target> {
+        let fd = self.fd.load(Ordering::Relaxed);
+        (fd >= 0).then(|| Target {
+            fd,
+            kind: FrameKind::from_u8(self.kind.load(Ordering::Relaxed)),
+        })
     }
 
     /// Appends `event` without waiting, applying the slow-consumer policy past the bound.
@@ -202,7 +220,7 @@ impl ClientQueue {
         let in_order = s.events.is_empty() && !s.held && s.dropped == 0 && s.reset.is_none();
         if write
             && in_order
-            && let Some(to) = s.direct
+            && let Some(to) = self.target()
         {
             match gate::write(&self.gate, to, event) {
                 Wrote::All => {
@@ -314,7 +332,7 @@ impl ClientQueue {
                 closed: s.closed.clone(),
             }
         };
-        if s.direct.is_some()
+        if self.fd.load(Ordering::Relaxed) >= 0
             && (!batch.events.is_empty() || batch.dropped > 0 || batch.reset.is_some())
         {
             self.gate.own();
