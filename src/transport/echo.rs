@@ -2,13 +2,13 @@
 //! every data message is sent back as is, compressed when the client negotiated
 //! permessage-deflate (with the window it allowed).
 
-use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::WsSocket;
+use super::ws_socket::write_frames;
 use crate::wire::ws::{always_deflated_frame, binary_frame, text_frame};
 
 /// A test-only echo session for the Autobahn conformance suite: every data message is
@@ -32,14 +32,20 @@ where
                 return;
             }
             (Message::Text(t), Some(bits)) => {
-                write_frame(
+                write_frames(
                     &mut ws,
-                    always_deflated_frame(&text_frame(t.as_bytes()), bits),
+                    &always_deflated_frame(&text_frame(t.as_bytes()), bits),
+                    true,
                 )
                 .await
             }
             (Message::Binary(b), Some(bits)) => {
-                write_frame(&mut ws, always_deflated_frame(&binary_frame(&b), bits)).await
+                write_frames(
+                    &mut ws,
+                    &always_deflated_frame(&binary_frame(&b), bits),
+                    true,
+                )
+                .await
             }
             (m @ (Message::Text(_) | Message::Binary(_)), None) => ws.send(m).await.is_ok(),
             _ => true,
@@ -48,16 +54,4 @@ where
             return;
         }
     }
-}
-
-/// Writes a frame fanfare built, after anything tungstenite has pending (a pong).
-async fn write_frame<S>(ws: &mut WebSocketStream<WsSocket<S>>, frame: Bytes) -> bool
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    if ws.flush().await.is_err() {
-        return false;
-    }
-    let socket = ws.get_mut();
-    socket.write_all(&frame).await.is_ok() && socket.flush().await.is_ok()
 }

@@ -11,9 +11,9 @@ pub mod rpc;
 pub mod socketio;
 pub mod sse;
 pub mod ws;
-mod ws_deflate;
+mod ws_io;
 mod ws_socket;
-pub use ws_deflate::Socket as WsSocket;
+pub use ws_io::Socket as WsSocket;
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use futures::SinkExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use super::ws_deflate::{Socket, is_corrupt};
+use super::ws_io::{Socket, is_corrupt};
 use crate::config::WsConfig;
 use crate::hub::{Batch, Event};
 use crate::wire::deflate::Agreed;
@@ -96,6 +97,24 @@ where
         WebSocketStream::from_raw_socket(socket, Role::Server, Some(ws_config(config.max_message)))
             .await,
     ))
+}
+
+/// Writes frames fanfare built (`buf`) straight to the socket, after flushing what
+/// tungstenite may hold (a pong or close answer to a frame it read) when
+/// `flush_first`, so the two never interleave.
+pub(super) async fn write_frames<S>(
+    ws: &mut WebSocketStream<Socket<S>>,
+    buf: &[u8],
+    flush_first: bool,
+) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if flush_first && ws.flush().await.is_err() {
+        return false;
+    }
+    let socket = ws.get_mut();
+    socket.write_all(buf).await.is_ok() && socket.flush().await.is_ok()
 }
 
 /// Answers a protocol error with its close frame (1002, or 1007 for invalid UTF-8)

@@ -16,16 +16,16 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::ws_deflate::is_corrupt;
+use super::ws_io::is_corrupt;
 pub use super::ws_socket::accept;
-use super::ws_socket::{CLOSE_TIMEOUT, assemble, close_for_error};
+use super::ws_socket::{CLOSE_TIMEOUT, assemble, close_for_error, write_frames};
 use super::{Conn, Joined, Outcome, RouteContext, SET_SEPARATOR, WsSocket};
 use crate::auth::Permissions;
 use crate::config::WsProtocol;
@@ -303,11 +303,8 @@ where
 
     /// Writes pre-encoded frames after flushing anything tungstenite has pending.
     async fn write_raw(&mut self, buf: Bytes) -> bool {
-        if std::mem::take(&mut self.flush_first) && self.ws.flush().await.is_err() {
-            return false;
-        }
-        let socket = self.ws.get_mut();
-        socket.write_all(&buf).await.is_ok() && socket.flush().await.is_ok()
+        let flush_first = std::mem::take(&mut self.flush_first);
+        write_frames(&mut self.ws, &buf, flush_first).await
     }
 
     async fn send_text(&mut self, text: String) {
