@@ -237,12 +237,20 @@ async fn the_harness_nats_server_restarts_past_a_port_held_meanwhile() {
     let port = nats.port;
     nats.stop();
     let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).expect("take the port");
-    let release = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(500));
+    let log = nats.log_path();
+    // The port is given back once a start has failed on it (nats-server's log says so).
+    let release = async move {
+        wait_for("a start refused for the held port", DEADLINE, || {
+            let log = log.clone();
+            async move {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                text.contains("address already in use").then_some(())
+            }
+        })
+        .await;
         drop(squatter);
-    });
-    nats.restart().await;
-    release.join().unwrap();
+    };
+    tokio::join!(nats.restart(), release);
     assert_eq!(nats.port, port, "a restart keeps the port");
     let client = async_nats::connect(nats.url()).await.expect("connect");
     client.flush().await.expect("nats-server answers a flush");

@@ -27,6 +27,11 @@ pub fn nats_server_bin() -> PathBuf {
     );
 }
 
+/// Between two starts of a nats-server that could not bind its port.
+const RETRY_BACKOFF: Duration = Duration::from_millis(100);
+/// How often the ports file is looked for while nats-server starts.
+const PORTS_FILE_POLL: Duration = Duration::from_millis(5);
+
 /// A real nats-server on ports it picks itself, killed on drop.
 pub struct NatsServer {
     child: Option<Child>,
@@ -62,6 +67,11 @@ impl NatsServer {
         s
     }
 
+    /// nats-server's log (its stderr) for the current run.
+    pub fn log_path(&self) -> PathBuf {
+        self.run_dir.path().join("nats-server.log")
+    }
+
     /// `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
@@ -79,7 +89,7 @@ impl NatsServer {
                 Ok(()) => return,
                 Err(why) if start.elapsed() < DEADLINE => {
                     eprintln!("nats-server did not start ({why}); starting it again");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(RETRY_BACKOFF).await;
                 }
                 Err(why) => panic!("nats-server did not start within {DEADLINE:?}: {why}"),
             }
@@ -94,7 +104,7 @@ impl NatsServer {
                 p.to_string()
             }
         };
-        let log = self.run_dir.path().join("nats-server.log");
+        let log = self.log_path();
         let mut cmd = Command::new(nats_server_bin());
         cmd.args(["-a", "127.0.0.1", "-p", &port(self.port)])
             .args(["-m", &port(self.monitor_port)])
@@ -128,7 +138,7 @@ impl NatsServer {
                 let _ = child.wait();
                 return Err("no ports file".into());
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(PORTS_FILE_POLL).await;
         };
         // {"nats":["nats://127.0.0.1:P"],"monitoring":["http://127.0.0.1:M"]}
         let port_of = |key: &str| {
