@@ -332,7 +332,7 @@ impl ClientQueue {
                 closed: s.closed.clone(),
             }
         };
-        if self.fd.load(Ordering::Relaxed) >= 0
+        if self.target().is_some()
             && (!batch.events.is_empty() || batch.dropped > 0 || batch.reset.is_some())
         {
             self.gate.own();

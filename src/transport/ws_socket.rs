@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::ws_io::{Socket, is_corrupt};
 use crate::config::WsConfig;
+use crate::hub::gate::FrameKind;
 use crate::hub::{Batch, Event};
 use crate::wire::deflate::Agreed;
 use crate::wire::protocol;
@@ -25,21 +26,14 @@ const READ_BUFFER: usize = 256;
 /// How long a closing handshake may take before the socket is dropped.
 pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A batch's frames in one buffer: resets first, then the events. A lone event's
-/// shared frame is written as is, without a copy (the common case at a steady rate).
-/// In raw mode the frames carry the payloads alone, and resets have no frame. With
-/// `deflated` (the client negotiated permessage-deflate) events go compressed, each
-/// compressed once for every such client; resets go plain.
-pub(super) fn assemble(batch: &Batch, raw: bool, deflated: bool) -> Bytes {
-    let frame = |e: &Event| {
-        match (raw, deflated) {
-            (false, false) => e.ws_frame(),
-            (false, true) => e.ws_frame_deflated(),
-            (true, false) => e.raw_frame(),
-            (true, true) => e.raw_frame_deflated(),
-        }
-        .clone()
-    };
+/// A batch's frames in one buffer: resets first, then the events, each as its `kind`
+/// frame (shared by every client of that kind, compressed ones included). A lone
+/// event's shared frame is written as is, without a copy (the common case at a steady
+/// rate). In raw mode the frames carry the payloads alone, and resets have no frame;
+/// resets always go plain.
+pub(super) fn assemble(batch: &Batch, kind: FrameKind) -> Bytes {
+    let frame = |e: &Event| kind.frame(e).clone();
+    let raw = matches!(kind, FrameKind::Raw | FrameKind::RawDeflated);
     if raw {
         if batch.events.len() == 1 {
             return frame(&batch.events[0]);

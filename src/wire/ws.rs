@@ -142,11 +142,11 @@ pub fn switching_protocols(accept: &str, extensions: Option<&str>) -> Bytes {
 /// of `window_bits`; or `plain` itself when compressing would not make it smaller
 /// (a message may go either way).
 pub fn deflated_frame(plain: &Bytes, window_bits: u8) -> Bytes {
-    let packed = super::deflate::compress(&frame_payload(plain), window_bits);
-    if packed.len() + header_len(packed.len()) >= plain.len() {
+    let packed = always_deflated_frame(plain, window_bits);
+    if packed.len() >= plain.len() {
         return plain.clone();
     }
-    data_frame(plain[0] | 0x40, &packed)
+    packed
 }
 
 /// [`deflated_frame`] even when compressing does not shrink the message.

@@ -192,7 +192,7 @@ where
                 Wake::Queue => {
                     let batch = self.queue.take();
                     let closed = batch.closed.is_some();
-                    let buf = assemble(&batch, raw, deflated);
+                    let buf = assemble(&batch, kind);
                     // With nothing else to write, the rest of a frame the hub started
                     // still goes out (the socket's flush writes it).
                     if !buf.is_empty() || self.queue.gate.has_rest() {
