@@ -11,10 +11,11 @@
 //! started by the shutdown or by a reload that removes or changes the route: a session
 //! waits on one drain whatever the reason.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 /// Why a drain closes connections.
@@ -27,39 +28,71 @@ pub enum Why {
     RouteChanged,
 }
 
+/// One drain's state, shared by its control and every session waiting on it.
+///
+/// A `Notify` rather than a watch: every held connection waits on its drain, and a
+/// `Notified` (one waiter node) is less than half of a watch receiver's clone and its
+/// `wait_for` future (200 bytes per connection, for a drain that rarely comes).
+struct Signal {
+    /// Set once, when the drain starts: the reason and the start of the window.
+    started: OnceLock<(Why, Instant)>,
+    /// The control is gone without starting the drain: it never will.
+    ended: AtomicBool,
+    notify: Notify,
+}
+
+impl Signal {
+    fn new() -> Arc<Signal> {
+        Arc::new(Signal {
+            started: OnceLock::new(),
+            ended: AtomicBool::new(false),
+            notify: Notify::new(),
+        })
+    }
+
+    /// Resolves when the drain starts (its reason and start), or with `None` once it
+    /// never will.
+    async fn fired(&self) -> Option<(Why, Instant)> {
+        loop {
+            // Created before the check: `notify_waiters` reaches a `Notified` from its
+            // creation on, so a start between the check and the wait is not missed.
+            let notified = self.notify.notified();
+            if let Some(s) = self.started.get() {
+                return Some(*s);
+            }
+            if self.ended.load(Ordering::Acquire) {
+                return None;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// A session's view of the drain.
 #[derive(Clone)]
 pub struct Drain {
-    signal: watch::Receiver<Option<Why>>,
-    started: Arc<OnceLock<Instant>>,
+    signal: Arc<Signal>,
     window: Duration,
 }
 
 /// The side that starts the drain.
 pub struct DrainControl {
-    signal: watch::Sender<Option<Why>>,
+    signal: Arc<Signal>,
     /// Turns true when the drain starts, whatever the reason (for accept loops).
     stopping: watch::Sender<bool>,
-    started: Arc<OnceLock<Instant>>,
     window: Duration,
 }
 
 /// A drain over `window`; the control starts it.
 pub fn channel(window: Duration) -> (DrainControl, Drain) {
-    let (tx, rx) = watch::channel(None);
-    let started = Arc::new(OnceLock::new());
+    let signal = Signal::new();
     (
         DrainControl {
-            signal: tx,
+            signal: signal.clone(),
             stopping: watch::channel(false).0,
-            started: started.clone(),
             window,
         },
-        Drain {
-            signal: rx,
-            started,
-            window,
-        },
+        Drain { signal, window },
     )
 }
 
@@ -71,14 +104,9 @@ impl DrainControl {
 
     /// Starts the drain now for `why`; a drain already started keeps its reason.
     pub fn start_for(&self, why: Why) {
-        let _ = self.started.set(Instant::now());
-        self.signal.send_if_modified(|w| {
-            if w.is_some() {
-                return false;
-            }
-            *w = Some(why);
-            true
-        });
+        if self.signal.started.set((why, Instant::now())).is_ok() {
+            self.signal.notify.notify_waiters();
+        }
         self.stopping.send_replace(true);
     }
 
@@ -94,19 +122,26 @@ impl DrainControl {
         let (control, drain) = channel(self.window);
         let control = Arc::new(control);
         let weak = Arc::downgrade(&control);
-        let mut shutdown = self.signal.subscribe();
-        let mut retired = drain.signal.clone();
+        let shutdown = self.signal.clone();
+        let retired = drain.signal.clone();
         tokio::spawn(async move {
             tokio::select! {
-                r = shutdown.wait_for(Option::is_some) => {
-                    if r.is_ok() && let Some(c) = weak.upgrade() {
+                s = shutdown.fired() => {
+                    if s.is_some() && let Some(c) = weak.upgrade() {
                         c.start_for(Why::Shutdown);
                     }
                 }
-                _ = retired.wait_for(Option::is_some) => {}
+                _ = retired.fired() => {}
             }
         });
         (control, drain)
+    }
+}
+
+impl Drop for DrainControl {
+    fn drop(&mut self) {
+        self.signal.ended.store(true, Ordering::Release);
+        self.signal.notify.notify_waiters();
     }
 }
 
@@ -120,13 +155,9 @@ impl Drain {
     /// Resolves at `client`'s turn to close (never, while not draining), with the
     /// drain's reason. Cancel-safe: calling it again computes the same deadline.
     pub async fn turn(&self, client: u64) -> Why {
-        let mut signal = self.signal.clone();
-        // The watch's read guard is not Send: it is gone before anything else awaits.
-        let seen = signal.wait_for(Option::is_some).await.map(|w| *w);
-        let Ok(Some(why)) = seen else {
+        let Some((why, start)) = self.signal.fired().await else {
             return std::future::pending().await;
         };
-        let start = *self.started.get_or_init(Instant::now);
         // Boxed: every held connection waits on this future, and an inline `Sleep`
         // (about 110 bytes) would sit in each one for a drain that rarely comes.
         Box::pin(tokio::time::sleep_until(
@@ -138,8 +169,7 @@ impl Drain {
 
     /// Resolves as soon as the drain starts.
     pub async fn started(&self) {
-        let mut signal = self.signal.clone();
-        if signal.wait_for(Option::is_some).await.is_err() {
+        if self.signal.fired().await.is_none() {
             std::future::pending::<()>().await;
         }
     }
@@ -165,6 +195,25 @@ mod tests {
         b.start();
         assert_eq!(drain_b.turn(2).await, Why::RouteChanged);
         drop(a);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_route_dropped_without_a_drain_ends_its_link_and_never_drains() {
+        let (shutdown, _) = channel(Duration::from_secs(10));
+        let alone = Arc::strong_count(&shutdown.signal);
+        let (control, drain) = shutdown.route();
+        assert_eq!(Arc::strong_count(&shutdown.signal), alone + 1, "the link");
+        let waiting = tokio::spawn(async move { drain.turn(1).await });
+        tokio::task::yield_now().await;
+        drop(control);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&shutdown.signal) > alone {
+            assert!(Instant::now() < deadline, "the link outlived its route");
+            tokio::task::yield_now().await;
+        }
+        shutdown.start();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!waiting.is_finished(), "a dropped route never drains");
     }
 
     #[test]
