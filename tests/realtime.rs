@@ -531,3 +531,115 @@ async fn publish_while_nats_is_down_is_503() {
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"], "nats_unavailable");
 }
+
+// --- the fan-out writing to SSE streams itself (issue 18) ---
+
+const LONE_SSE: &str = "
+routes:
+  - path: /lone/{room}
+    transports: [sse]
+    subjects: [\"lone.{room}\"]
+    auth: { mode: none }
+    history: { ring: 0 }
+    heartbeat: 20ms
+";
+
+/// Messages one at a time to two SSE clients (reqwest's chunked decoding and a strict
+/// one of our own): after the first, the fan-out writes each as a chunk of its own,
+/// while the session writes heartbeats every 20 ms between them. Every chunk whole,
+/// every event in order, every delivery counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_message_on_its_own_is_written_by_the_fan_out_between_heartbeats() {
+    let ff = start_fanfare(&(base_yaml("http://127.0.0.1:1", None) + LONE_SSE)).await;
+    let mut a = sse_connect(&http_client(), &url(&ff, "/lone/x")).await;
+    let (stream, head, rest) = raw_get(ff.edge_addr, "/lone/x", None).await;
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    let mut b = SseReader::new(Chunked::new(stream, rest));
+    wait_metric(ff.admin_addr, "fanfare_connections{transport=\"sse\"}", 2.0).await;
+    // As for WebSocket: the first message goes through each client's task, then the
+    // fan-out writes unless a task still holds its stream (a heartbeat under way).
+    let mut sent = 0u64;
+    let mut heartbeats = 0;
+    loop {
+        publish(ff.admin_addr, "lone.x", None, format!("{sent}")).await;
+        let (_, _, data) = a.next_event().await.expect("a's stream");
+        assert_eq!(data, sent.to_string());
+        loop {
+            match b.next().await.expect("b's stream") {
+                Frame::Event { data, .. } => {
+                    assert_eq!(data, sent.to_string());
+                    break;
+                }
+                Frame::Comment(c) => {
+                    assert_eq!(c, "heartbeat");
+                    heartbeats += 1;
+                }
+                Frame::Retry(_) => {}
+            }
+        }
+        sent += 1;
+        let direct = metric(ff.admin_addr, "fanfare_fanout_writes_total")
+            .await
+            .unwrap();
+        if direct >= 30.0 && heartbeats >= 3 {
+            break;
+        }
+        assert!(
+            sent < 300,
+            "only {direct} of {} deliveries written by the fan-out, {heartbeats} heartbeats",
+            2 * sent
+        );
+    }
+    assert_eq!(
+        metric(ff.admin_addr, "fanfare_deliveries_total{transport=\"sse\"}").await,
+        Some(2.0 * sent as f64)
+    );
+}
+
+/// A client that stops reading while 60 KB messages arrive one by one: the fan-out's
+/// writes fill its socket, one of them only partly, and the session must send the
+/// rest of that chunk before anything else. When the client reads again every chunk
+/// is whole and the events come in order, a gap only after a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_sse_reader_gets_whole_chunks_in_order_after_the_fan_out_filled_its_socket() {
+    let routes = format!("{LONE_SSE}    queue: {{ messages: 64, bytes: 1048576 }}\n");
+    let ff = start_fanfare(&(base_yaml("http://127.0.0.1:1", None) + &routes)).await;
+    let (stream, head, rest) = raw_get(ff.edge_addr, "/lone/s", Some(4096)).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    wait_metric(ff.admin_addr, "fanfare_connections{transport=\"sse\"}", 1.0).await;
+    let pad = "p".repeat(60_000);
+    let total = 100;
+    for i in 0..total {
+        publish(ff.admin_addr, "lone.s", None, format!("{i:06}:{pad}")).await;
+    }
+    let mut stalled = SseReader::new(Chunked::new(stream, rest));
+    let mut last: Option<usize> = None;
+    let mut reset = false;
+    while last != Some(total - 1) {
+        match stalled.next().await.expect("the stream stays open") {
+            Frame::Event { event, data, .. } if event == "fanfare.reset" => {
+                assert!(data.contains("slow_consumer"), "{data}");
+                reset = true;
+            }
+            Frame::Event { data, .. } => {
+                assert_eq!(data.len(), 7 + pad.len(), "a whole event");
+                let n = seq_of(&data);
+                if let Some(l) = last {
+                    assert!(n > l, "in order: {n} after {l}");
+                    assert!(n == l + 1 || reset, "a gap without a reset: {l} then {n}");
+                }
+                reset = false;
+                last = Some(n);
+            }
+            Frame::Comment(_) | Frame::Retry(_) => {}
+        }
+    }
+    let direct = metric(ff.admin_addr, "fanfare_fanout_writes_total")
+        .await
+        .unwrap();
+    assert!(direct >= 1.0, "the fan-out wrote some of them: {direct}");
+}

@@ -136,7 +136,7 @@ pub fn sse_head(origin: Option<&AllowOrigin>) -> Result<ResponseHeader> {
 /// The raw HTTP/1.1 SSE head: a chunked body (one chunk per write: common client
 /// stacks buffer a body without framing until 512 bytes or 64 KiB arrive), and the
 /// connection closes when the stream ends.
-pub fn sse_head_h1(origin: Option<&AllowOrigin>) -> bytes::Bytes {
+pub fn sse_head_h1(origin: Option<&AllowOrigin>) -> Box<[u8]> {
     let mut s = String::from(
         "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
          x-accel-buffering: no\r\ntransfer-encoding: chunked\r\nconnection: close\r\n",
@@ -149,7 +149,7 @@ pub fn sse_head_h1(origin: Option<&AllowOrigin>) -> bytes::Bytes {
         None => {}
     }
     s.push_str("\r\n");
-    bytes::Bytes::from(s)
+    s.into_bytes().into_boxed_slice()
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use super::route::Route;
 use crate::app::{App, Disconnects};
@@ -128,19 +128,21 @@ impl Retired {
     }
 }
 
-/// A watch that ticks every `every` while anyone holds a receiver.
-fn ticker(every: Duration) -> watch::Receiver<u64> {
-    let (tx, rx) = watch::channel(0u64);
+/// A beat every `every`, for as long as the route holds it: each SSE session waits on
+/// it for its heartbeat. A `Notify` rather than a watch: a waiting session holds one
+/// `Notified` (a tick while it is writing is missed, and that stream was not idle).
+fn ticker(every: Duration) -> Arc<Notify> {
+    let beat = Arc::new(Notify::new());
+    let weak = Arc::downgrade(&beat);
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(every);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         interval.tick().await;
         loop {
-            tokio::select! {
-                _ = interval.tick() => { tx.send_modify(|n| *n += 1); }
-                _ = tx.closed() => return,
-            }
+            interval.tick().await;
+            let Some(beat) = weak.upgrade() else { return };
+            beat.notify_waiters();
         }
     });
-    rx
+    beat
 }

@@ -295,18 +295,32 @@ impl Realtime {
                         "WebSocket needs HTTP/1.1",
                     )
                 })?;
+                // What only the handshake and the session's start need, in one box
+                // that is gone once they are done: a task's captures stay in its
+                // future for the connection's life (in 128-byte steps).
+                let start = Box::new((
+                    stream,
+                    accept,
+                    deflate,
+                    joined,
+                    admitted.permissions,
+                    ctx,
+                    conn,
+                ));
                 tokio::spawn(async move {
                     let _slot = slot;
-                    let deflate = deflate.as_ref();
-                    let Some(socket) = ws::accept(stream, &accept, &ctx.ws, deflate).await else {
+                    let (stream, accept, deflate, joined, permissions, ctx, conn) = *start;
+                    let Some(socket) = ws::accept(stream, &accept, &ctx.ws, deflate.as_ref()).await
+                    else {
                         return;
                     };
                     if deflate.is_some() {
                         ctx.metrics.ws_compressed.inc();
                     }
+                    drop((accept, deflate));
                     match joined {
                         Some((joined, registered)) => {
-                            ws::serve(socket, ctx, joined, admitted.permissions, conn).await;
+                            ws::serve(socket, ctx, joined, permissions, conn).await;
                             drop(registered);
                         }
                         None => echo::echo(socket).await,
@@ -348,15 +362,22 @@ impl Realtime {
                 });
                 let mut sse_session =
                     sse::Session::new(ctx.clone(), queue.clone(), client, expires);
-                if let Some(mut stream) = take_h1_stream(session).await {
+                if let Some(stream) = take_h1_stream(session).await {
                     let head = cors::sse_head_h1(origin);
+                    let mut sink = RawSink::new(stream);
+                    // The hub writes a lone message to the stream itself when nothing
+                    // is queued (hub::gate), once the session's first write is done.
+                    sink.share(queue);
+                    // Everything the task captures stays in it for the connection's
+                    // life (about 1 KiB each, in 128-byte steps): the sink and the
+                    // session are moved in, not the stream, context and queue again.
                     tokio::spawn(async move {
                         let _slot = slot;
-                        let mut sink = RawSink(&mut stream);
                         if sink.write_head(head).await.is_ok() {
-                            let counting = ctx.counting("sse");
-                            let outcome = counting.end(sse_session.run(&mut sink).await);
-                            ctx.ended(conn.as_deref(), "sse", outcome, &queue);
+                            let counting = sse_session.ctx().counting(Transport::Sse);
+                            let outcome = sse_session.run(&mut sink).await;
+                            let outcome = counting.end(&sse_session.ctx().metrics, outcome);
+                            sse_session.ended(conn.as_deref(), outcome);
                             sink.finish().await;
                         }
                         drop((held, registered));
@@ -368,8 +389,9 @@ impl Realtime {
                     .write_response_header(Box::new(head), false)
                     .await
                     .map_err(Refusal::internal)?;
-                let counting = ctx.counting("sse");
-                let outcome = counting.end(sse_session.run(&mut PingoraSink(session)).await);
+                let counting = ctx.counting(Transport::Sse);
+                let outcome = sse_session.run(&mut PingoraSink(session)).await;
+                let outcome = counting.end(&ctx.metrics, outcome);
                 ctx.ended(conn.as_deref(), "sse", outcome, &queue);
                 drop((held, registered, slot));
             }

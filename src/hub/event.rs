@@ -32,6 +32,8 @@ pub struct Event {
     /// arguments.
     pub spread: bool,
     sse: OnceLock<Bytes>,
+    /// `sse` as an HTTP/1.1 chunk, for the hub's own writes to SSE streams.
+    sse_chunk: OnceLock<Bytes>,
     ws: OnceLock<Bytes>,
     raw: OnceLock<Bytes>,
     /// The `ws` and `raw` frames compressed (permessage-deflate).
@@ -80,6 +82,7 @@ impl Event {
             payload: msg.payload,
             received: msg.received,
             sse: OnceLock::new(),
+            sse_chunk: OnceLock::new(),
             ws: OnceLock::new(),
             raw: OnceLock::new(),
             ws_deflated: OnceLock::new(),
@@ -175,6 +178,12 @@ impl Event {
     pub fn sse(&self) -> &Bytes {
         self.sse
             .get_or_init(|| sse::encode_event(&self.id, &self.name, &self.payload))
+    }
+
+    /// [`Event::sse`] as one HTTP/1.1 chunk (how a raw SSE stream frames it), made on
+    /// first use and shared by every SSE stream the hub writes it to.
+    pub fn sse_chunk(&self) -> &Bytes {
+        self.sse_chunk.get_or_init(|| sse::chunk(self.sse()))
     }
 
     /// The WebSocket text frame carrying the `message` JSON, made on first use.

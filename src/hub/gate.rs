@@ -147,6 +147,8 @@ pub enum FrameKind {
     JsonDeflated = 2,
     /// The raw frame, compressed.
     RawDeflated = 3,
+    /// The SSE event as an HTTP/1.1 chunk (a raw SSE stream).
+    SseChunk = 4,
 }
 
 impl FrameKind {
@@ -156,6 +158,7 @@ impl FrameKind {
             1 => FrameKind::Raw,
             2 => FrameKind::JsonDeflated,
             3 => FrameKind::RawDeflated,
+            4 => FrameKind::SseChunk,
             _ => FrameKind::Json,
         }
     }
@@ -167,6 +170,7 @@ impl FrameKind {
             FrameKind::Raw => event.raw_frame(),
             FrameKind::JsonDeflated => event.ws_frame_deflated(),
             FrameKind::RawDeflated => event.raw_frame_deflated(),
+            FrameKind::SseChunk => event.sse_chunk(),
         }
     }
 }
@@ -276,6 +280,7 @@ mod tests {
             FrameKind::Raw,
             FrameKind::JsonDeflated,
             FrameKind::RawDeflated,
+            FrameKind::SseChunk,
         ] {
             assert_eq!(FrameKind::from_u8(k as u8), k);
         }

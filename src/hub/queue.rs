@@ -81,8 +81,9 @@ pub enum Pushed {
     Disconnected,
     /// The queue was already closed; the event was not queued.
     AlreadyClosed,
-    /// Written to the client's socket by the hub itself ([`ClientQueue::push_or_write`]).
-    Written,
+    /// Written to the client's socket by the hub itself ([`ClientQueue::push_or_write`]),
+    /// as this kind of frame.
+    Written(FrameKind),
 }
 
 /// What the writer takes from the queue at once.
@@ -225,7 +226,7 @@ impl ClientQueue {
             match gate::write(&self.gate, to, event) {
                 Wrote::All => {
                     s.taken += 1;
-                    return Pushed::Written;
+                    return Pushed::Written(to.kind);
                 }
                 Wrote::Part(rest) => {
                     s.rest = Some(Box::new(rest));
@@ -233,7 +234,7 @@ impl ClientQueue {
                     s.taken += 1;
                     drop(s);
                     self.ready.notify_one();
-                    return Pushed::Written;
+                    return Pushed::Written(to.kind);
                 }
                 Wrote::Nothing => {}
             }

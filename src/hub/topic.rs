@@ -11,12 +11,17 @@ use futures::FutureExt;
 use tokio::sync::watch;
 
 use super::event::Event;
+use super::gate::FrameKind;
 use super::history::{Ring, expire};
 use super::queue::{ClientQueue, Pushed};
 use crate::broker::{Broker, Message};
 use crate::metrics::Metrics;
 use crate::routing::subject::is_connection_subject;
 use crate::wire::sse::is_safe_field;
+
+/// How many clients the fan-out writes to before it looks again for a message
+/// waiting behind the one it delivers (about 0.3 ms of sends).
+const RECHECK_EVERY: usize = 64;
 
 /// Why a message was refused before fan-out.
 pub(super) fn refuse_reason(msg: &Message) -> Option<&'static str> {
@@ -213,10 +218,15 @@ impl Inner {
                         }
                         last = Some(seq);
                     }
-                    // Another message already waiting makes this one part of a burst.
-                    // `next` is cancel-safe: an unready poll takes nothing.
-                    ahead = sub.next().now_or_never();
-                    hub.fan_out(&topic, msg, ahead.is_none());
+                    // Another message already waiting makes this one part of a burst,
+                    // from the client the fan-out has reached when it comes. `next` is
+                    // cancel-safe: an unready poll takes nothing.
+                    hub.fan_out(&topic, msg, || {
+                        if ahead.is_none() {
+                            ahead = sub.next().now_or_never();
+                        }
+                        ahead.is_none()
+                    });
                 };
                 if !resubscribe {
                     break;
@@ -229,10 +239,13 @@ impl Inner {
         topic
     }
 
-    /// Delivers one message to every client of `topic`. `alone`: no other message is
-    /// waiting behind it, so clients with nothing queued are written to right away
-    /// ([`ClientQueue::push_or_write`]); in a burst every client's writer batches.
-    fn fan_out(&self, topic: &Topic, msg: Message, alone: bool) {
+    /// Delivers one message to every client of `topic`. While `alone()` says no other
+    /// message is waiting behind it, clients with nothing queued are written to right
+    /// away ([`ClientQueue::push_or_write`]); in a burst every client's writer batches.
+    /// `alone` is asked again every [`RECHECK_EVERY`] clients: a long fan-out of
+    /// writes (about 5 µs each) gives way to queueing as soon as the next message
+    /// comes, so a backlog batches instead of growing.
+    fn fan_out(&self, topic: &Topic, msg: Message, mut alone: impl FnMut() -> bool) {
         // A message addressed to one connection reaches it through the directory
         // only, never through a topic whose pattern happens to cover it (`>`).
         if is_connection_subject(&msg.subject) {
@@ -262,16 +275,21 @@ impl Inner {
             }
             expire(ring, topic.spec.max_age);
         }
-        let mut written = 0u64;
-        for queue in m.clients.values() {
-            let pushed = if alone {
+        // Deliveries the hub wrote itself, WebSocket and SSE.
+        let mut written = [0u64; 2];
+        let mut now_alone = alone();
+        for (i, queue) in m.clients.values().enumerate() {
+            if now_alone && i % RECHECK_EVERY == RECHECK_EVERY - 1 {
+                now_alone = alone();
+            }
+            let pushed = if now_alone {
                 queue.push_or_write(&event)
             } else {
                 queue.push(event.clone())
             };
             match pushed {
                 Pushed::Queued | Pushed::AlreadyClosed => {}
-                Pushed::Written => written += 1,
+                Pushed::Written(kind) => written[usize::from(kind == FrameKind::SseChunk)] += 1,
                 Pushed::DroppedOldest(n) => {
                     self.metrics
                         .dropped
@@ -286,11 +304,15 @@ impl Inner {
                 }
             }
         }
-        if written > 0 {
+        if written != [0, 0] {
             // Counted once per message, not per socket: the lag is the last write's.
             let m = &self.metrics;
-            m.deliveries.with_label_values(&["ws"]).inc_by(written);
-            m.fanout_writes.inc_by(written);
+            for (transport, n) in ["ws", "sse"].into_iter().zip(written) {
+                if n > 0 {
+                    m.deliveries.with_label_values(&[transport]).inc_by(n);
+                }
+            }
+            m.fanout_writes.inc_by(written[0] + written[1]);
             m.delivery_lag
                 .observe(event.received.elapsed().as_secs_f64());
         }

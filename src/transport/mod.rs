@@ -20,11 +20,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::app::{Admission, App, Ended, Headers};
 use crate::broker::Message;
-use crate::config::{PollConfig, WsConfig};
+use crate::config::{PollConfig, Transport, WsConfig};
 use crate::drain::Drain;
 use crate::hub::direct::Directory;
 use crate::hub::{Bound, ClientQueue, Event, Hub, JoinError, Membership, Policy, TopicSpec};
@@ -54,8 +54,8 @@ pub struct RouteContext {
     pub ws: WsConfig,
     /// Long-polling settings.
     pub poll: PollConfig,
-    /// Ticks at the route's SSE heartbeat interval.
-    pub heartbeat: watch::Receiver<u64>,
+    /// Beats at the route's SSE heartbeat interval (`notify_waiters`).
+    pub heartbeat: Arc<Notify>,
     /// The SSE `retry:` hint in milliseconds (the mean; see [`RouteContext::retry_hint`]).
     pub retry_ms: u128,
     /// How far one connection's hint may stray from `retry_ms`, as a fraction.
@@ -324,30 +324,29 @@ impl RouteContext {
     /// A guard rather than an async wrapper around the session's future: an async fn
     /// that takes a future and awaits it stores it twice (as its argument and as the
     /// awaited future), and every held connection paid that, about 740 bytes for SSE.
-    pub fn counting(&self, transport: &'static str) -> Counting {
-        let gauge = self.metrics.connections.with_label_values(&[transport]);
+    pub fn counting(&self, transport: Transport) -> Counting {
+        let gauge = self
+            .metrics
+            .connections
+            .with_label_values(&[transport.name()]);
         gauge.inc();
-        Counting {
-            gauge,
-            closed: self.metrics.connections_closed.clone(),
-            transport,
-        }
+        Counting { gauge, transport }
     }
 }
 
 /// A held connection counted in `fanfare_connections{transport}`; dropping it takes
-/// the connection off the gauge.
+/// the connection off the gauge. 16 bytes: it sits in every held connection's future.
 pub struct Counting {
     gauge: prometheus::IntGauge,
-    closed: prometheus::IntCounterVec,
-    transport: &'static str,
+    transport: Transport,
 }
 
 impl Counting {
     /// The connection ended with `outcome`: counted in `connections_closed_total`.
-    pub fn end(self, outcome: Outcome) -> Outcome {
-        self.closed
-            .with_label_values(&[self.transport, outcome.label()])
+    pub fn end(self, metrics: &Metrics, outcome: Outcome) -> Outcome {
+        metrics
+            .connections_closed
+            .with_label_values(&[self.transport.name(), outcome.label()])
             .inc();
         outcome
     }

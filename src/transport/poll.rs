@@ -24,7 +24,7 @@ pub async fn serve(
     mut head: ResponseHeader,
 ) -> pingora::Result<()> {
     let queue = joined.queue.clone();
-    let counting = ctx.counting("poll");
+    let counting = ctx.counting(crate::config::Transport::Poll);
     let outcome = if !queue.is_empty() || queue.has_reset() {
         Outcome::Delivered
     } else {
@@ -35,7 +35,7 @@ pub async fn serve(
             _ = client_gone(session) => Outcome::Timeout,
         }
     };
-    counting.end(outcome);
+    counting.end(&ctx.metrics, outcome);
     let batch = queue.take();
     drop(joined);
     let events: Vec<_> = batch

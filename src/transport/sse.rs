@@ -6,19 +6,21 @@
 //! (slow consumer under `disconnect`) ends the stream, even mid-write.
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use pingora::prelude::Session as PingoraSession;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
+use tokio::io::{AsyncRead, AsyncWriteExt};
 
+use super::ws_io::Socket;
 use super::{Outcome, RouteContext};
 use crate::drain::Why;
+use crate::hub::gate::FrameKind;
 use crate::hub::{Batch, ClientQueue, Closed};
 use crate::wire::sse::{
-    EXPIRED, HEARTBEAT, encode_closed, encode_drain, encode_reset, encode_reset_reason,
-    encode_retry, encode_route_changed,
+    EXPIRED, HEARTBEAT, chunk_size_line, encode_closed, encode_drain, encode_reset,
+    encode_reset_reason, encode_retry, encode_route_changed,
 };
 
 /// Where an SSE session writes, and how it learns the peer is gone.
@@ -35,22 +37,39 @@ const FINISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// A raw HTTP/1.1 connection taken out of pingora after the response head (which
 /// says `transfer-encoding: chunked`). Each write is one chunk, written with one
 /// vectored write (size line, the shared event bytes, CRLF): no copy of the events.
-pub struct RawSink<S>(pub S);
+/// Shared with the hub ([`RawSink::share`]), it also takes chunks the hub writes
+/// itself, whole, between the session's.
+pub struct RawSink<S>(Socket<S>);
 
 impl<S> RawSink<S>
 where
     S: tokio::io::AsyncWrite + Unpin + Send,
 {
+    /// A sink writing to `stream`.
+    pub fn new(stream: S) -> RawSink<S> {
+        RawSink(Socket::plain(stream))
+    }
+
+    /// Lets the hub write `queue`'s events to the stream itself when nothing is
+    /// queued ([`ClientQueue::push_or_write`]), as chunks of their own.
+    pub fn share(&mut self, queue: Arc<ClientQueue>)
+    where
+        S: std::os::fd::AsRawFd,
+    {
+        self.0.share(queue, FrameKind::SseChunk);
+    }
+
     /// Writes `head` (the response head) as is, unframed.
-    pub async fn write_head(&mut self, head: Bytes) -> std::io::Result<()> {
+    pub async fn write_head(&mut self, head: Box<[u8]>) -> std::io::Result<()> {
         self.0.write_all(&head).await?;
         self.0.flush().await
     }
 
-    /// Ends the chunked body (the last, empty chunk), so the client sees a clean end.
-    /// Bounded: a client that stopped reading (a slow consumer) cannot hold the
-    /// connection open by never taking these five bytes.
+    /// Ends the chunked body (the last, empty chunk), so the client sees a clean end;
+    /// the hub writes nothing after it. Bounded: a client that stopped reading (a slow
+    /// consumer) cannot hold the connection open by never taking these five bytes.
     pub async fn finish(&mut self) {
+        self.0.closing();
         let _ = tokio::time::timeout(FINISH_TIMEOUT, async {
             let _ = self.0.write_all(b"0\r\n\r\n").await;
             let _ = self.0.flush().await;
@@ -59,24 +78,14 @@ where
     }
 }
 
-/// The size line of a chunk of `len` bytes: lowercase hex and CRLF, on the stack.
-fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> &[u8] {
-    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
-    for (i, digit) in out[..digits].iter_mut().enumerate() {
-        *digit = b"0123456789abcdef"[(len >> (4 * (digits - 1 - i))) & 0xf];
-    }
-    out[digits] = b'\r';
-    out[digits + 1] = b'\n';
-    &out[..digits + 2]
-}
-
 impl<S> Sink for RawSink<S>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
     async fn write(&mut self, buf: Bytes) -> std::io::Result<()> {
         if buf.is_empty() {
-            return Ok(());
+            // The rest of a chunk the hub began, if any, goes out with the flush.
+            return self.0.flush().await;
         }
         let mut size = [0u8; 18];
         let size = chunk_size_line(buf.len(), &mut size);
@@ -98,13 +107,20 @@ where
 
     async fn gone(&mut self) {
         // An SSE client sends nothing after its request: EOF or an error means it left.
-        let mut scratch = [0u8; 16];
-        loop {
-            match self.0.read(&mut scratch).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
+        // Polled by hand so the scratch buffer lives on the stack, not in every held
+        // stream's future.
+        std::future::poll_fn(|cx| {
+            let mut scratch = [0u8; 16];
+            loop {
+                let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+                match std::pin::Pin::new(&mut self.0).poll_read(cx, &mut buf) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                    Poll::Ready(_) => return Poll::Ready(()),
+                }
             }
-        }
+        })
+        .await;
     }
 }
 
@@ -112,7 +128,6 @@ where
 pub struct Session {
     ctx: Arc<RouteContext>,
     queue: Arc<ClientQueue>,
-    heartbeat: watch::Receiver<u64>,
     client: u64,
     expires: Option<tokio::time::Instant>,
 }
@@ -135,12 +150,21 @@ impl Session {
         expires: Option<tokio::time::Instant>,
     ) -> Session {
         Session {
-            heartbeat: ctx.heartbeat.clone(),
             ctx,
             queue,
             client,
             expires,
         }
+    }
+
+    /// The route's context.
+    pub fn ctx(&self) -> &RouteContext {
+        &self.ctx
+    }
+
+    /// The session ended with `outcome`: tells the app, if it has callbacks.
+    pub fn ended(&self, conn: Option<&super::Conn>, outcome: Outcome) {
+        self.ctx.ended(conn, "sse", outcome, &self.queue);
     }
 
     /// Runs until the client leaves, the queue closes or fanfare shuts down. The
@@ -157,13 +181,14 @@ impl Session {
         {
             return Outcome::WriteError;
         }
+        // The hub may now write to a shared stream itself (after anything queued).
+        self.queue.gate.release();
         let deliveries = self.ctx.metrics.deliveries.with_label_values(&["sse"]);
-        let mut heartbeat_alive = true;
         let mut expiry = super::expiry_timer(self.expires);
         loop {
             let wake = tokio::select! {
                 _ = self.queue.ready() => Wake::Queue,
-                r = self.heartbeat.changed(), if heartbeat_alive => if r.is_ok() { Wake::Heartbeat } else { heartbeat_alive = false; continue },
+                _ = self.ctx.heartbeat.notified() => Wake::Heartbeat,
                 why = self.ctx.drain.turn(self.client) => Wake::Drain(why),
                 _ = sink.gone() => Wake::Gone,
                 _ = super::expired(expiry.as_mut()) => Wake::Expired,
@@ -187,12 +212,13 @@ impl Session {
                     if sink.write(Bytes::from_static(HEARTBEAT)).await.is_err() {
                         return Outcome::WriteError;
                     }
+                    self.queue.gate.release();
                 }
                 Wake::Queue => {
                     let batch = self.queue.take();
                     let closed = batch.closed.clone();
                     let (buf, n, oldest) = assemble(&batch);
-                    if !buf.is_empty() {
+                    if !buf.is_empty() || self.queue.gate.has_rest() {
                         let queue = self.queue.clone();
                         let written = tokio::select! {
                             r = sink.write(buf) => r.is_ok(),
@@ -207,6 +233,7 @@ impl Session {
                         }
                         self.ctx.delivered(&deliveries, n, oldest);
                     }
+                    self.queue.gate.release();
                     match closed {
                         Some(Closed::SlowConsumer) => return Outcome::SlowConsumer,
                         Some(Closed::ByApp(reason)) => {
@@ -270,21 +297,12 @@ impl Sink for PingoraSink<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chunk_size_lines() {
-        let mut b = [0u8; 18];
-        assert_eq!(chunk_size_line(1, &mut b), b"1\r\n");
-        assert_eq!(chunk_size_line(15, &mut b), b"f\r\n");
-        assert_eq!(chunk_size_line(16, &mut b), b"10\r\n");
-        assert_eq!(chunk_size_line(0xabc12, &mut b), b"abc12\r\n");
-        assert_eq!(chunk_size_line(usize::MAX, &mut b), b"ffffffffffffffff\r\n");
-    }
+    use tokio::io::AsyncReadExt;
 
     #[tokio::test]
     async fn each_write_is_one_chunk() {
         let (a, mut b) = tokio::io::duplex(1024);
-        let mut sink = RawSink(a);
+        let mut sink = RawSink::new(a);
         sink.write(Bytes::from_static(b"data: x\n\n"))
             .await
             .unwrap();

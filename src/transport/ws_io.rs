@@ -1,8 +1,9 @@
-//! The socket under a WebSocket session, with permessage-deflate when the client
-//! negotiated it: reads pass through an [`Inflater`] (so tungstenite, which has no
-//! extension support, reads plain frames), writes go straight to the socket. Without
-//! the extension it is the socket itself plus two pointers. When the hub may write to
-//! the socket too ([`Socket::share`]), every write passes the shared gate.
+//! A client's socket when the hub may write to it too ([`Socket::share`]): every write
+//! of the session's passes the shared gate ([`crate::hub::gate`]). Under a WebSocket
+//! session it also inflates what the client compressed, when it negotiated
+//! permessage-deflate: reads pass through an [`Inflater`] (so tungstenite, which has no
+//! extension support, reads plain frames). An SSE stream uses it for the gate alone.
+//! Without either it is the socket itself plus two pointers.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -52,6 +53,23 @@ impl<S> Socket<S> {
                 })
             }),
             shared: None,
+        }
+    }
+
+    /// `inner` as it is (no inflating): for an SSE stream the hub may write to.
+    pub fn plain(inner: S) -> Socket<S> {
+        Socket {
+            inner,
+            deflate: None,
+            shared: None,
+        }
+    }
+
+    /// Nothing may follow what the session writes next (a close frame, the end of a
+    /// chunked body): the hub stops writing to the socket for good.
+    pub fn closing(&self) {
+        if let Some(queue) = &self.shared {
+            queue.gate.closing();
         }
     }
 
@@ -136,29 +154,61 @@ impl<S: AsyncRead + Unpin> AsyncRead for Socket<S> {
     }
 }
 
+impl<S: AsyncWrite + Unpin> Socket<S> {
+    /// One write of the session's, `len` bytes starting with `first`, through the
+    /// gate when the socket is shared: after the rest of a frame the hub began, and
+    /// leaving the socket the session's while anything of it is unwritten.
+    fn gated(
+        &mut self,
+        cx: &mut Context<'_>,
+        first: Option<u8>,
+        len: usize,
+        write: impl FnOnce(Pin<&mut S>, &mut Context<'_>) -> Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        let Some(queue) = &self.shared else {
+            return write(Pin::new(&mut self.inner), cx);
+        };
+        let gate = &queue.gate;
+        // A close frame (FIN + opcode 8) starting a write: nothing may follow it.
+        if first == Some(0x88) {
+            gate.closing();
+        }
+        gate.session_begin();
+        let r = match write_rest(queue, &mut self.inner, cx) {
+            Poll::Ready(Ok(())) => write(Pin::new(&mut self.inner), cx),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        };
+        gate.session_end(!matches!(r, Poll::Ready(Ok(n)) if n == len));
+        r
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Socket<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let Some(queue) = &this.shared else {
-            return Pin::new(&mut this.inner).poll_write(cx, buf);
-        };
-        let gate = &queue.gate;
-        // A close frame (FIN + opcode 8) starting a write: nothing may follow it.
-        if buf.first() == Some(&0x88) {
-            gate.closing();
-        }
-        gate.session_begin();
-        let r = match write_rest(queue, &mut this.inner, cx) {
-            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_write(cx, buf),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        };
-        gate.session_end(!matches!(r, Poll::Ready(Ok(n)) if n == buf.len()));
-        r
+        self.get_mut()
+            .gated(cx, buf.first().copied(), buf.len(), |s, cx| {
+                s.poll_write(cx, buf)
+            })
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let first = bufs.iter().find_map(|b| b.first().copied());
+        let len = bufs.iter().map(|b| b.len()).sum();
+        self.get_mut()
+            .gated(cx, first, len, |s, cx| s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -22,6 +22,30 @@ pub fn is_safe_field(v: &str) -> bool {
 /// The comment line sent as a heartbeat.
 pub const HEARTBEAT: &[u8] = b": heartbeat\n\n";
 
+/// The size line of an HTTP/1.1 chunk of `len` bytes: lowercase hex and CRLF, on the
+/// stack.
+pub fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> &[u8] {
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, digit) in out[..digits].iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[(len >> (4 * (digits - 1 - i))) & 0xf];
+    }
+    out[digits] = b'\r';
+    out[digits + 1] = b'\n';
+    &out[..digits + 2]
+}
+
+/// `body` as one HTTP/1.1 chunk (size line, body, CRLF): an event's bytes as the hub
+/// writes them to a raw HTTP/1.1 stream itself, the same as the stream's own writes.
+pub fn chunk(body: &[u8]) -> Bytes {
+    let mut size = [0u8; 18];
+    let size = chunk_size_line(body.len(), &mut size);
+    let mut b = BytesMut::with_capacity(size.len() + body.len() + 2);
+    b.put_slice(size);
+    b.put_slice(body);
+    b.put_slice(b"\r\n");
+    b.freeze()
+}
+
 /// Encodes one event. An empty `id` writes no `id:` line (a message addressed to one
 /// connection has no cursor, and an empty `id:` would reset the client's).
 pub fn encode_event(id: &str, event: &str, payload: &[u8]) -> Bytes {
@@ -118,6 +142,24 @@ pub fn encode_closed(reason: &str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_size_lines() {
+        let mut b = [0u8; 18];
+        assert_eq!(chunk_size_line(1, &mut b), b"1\r\n");
+        assert_eq!(chunk_size_line(15, &mut b), b"f\r\n");
+        assert_eq!(chunk_size_line(16, &mut b), b"10\r\n");
+        assert_eq!(chunk_size_line(0xabc12, &mut b), b"abc12\r\n");
+        assert_eq!(chunk_size_line(usize::MAX, &mut b), b"ffffffffffffffff\r\n");
+    }
+
+    #[test]
+    fn a_chunk_is_its_size_line_body_and_crlf() {
+        assert_eq!(&chunk(b"data: x\n\n")[..], b"9\r\ndata: x\n\n\r\n");
+        let long = vec![b'a'; 300];
+        assert_eq!(&chunk(&long)[..5], b"12c\r\n");
+        assert_eq!(chunk(&long).len(), 5 + 300 + 2);
+    }
 
     #[test]
     fn single_line() {

@@ -28,7 +28,7 @@ pub use super::ws_socket::accept;
 use super::ws_socket::{CLOSE_TIMEOUT, assemble, close_for_error, write_frames};
 use super::{Conn, Joined, Outcome, RouteContext, SET_SEPARATOR, WsSocket};
 use crate::auth::Permissions;
-use crate::config::WsProtocol;
+use crate::config::{Transport, WsProtocol};
 use crate::drain::Why;
 use crate::hub::gate::FrameKind;
 use crate::hub::{ClientQueue, Closed, Membership};
@@ -85,20 +85,29 @@ impl Subscriptions {
 
 /// Runs a client's connection after its `101`: counted in the connection metrics;
 /// the app is told when it ends.
-pub async fn serve<S>(
+///
+/// Not an async fn: one would keep its arguments in its future next to the session
+/// built from them, for the connection's life; the session is built first here.
+pub fn serve<S>(
     ws: Box<WebSocketStream<WsSocket<S>>>,
     ctx: Arc<RouteContext>,
     joined: Joined,
     permissions: Permissions,
     conn: Option<Arc<Conn>>,
-) where
+) -> impl Future<Output = ()> + Send
+where
     S: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send,
 {
-    let mut session = Session::new(ws, ctx.clone(), joined, permissions);
+    let mut session = Session::new(ws, ctx, joined, permissions);
     session.conn = conn;
-    let counting = ctx.counting("ws");
-    let outcome = counting.end(session.run().await);
-    ctx.ended(session.conn.as_deref(), "ws", outcome, &session.queue);
+    async move {
+        let counting = session.ctx.counting(Transport::Ws);
+        let outcome = session.run().await;
+        let outcome = counting.end(&session.ctx.metrics, outcome);
+        session
+            .ctx
+            .ended(session.conn.as_deref(), "ws", outcome, &session.queue);
+    }
 }
 
 /// One client's session.

@@ -117,8 +117,8 @@ impl Session {
     /// Runs the session, counted in the connection metrics, and ends it.
     async fn serve(&mut self) {
         let ctx = self.ctx.clone();
-        let counting = ctx.counting("socketio");
-        let outcome = counting.end(self.run().await);
+        let counting = ctx.counting(crate::config::Transport::SocketIo);
+        let outcome = counting.end(&ctx.metrics, self.run().await);
         self.finish(outcome);
         if let Some(direct) = self.direct.take() {
             direct.end(&self.engine).await;
