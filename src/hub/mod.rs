@@ -22,6 +22,7 @@ pub mod direct;
 mod event;
 pub mod gate;
 mod history;
+mod pace;
 pub mod queue;
 mod topic;
 

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use tokio::sync::watch;
@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use super::event::Event;
 use super::gate::FrameKind;
 use super::history::{Ring, expire};
+use super::pace::Pace;
 use super::queue::{ClientQueue, Pushed};
 use crate::broker::{Broker, Message};
 use crate::metrics::Metrics;
@@ -22,6 +23,24 @@ use crate::wire::sse::is_safe_field;
 /// How many clients the fan-out writes to before it looks again for a message
 /// waiting behind the one it delivers (about 0.3 ms of sends).
 const RECHECK_EVERY: usize = 64;
+
+/// How far a fan-out got writing directly.
+struct Reach {
+    /// The share of the clients it reached before another message came (1 when
+    /// none did).
+    reached: f64,
+    /// The share of those it could not write to (queued instead).
+    held_back: f64,
+}
+
+impl Default for Reach {
+    fn default() -> Reach {
+        Reach {
+            reached: 1.0,
+            held_back: 0.0,
+        }
+    }
+}
 
 /// Why a message was refused before fan-out.
 pub(super) fn refuse_reason(msg: &Message) -> Option<&'static str> {
@@ -198,13 +217,20 @@ impl Inner {
                 }
                 // A message read ahead: it shows the one before was not alone.
                 let mut ahead: Option<Option<Message>> = None;
+                let mut pace = Pace::default();
                 let resubscribe = loop {
+                    let mut idle = Duration::ZERO;
                     let msg = match ahead.take() {
                         Some(m) => m,
-                        None => tokio::select! {
-                            msg = sub.next() => msg,
-                            _ = reconnected(&mut connected), if spec.stream.is_some() => break true,
-                        },
+                        None => {
+                            let since = Instant::now();
+                            let msg = tokio::select! {
+                                msg = sub.next() => msg,
+                                _ = reconnected(&mut connected), if spec.stream.is_some() => break true,
+                            };
+                            idle = since.elapsed();
+                            msg
+                        }
                     };
                     let Some(msg) = msg else {
                         break spec.stream.is_some();
@@ -219,14 +245,24 @@ impl Inner {
                         last = Some(seq);
                     }
                     // Another message already waiting makes this one part of a burst,
-                    // from the client the fan-out has reached when it comes. `next` is
-                    // cancel-safe: an unready poll takes nothing.
-                    hub.fan_out(&topic, msg, || {
+                    // from the client the fan-out has reached when it comes; a hub
+                    // that fell behind queues too (hub::pace). `next` is cancel-safe:
+                    // an unready poll takes nothing.
+                    ahead = sub.next().now_or_never();
+                    let direct = ahead.is_none() && pace.direct(idle);
+                    let started = Instant::now();
+                    let reached = hub.fan_out(&topic, msg, || {
                         if ahead.is_none() {
                             ahead = sub.next().now_or_never();
                         }
-                        ahead.is_none()
+                        direct && ahead.is_none()
                     });
+                    if direct {
+                        // What writing to every client would have taken, when the
+                        // next message cut it short.
+                        let whole = started.elapsed().div_f64(reached.reached.max(0.01));
+                        pace.wrote(whole, ahead.is_some(), reached.held_back);
+                    }
                 };
                 if !resubscribe {
                     break;
@@ -245,17 +281,17 @@ impl Inner {
     /// `alone` is asked again every [`RECHECK_EVERY`] clients: a long fan-out of
     /// writes (about 5 µs each) gives way to queueing as soon as the next message
     /// comes, so a backlog batches instead of growing.
-    fn fan_out(&self, topic: &Topic, msg: Message, mut alone: impl FnMut() -> bool) {
+    fn fan_out(&self, topic: &Topic, msg: Message, mut alone: impl FnMut() -> bool) -> Reach {
         // A message addressed to one connection reaches it through the directory
         // only, never through a topic whose pattern happens to cover it (`>`).
         if is_connection_subject(&msg.subject) {
-            return;
+            return Reach::default();
         }
         self.metrics.messages_received.inc();
         if let Some(reason) = refuse_reason(&msg) {
             tracing::warn!(reason, "message refused");
             self.metrics.dropped.with_label_values(&[reason]).inc();
-            return;
+            return Reach::default();
         }
         let mut m = topic.members();
         let event = match msg.seq {
@@ -278,9 +314,17 @@ impl Inner {
         // Deliveries the hub wrote itself, WebSocket and SSE.
         let mut written = [0u64; 2];
         let mut now_alone = alone();
+        let clients = m.clients.len();
+        let mut reached = clients;
+        // Clients the fan-out could not write to while it wrote directly (something
+        // queued, their task writing, their socket full).
+        let mut held_back = 0usize;
         for (i, queue) in m.clients.values().enumerate() {
             if now_alone && i % RECHECK_EVERY == RECHECK_EVERY - 1 {
                 now_alone = alone();
+                if !now_alone {
+                    reached = i;
+                }
             }
             let pushed = if now_alone {
                 queue.push_or_write(&event)
@@ -288,6 +332,7 @@ impl Inner {
                 queue.push(event.clone())
             };
             match pushed {
+                Pushed::Queued if now_alone => held_back += 1,
                 Pushed::Queued | Pushed::AlreadyClosed => {}
                 Pushed::Written(kind) => written[usize::from(kind == FrameKind::SseChunk)] += 1,
                 Pushed::DroppedOldest(n) => {
@@ -315,6 +360,10 @@ impl Inner {
             m.fanout_writes.inc_by(written[0] + written[1]);
             m.delivery_lag
                 .observe(event.received.elapsed().as_secs_f64());
+        }
+        Reach {
+            reached: reached as f64 / clients.max(1) as f64,
+            held_back: held_back as f64 / reached.max(1) as f64,
         }
     }
 
