@@ -319,7 +319,13 @@ impl Inner {
         // Clients the fan-out could not write to while it wrote directly (something
         // queued, their task writing, their socket full).
         let mut held_back = 0usize;
-        for (i, queue) in m.clients.values().enumerate() {
+        let mut queues = m.clients.values().enumerate().peekable();
+        while let Some((i, queue)) = queues.next() {
+            // The next client's queue is asked for now, to be in the cache when its
+            // turn comes after this client's send.
+            if let Some((_, next)) = queues.peek() {
+                super::queue::prefetch(next);
+            }
             if now_alone && i % RECHECK_EVERY == RECHECK_EVERY - 1 {
                 now_alone = alone();
                 if !now_alone {
