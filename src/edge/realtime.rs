@@ -392,7 +392,7 @@ impl Realtime {
                 let counting = ctx.counting(Transport::Sse);
                 let outcome = sse_session.run(&mut PingoraSink(session)).await;
                 let outcome = counting.end(&ctx.metrics, outcome);
-                ctx.ended(conn.as_deref(), "sse", outcome, &queue);
+                sse_session.ended(conn.as_deref(), outcome);
                 drop((held, registered, slot));
             }
             // Served above, before the method check (Engine.IO POSTs).

@@ -1,10 +1,11 @@
 //! Writing from the fan-out itself: when a message arrives on its own (no backlog at
-//! the hub) and a WebSocket client has nothing queued and nothing half-written, the
-//! hub writes the client's frame to its socket right away, with one non-blocking
-//! `send`, instead of queueing it and waking the client's task. That wake, the task's
-//! poll and its `select!` cost as much as the send itself; a message at a time (chat,
-//! dashboards, order status) pays them for every delivery. In a burst the hub queues
-//! as before, so a client's task writes many events with one send.
+//! the hub, [`super::pace`]) and a WebSocket or HTTP/1.1 SSE client has nothing queued
+//! and nothing half-written, the hub writes the client's frame (for SSE, the event's
+//! chunk) to its socket right away, with one non-blocking `send`, instead of queueing
+//! it and waking the client's task. That wake, the task's poll and its `select!` cost
+//! as much as the send itself; a message at a time (chat, dashboards, order status)
+//! pays them for every delivery. In a burst the hub queues as before, so a client's
+//! task writes many events with one send.
 //!
 //! The socket is shared by two writers, the hub and the client's task, through a
 //! [`Gate`] (one atomic byte): frames never interleave, the hub never writes while
