@@ -177,7 +177,9 @@ impl Hub {
 
     /// Replays what was stored on the JetStream topic `spec` since `since` into `queue`
     /// (a client admitted while the broker was unreachable, without a cursor). Live
-    /// events already queued are spliced after it, as for a cursor.
+    /// events already queued are spliced after it, as for a cursor. Without a stream
+    /// there is nothing to replay (what came during the outage never reached fanfare):
+    /// the queue, held for the replay, is released as it is.
     pub async fn resume_since(
         &self,
         spec: &TopicSpec,
@@ -185,6 +187,7 @@ impl Hub {
         queue: &ClientQueue,
     ) -> Result<(), BrokerError> {
         let Some(stream) = &spec.stream else {
+            queue.splice(Vec::new(), None);
             return Ok(());
         };
         let fits = queue.bound();
