@@ -5,10 +5,11 @@
 //! per client and never batches. That is the cheapest way while the hub keeps up. When
 //! it does not (messages one at a time but more of them than one core can send one by
 //! one: 20 a second to 10,000 clients), a backlog grows where the hub cannot see it
-//! (in the broker's socket) unless it queues: a client's writer then finds several
-//! messages and sends them with one write. So after a fan-out of direct writes that
-//! ended with a message already waiting, the hub queues until it has waited for a
-//! message at least as long as that fan-out took.
+//! (in the broker's socket, or in clients' queues whose writers wait for the CPU)
+//! unless it queues: a client's writer then finds several messages and sends them
+//! with one write. So after a fan-out of direct writes that ended with a message
+//! already waiting, or that had to queue for many of its clients, the hub queues until
+//! it has waited for a message at least as long as that fan-out took.
 
 use std::time::Duration;
 
@@ -19,7 +20,8 @@ const HELD_BACK: f64 = 0.25;
 /// The topic task's pace: one per topic.
 #[derive(Debug, Default)]
 pub struct Pace {
-    /// The last fan-out of direct writes ended with a message waiting.
+    /// The last fan-out of direct writes ended with a message waiting, or had to
+    /// queue for more than [`HELD_BACK`] of its clients.
     behind: bool,
     /// How long that fan-out took, or would have taken to every client.
     took: Duration,

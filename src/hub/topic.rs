@@ -251,11 +251,10 @@ impl Inner {
                     ahead = sub.next().now_or_never();
                     let direct = ahead.is_none() && pace.direct(idle);
                     let started = Instant::now();
-                    let reached = hub.fan_out(&topic, msg, || {
-                        if ahead.is_none() {
-                            ahead = sub.next().now_or_never();
-                        }
-                        direct && ahead.is_none()
+                    // Asked only while nothing was waiting, so `ahead` is empty here.
+                    let reached = hub.fan_out(&topic, msg, direct, || {
+                        ahead = sub.next().now_or_never();
+                        ahead.is_none()
                     });
                     if direct {
                         // What writing to every client would have taken, when the
@@ -275,13 +274,20 @@ impl Inner {
         topic
     }
 
-    /// Delivers one message to every client of `topic`. While `alone()` says no other
-    /// message is waiting behind it, clients with nothing queued are written to right
-    /// away ([`ClientQueue::push_or_write`]); in a burst every client's writer batches.
-    /// `alone` is asked again every [`RECHECK_EVERY`] clients: a long fan-out of
-    /// writes (about 5 µs each) gives way to queueing as soon as the next message
-    /// comes, so a backlog batches instead of growing.
-    fn fan_out(&self, topic: &Topic, msg: Message, mut alone: impl FnMut() -> bool) -> Reach {
+    /// Delivers one message to every client of `topic`. With `direct` (no other
+    /// message waiting behind it, the hub keeping up), clients with nothing queued are
+    /// written to right away ([`ClientQueue::push_or_write`]); otherwise every
+    /// client's writer batches. While it writes directly, `still_alone` is asked every
+    /// [`RECHECK_EVERY`] clients: a long fan-out of writes (about 5 µs each) gives way
+    /// to queueing as soon as the next message comes, so a backlog batches instead of
+    /// growing.
+    fn fan_out(
+        &self,
+        topic: &Topic,
+        msg: Message,
+        direct: bool,
+        mut still_alone: impl FnMut() -> bool,
+    ) -> Reach {
         // A message addressed to one connection reaches it through the directory
         // only, never through a topic whose pattern happens to cover it (`>`).
         if is_connection_subject(&msg.subject) {
@@ -313,7 +319,7 @@ impl Inner {
         }
         // Deliveries the hub wrote itself, WebSocket and SSE.
         let mut written = [0u64; 2];
-        let mut now_alone = alone();
+        let mut now_alone = direct;
         let clients = m.clients.len();
         let mut reached = clients;
         // Clients the fan-out could not write to while it wrote directly (something
@@ -327,7 +333,7 @@ impl Inner {
                 super::queue::prefetch(next);
             }
             if now_alone && i % RECHECK_EVERY == RECHECK_EVERY - 1 {
-                now_alone = alone();
+                now_alone = still_alone();
                 if !now_alone {
                     reached = i;
                 }
