@@ -328,6 +328,16 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
         metrics.clone(),
         started,
     ));
+    let pass = config.proxy.fast_path.then(|| {
+        Arc::new(edge::pass::Pass::new(
+            config.upstream.clone(),
+            config.proxy.clone(),
+            metrics.clone(),
+            inflight.clone(),
+            realtime.clone(),
+            config.client,
+        ))
+    });
     let edge = Edge::new(
         config.upstream.clone(),
         config.proxy.clone(),
@@ -359,6 +369,7 @@ pub async fn run(config: Config) -> Result<Handle, StartError> {
         limits: limits.clone(),
         h2c: config.proxy.h2c,
         trusted: config.limits.trusted_proxies.clone(),
+        pass,
     };
     tokio::spawn(edge::listener::serve(
         edge_listener,

@@ -43,6 +43,9 @@ pub struct HeadPolicy {
     /// Trusted proxies: every connection of a load balancer comes from its address,
     /// so they are not held to the per-IP pending cap (the deadline still applies).
     pub trusted: Vec<crate::config::Cidr>,
+    /// The pass-through fast path (`proxy.fast_path`), tried before pingora on each
+    /// HTTP/1 connection.
+    pub pass: Option<Arc<super::pass::Pass>>,
 }
 
 /// One connection's head state: `true` while a request is being served.
@@ -148,29 +151,61 @@ pub async fn serve<A>(
                     seen: watch::channel(false).0,
                     pending: std::sync::Mutex::new(pending),
                 });
-                tokio::spawn(HEAD.scope(watch.clone(), async move {
-                    let serve = async {
-                        if policy.h2c {
-                            let mut buf = [0u8; H2_PREFACE.len()];
-                            if let Ok(Ok(true)) = tokio::time::timeout(policy.timeout, stream.try_peek(&mut buf)).await
-                                && buf == H2_PREFACE
-                            {
+                tokio::spawn(async move {
+                    // The first head's deadline covers the h2c peek and the fast path.
+                    let deadline = tokio::time::Instant::now() + policy.timeout;
+                    let mut h2 = false;
+                    if policy.h2c {
+                        let mut buf = [0u8; H2_PREFACE.len()];
+                        match tokio::time::timeout_at(deadline, stream.try_peek(&mut buf)).await {
+                            Err(_) => {
+                                tracing::debug!(peer = %peer.ip(), "request head too slow: connection closed");
+                                return;
+                            }
+                            Ok(Ok(true)) if buf == H2_PREFACE => {
                                 // HTTP/2: past its head; h2_idle_timeout bounds it now.
                                 watch.mark(true);
+                                h2 = true;
                             }
+                            Ok(_) => {}
                         }
-                        let mut next = app.process_new(Box::new(Buffered::new(stream)), &shutdown).await;
+                    }
+                    // The fast path bounds its heads itself; pingora's are bounded by
+                    // the watch below.
+                    if !h2 && let Some(pass) = &policy.pass {
+                        let seen = |s: bool| watch.mark(s);
+                        let next = pass
+                            .serve(
+                                &mut stream,
+                                peer.ip(),
+                                &shutdown,
+                                (deadline, policy.timeout),
+                                &seen,
+                            )
+                            .await;
+                        if next == super::pass::Next::Closed {
+                            return;
+                        }
+                    }
+                    let serve = async {
+                        let mut next = app
+                            .process_new(Box::new(Buffered::new(stream)), &shutdown)
+                            .await;
                         while let Some(reused) = next {
                             next = app.process_new(reused, &shutdown).await;
                         }
                     };
-                    tokio::select! {
-                        () = serve => {}
-                        () = watch.expired(policy.timeout) => {
-                            tracing::debug!(peer = %peer.ip(), "request head too slow: connection closed");
+                    // pingora's filters find the watch through the task-local.
+                    HEAD.scope(watch.clone(), async {
+                        tokio::select! {
+                            () = serve => {}
+                            () = watch.expired(policy.timeout) => {
+                                tracing::debug!(peer = %peer.ip(), "request head too slow: connection closed");
+                            }
                         }
-                    }
-                }));
+                    })
+                    .await;
+                });
             }
             Err(e) => {
                 // EMFILE/ENFILE return at once and would spin: back off briefly so

@@ -7,7 +7,8 @@
 //! process exit as soon as in-flight requests are done instead of sleeping the whole
 //! grace period.
 //!
-//! - `proxy`: the `ProxyHttp` pass-through; [`listener`]: the accept loop;
+//! - [`pass`]: the pass-through fast path for plain HTTP/1.1 requests; `proxy`: the
+//!   `ProxyHttp` pass-through for the rest; [`listener`]: the accept loop;
 //!   `handoff`: taking a held connection's raw stream out of pingora;
 //! - [`realtime`]: match -> gate -> admit -> hand to a transport; [`route`]: a route
 //!   compiled from config; [`cors`]: the Origin policy and response heads;
@@ -23,6 +24,7 @@ pub mod cors;
 mod handoff;
 pub mod listener;
 mod live;
+pub mod pass;
 mod proxy;
 pub mod realtime;
 pub mod respond;

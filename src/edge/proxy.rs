@@ -26,7 +26,7 @@ pub struct InFlight {
 }
 
 impl InFlight {
-    fn enter(self: &Arc<Self>) -> InFlightGuard {
+    pub(super) fn enter(self: &Arc<Self>) -> InFlightGuard {
         self.count.fetch_add(1, Ordering::AcqRel);
         InFlightGuard(self.clone())
     }
@@ -37,7 +37,7 @@ impl InFlight {
     }
 }
 
-struct InFlightGuard(Arc<InFlight>);
+pub(super) struct InFlightGuard(Arc<InFlight>);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
@@ -93,19 +93,23 @@ impl Edge {
     }
 
     async fn resolve(&self) -> Result<SocketAddr> {
-        if let Some(a) = self.upstream_addr {
-            return Ok(a);
-        }
-        let mut addrs = tokio::net::lookup_host((self.upstream.host.as_str(), self.upstream.port))
-            .await
-            .map_err(|e| {
-                Error::because(ErrorType::ConnectNoRoute, "resolving the upstream host", e)
-                    .into_up()
-            })?;
-        addrs.next().ok_or_else(|| {
-            Error::explain(ErrorType::ConnectNoRoute, "upstream host has no address").into_up()
-        })
+        resolve(&self.upstream, self.upstream_addr).await
     }
+}
+
+/// The app's address: `addr` when the host is an IP literal, else a lookup.
+pub(super) async fn resolve(upstream: &Upstream, addr: Option<SocketAddr>) -> Result<SocketAddr> {
+    if let Some(a) = addr {
+        return Ok(a);
+    }
+    let mut addrs = tokio::net::lookup_host((upstream.host.as_str(), upstream.port))
+        .await
+        .map_err(|e| {
+            Error::because(ErrorType::ConnectNoRoute, "resolving the upstream host", e).into_up()
+        })?;
+    addrs.next().ok_or_else(|| {
+        Error::explain(ErrorType::ConnectNoRoute, "upstream host has no address").into_up()
+    })
 }
 
 #[async_trait]

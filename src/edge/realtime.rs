@@ -145,6 +145,13 @@ impl Realtime {
         }
     }
 
+    /// Whether `path` is one of these realtime routes.
+    pub fn claims(&self, path: &str) -> bool {
+        self.routes
+            .iter()
+            .any(|l| l.route.match_path(path).is_some())
+    }
+
     /// Serves `session` when its path is a realtime route; `Ok(false)` passes it on to
     /// the app.
     pub async fn handle(&self, session: &mut Session) -> pingora::Result<bool> {

@@ -119,6 +119,21 @@ impl Refusal {
         write(session, self.status(), &headers, body).await
     }
 
+    /// The refusal as HTTP/1.1 bytes that close the connection (the edge's fast path).
+    pub fn to_h1(&self) -> Vec<u8> {
+        let r = self.to_response();
+        let mut out = format!("HTTP/1.1 {}\r\n", r.status()).into_bytes();
+        for (k, v) in r.headers() {
+            out.extend_from_slice(k.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"connection: close\r\n\r\n");
+        out.extend_from_slice(r.body());
+        out
+    }
+
     /// The refusal as a response (the admin listener).
     pub fn to_response(&self) -> Response<Vec<u8>> {
         let (headers, body) = self.parts();
