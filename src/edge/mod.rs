@@ -14,7 +14,8 @@
 //!   compiled from config; [`cors`]: the Origin policy and response heads;
 //!   [`client`]: the client's address and scheme (trusted proxies);
 //! - [`assets`]: the browser client and the demo page under `/_fanfare/`;
-//! - [`respond`]: the one refusal type and JSON writer (edge and admin).
+//! - [`respond`]: the one refusal type and JSON writer (edge and admin); `upstream`:
+//!   the app's address and the in-flight count both pass-through paths share.
 
 mod admission;
 pub mod assets;
@@ -30,6 +31,8 @@ pub mod realtime;
 pub mod respond;
 pub mod route;
 pub mod socketio;
+mod upstream;
 
 pub use handoff::take_h1_stream;
-pub use proxy::{Edge, InFlight};
+pub use proxy::Edge;
+pub use upstream::InFlight;

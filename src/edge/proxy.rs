@@ -1,8 +1,7 @@
 //! The pingora `ProxyHttp` implementation: pass-through to the app.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -16,34 +15,9 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use super::assets::Assets;
 use super::realtime::Realtime;
 use super::respond::Refusal;
+use super::upstream::{InFlight, InFlightGuard, resolve};
 use crate::config::{ProxyConfig, Upstream};
 use crate::metrics::Metrics;
-
-/// Counts proxied requests in flight so shutdown can wait for them.
-#[derive(Default)]
-pub struct InFlight {
-    count: AtomicUsize,
-}
-
-impl InFlight {
-    pub(super) fn enter(self: &Arc<Self>) -> InFlightGuard {
-        self.count.fetch_add(1, Ordering::AcqRel);
-        InFlightGuard(self.clone())
-    }
-
-    /// Requests in flight now.
-    pub fn current(&self) -> usize {
-        self.count.load(Ordering::Acquire)
-    }
-}
-
-pub(super) struct InFlightGuard(Arc<InFlight>);
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.0.count.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// Per-request state.
 pub struct RequestCtx {
@@ -76,11 +50,7 @@ impl Edge {
         realtime: Arc<ArcSwap<Realtime>>,
         assets: Option<Assets>,
     ) -> Edge {
-        let upstream_addr = upstream
-            .host
-            .parse::<IpAddr>()
-            .ok()
-            .map(|ip| SocketAddr::new(ip, upstream.port));
+        let upstream_addr = super::upstream::literal(&upstream);
         Edge {
             upstream,
             upstream_addr,
@@ -95,21 +65,6 @@ impl Edge {
     async fn resolve(&self) -> Result<SocketAddr> {
         resolve(&self.upstream, self.upstream_addr).await
     }
-}
-
-/// The app's address: `addr` when the host is an IP literal, else a lookup.
-pub(super) async fn resolve(upstream: &Upstream, addr: Option<SocketAddr>) -> Result<SocketAddr> {
-    if let Some(a) = addr {
-        return Ok(a);
-    }
-    let mut addrs = tokio::net::lookup_host((upstream.host.as_str(), upstream.port))
-        .await
-        .map_err(|e| {
-            Error::because(ErrorType::ConnectNoRoute, "resolving the upstream host", e).into_up()
-        })?;
-    addrs.next().ok_or_else(|| {
-        Error::explain(ErrorType::ConnectNoRoute, "upstream host has no address").into_up()
-    })
 }
 
 #[async_trait]

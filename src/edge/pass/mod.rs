@@ -33,9 +33,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::proxy::InFlight;
 use super::realtime::Realtime;
 use super::respond::Refusal;
+use super::upstream::InFlight;
 use crate::config::{ProxyConfig, Upstream};
 use crate::metrics::Metrics;
 use chunked::Chunked;
@@ -141,11 +141,7 @@ impl Pass {
         realtime: Arc<ArcSwap<Realtime>>,
         assets: bool,
     ) -> Pass {
-        let upstream_addr = upstream
-            .host
-            .parse::<IpAddr>()
-            .ok()
-            .map(|ip| SocketAddr::new(ip, upstream.port));
+        let upstream_addr = super::upstream::literal(&upstream);
         let pool = Pool::new(proxy.keepalive_pool, proxy.idle_timeout.0);
         let counted = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"]
             .map(|c| (c, metrics.upstream_requests.with_label_values(&[c])));
@@ -286,7 +282,7 @@ impl Pass {
     }
 
     async fn dial(&self) -> Result<TcpStream, Failure> {
-        let addr = super::proxy::resolve(&self.upstream, self.upstream_addr)
+        let addr = super::upstream::resolve(&self.upstream, self.upstream_addr)
             .await
             .map_err(|e| Failure::Refuse(unavailable(), e.to_string()))?;
         match tokio::time::timeout(self.proxy.connect_timeout.0, TcpStream::connect(addr)).await {
