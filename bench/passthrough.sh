@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Pass-through cost: wrk straight at an app vs. wrk through fanfare, in one run, with
-# nginx as a reverse proxy (keep-alive upstream) in the same place as a reference for
-# what any proxy costs here. The app is nginx serving a 1 KiB static file (Python's
+# Pass-through cost: wrk straight at an app vs. wrk through fanfare (its fast path, and
+# pingora alone with `proxy.fast_path: false`), in one run, with nginx as a reverse
+# proxy (keep-alive upstream) in the same place as a reference for what any proxy costs
+# here. The app is nginx serving a 1 KiB static file (Python's
 # http.server is too slow to show a proxy's cost). Loopback only; bounded by DURATION;
 # stops what it started.
 #
@@ -23,6 +24,7 @@ cargo build --release --quiet
 work=$(mktemp -d)
 . bench/lib.sh
 APP=$(free_port); EDGE=$(free_port); ADMIN=$(free_port); NPROXY=$(free_port)
+EDGE2=$(free_port); ADMIN2=$(free_port)
 head -c 1024 /dev/zero | tr '\0' 'x' > "$work/index.html"
 cat > "$work/nginx.conf" <<NGX
 worker_processes 1;
@@ -54,15 +56,23 @@ upstream: http://127.0.0.1:$APP
 admin: { listen: 127.0.0.1:$ADMIN }
 log: { level: warn }
 YML
+cat > "$work/pingora.yaml" <<YML
+listen: 127.0.0.1:$EDGE2
+upstream: http://127.0.0.1:$APP
+admin: { listen: 127.0.0.1:$ADMIN2 }
+proxy: { fast_path: false }
+log: { level: warn }
+YML
 if [ "$KIND" = python ]; then
   taskset -c 0 python3 bench/peers/app.py "$APP" "$work/index.html" & NGINX_PID=$!
 else
   taskset -c 0 nginx -c "$work/nginx.conf" -g 'daemon off;' & NGINX_PID=$!
 fi
 taskset -c 0 target/release/fanfare --config "$work/fanfare.yaml" 2>"$work/fanfare.log" & FF_PID=$!
+taskset -c 0 target/release/fanfare --config "$work/pingora.yaml" 2>"$work/pingora.log" & PG_PID=$!
 taskset -c 0 nginx -c "$work/proxy.conf" -g 'daemon off;' & PROXY_PID=$!
-trap 'kill $NGINX_PID $FF_PID $PROXY_PID 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
-for port in $EDGE $NPROXY; do
+trap 'kill $NGINX_PID $FF_PID $PG_PID $PROXY_PID 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+for port in $EDGE $EDGE2 $NPROXY; do
   for i in $(seq 100); do
     curl -sf "http://127.0.0.1:$port/index.html" >/dev/null 2>&1 && break; sleep 0.1
   done
@@ -75,16 +85,21 @@ direct=$(run "http://127.0.0.1:$APP/index.html")
 c0=$(cpu $FF_PID)
 through=$(run "http://127.0.0.1:$EDGE/index.html")
 c1=$(cpu $FF_PID)
+p0=$(cpu $PG_PID)
+pingora=$(run "http://127.0.0.1:$EDGE2/index.html")
+p1=$(cpu $PG_PID)
 n0=$(cpu $PROXY_WORKER)
 nginx_proxy=$(run "http://127.0.0.1:$NPROXY/index.html")
 n1=$(cpu $PROXY_WORKER)
 ticks=$(getconf CLK_TCK)
-python3 - "$direct" "$through" "$c0" "$c1" "$nginx_proxy" "$n0" "$n1" "$ticks" "$DURATION" <<'PY'
+python3 - "$direct" "$through" "$c0" "$c1" "$nginx_proxy" "$n0" "$n1" "$ticks" "$DURATION" "$pingora" "$p0" "$p1" <<'PY'
 import sys
-d, t, c0, c1, n, n0, n1, hz, dur = (float(x) for x in sys.argv[1:])
+d, t, c0, c1, n, n0, n1, hz, dur, p, p0, p1 = (float(x) for x in sys.argv[1:])
 print(f"direct to app:       {d:10.0f} req/s")
 print(f"through fanfare:     {t:10.0f} req/s  ({100*t/d:.1f}% of direct), "
       f"{1e6*(c1-c0)/hz/(t*dur):.1f} us CPU per request")
+print(f"fanfare, pingora only: {p:8.0f} req/s  ({100*p/d:.1f}% of direct), "
+      f"{1e6*(p1-p0)/hz/(p*dur):.1f} us CPU per request  (proxy.fast_path: false)")
 print(f"through nginx proxy: {n:10.0f} req/s  ({100*n/d:.1f}% of direct), "
       f"{1e6*(n1-n0)/hz/(n*dur):.1f} us CPU per request  (reference)")
 PY

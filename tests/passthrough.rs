@@ -27,6 +27,8 @@ struct Seen {
 struct RawApp {
     addr: SocketAddr,
     seen: Arc<Mutex<Seen>>,
+    /// Lets every request waiting in `/wait` answer.
+    release: Arc<tokio::sync::Notify>,
 }
 
 const BIG: usize = 300_000;
@@ -36,14 +38,19 @@ impl RawApp {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let s = seen.clone();
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (s, r) = (seen.clone(), release.clone());
         tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
                 s.lock().unwrap().connections += 1;
-                tokio::spawn(Self::serve(conn, s.clone()));
+                tokio::spawn(Self::serve(conn, s.clone(), r.clone()));
             }
         });
-        RawApp { addr, seen }
+        RawApp {
+            addr,
+            seen,
+            release,
+        }
     }
 
     fn url(&self) -> String {
@@ -54,7 +61,7 @@ impl RawApp {
         self.seen.lock().unwrap().requests.clone()
     }
 
-    async fn serve(mut conn: TcpStream, seen: Arc<Mutex<Seen>>) {
+    async fn serve(mut conn: TcpStream, seen: Arc<Mutex<Seen>>, release: Arc<tokio::sync::Notify>) {
         let mut buf = Vec::new();
         loop {
             let Some((head, body)) = read_request(&mut conn, &mut buf).await else {
@@ -87,6 +94,12 @@ impl RawApp {
                     let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
                     r.extend_from_slice(&body);
                     (r, false)
+                }
+                "/wait" => {
+                    let released = release.notified();
+                    seen.lock().unwrap().requests.push(("waiting".into(), Vec::new()));
+                    released.await;
+                    (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone".to_vec(), false)
                 }
                 "/hang" => {
                     tokio::time::sleep(Duration::from_secs(30)).await;
@@ -553,4 +566,48 @@ async fn with_the_fast_path_off_pingora_passes_every_request() {
         // passes the app's head as it is.
         assert_eq!(r.header("date").is_some(), through_pingora, "{}", r.head);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_lets_the_request_under_way_finish_and_then_ends_keep_alive() {
+    let app = RawApp::start().await;
+    let ff = fanfare_for(&app, "").await;
+    let mut c = Client::to(ff.edge_addr).await;
+    c.send(&get("/wait")).await;
+    let seen = app.seen.clone();
+    wait_for("the request reaches the app", DEADLINE, || {
+        let waiting = seen
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .any(|(h, _)| h == "waiting");
+        async move { waiting.then_some(()) }
+    })
+    .await;
+    let admin = ff.admin_addr;
+    let shutdown = tokio::spawn(ff.shutdown());
+    wait_for("the drain to begin", DEADLINE, || async move {
+        (admin_get(admin, "/readyz").await.0 == 503).then_some(())
+    })
+    .await;
+    assert!(
+        !shutdown.is_finished(),
+        "the drain waits for the request in flight"
+    );
+    app.release.notify_waiters();
+    let r = c.response("GET").await;
+    assert_eq!((r.status(), &r.body[..]), (200, &b"done"[..]));
+    assert_eq!(
+        r.header("connection").as_deref(),
+        Some("close"),
+        "{}",
+        r.head
+    );
+    assert!(c.closed().await);
+    let drained = tokio::time::timeout(DEADLINE, shutdown)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(drained, fanfare::Drained::Clean);
 }

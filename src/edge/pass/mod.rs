@@ -230,9 +230,8 @@ impl Pass {
                 // An idle keep-alive connection holds no buffer.
                 buf = Buf::default();
             }
-            let close = req.close || *shutdown.borrow();
-            let (keep, end) = self.exchange(conn, &req, close).await;
-            if !keep || close {
+            let (keep, end) = self.exchange(conn, &req, shutdown).await;
+            if !keep {
                 return Next::Closed;
             }
             deadline = tokio::time::Instant::from_std(end) + head_timeout;
@@ -241,11 +240,16 @@ impl Pass {
 
     /// Passes one request on and its response back; whether the connection stays,
     /// and when the response ended.
-    async fn exchange(&self, conn: &mut L4, req: &Request, close: bool) -> (bool, Instant) {
+    async fn exchange(
+        &self,
+        conn: &mut L4,
+        req: &Request,
+        shutdown: &watch::Receiver<bool>,
+    ) -> (bool, Instant) {
         let _inflight = self.inflight.enter();
         let start = Instant::now();
         let mut idle = None;
-        let (class, keep) = match self.forward(conn, req, close, start).await {
+        let (class, keep) = match self.forward(conn, req, shutdown, start).await {
             Ok((status, keep, up)) => {
                 idle = up;
                 (status_class(status), keep)
@@ -342,15 +346,18 @@ impl Pass {
         &self,
         conn: &mut L4,
         req: &Request,
-        close: bool,
+        shutdown: &watch::Receiver<bool>,
         now: Instant,
     ) -> Result<(u16, bool, Option<TcpStream>), Failure> {
         let (mut up, mut reused) = self.connection(now).await?;
         let mut rbuf = Buf::with(READ_CHUNK);
         let mut out = Buf::with(1024);
         let mut asked = false;
-        let resp = loop {
+        let (resp, close) = loop {
             if asked && !rbuf.is_empty() {
+                // Keep-alive ends when the client asked, or a drain has started by the
+                // time the app answers.
+                let close = req.close || *shutdown.borrow();
                 match head::response(&rbuf, req.head_method, close, &mut out) {
                     Err(bad) => return Err(Failure::Refuse(unavailable(), bad.0.into())),
                     Ok(Some(r)) if (100..200).contains(&r.status) => {
@@ -360,7 +367,7 @@ impl Pass {
                         reused = false;
                         continue;
                     }
-                    Ok(Some(r)) => break r,
+                    Ok(Some(r)) => break (r, close),
                     Ok(None) => {}
                 }
             }
@@ -438,7 +445,7 @@ impl Pass {
                 return Ok((status, false, None));
             }
         }
-        Ok((status, true, reusable.then_some(up)))
+        Ok((status, !close, reusable.then_some(up)))
     }
 }
 
