@@ -24,7 +24,9 @@
 //!                                 raw frames)}, ws_socket (buffers, 101, error closes), rpc
 //!                                 (calls to app.message), poll, echo, socketio/{mod (Engine,
 //!                                 Registry), session/{mod,events}, polling, ws}
-//! src/edge/                       the pingora side: proxy, listener (accept loop, head deadline),
+//! src/edge/                       the pingora side: pass/ (the pass-through fast path for
+//!                                 plain HTTP/1.1, pingora takes the rest), upstream (app
+//!                                 address, in-flight count), proxy, listener (accept loop, head deadline),
 //!                                 handoff, realtime (match -> gate -> admit -> transport),
 //!                                 admission (limits, the app's connect), socketio (Engine.IO
 //!                                 requests), route,
