@@ -257,7 +257,15 @@ impl Pass {
             Err(Failure::Broken(status)) => (status.map_or("error", status_class), false),
             Err(Failure::Refuse(refusal, why)) => {
                 let class = status_class(refusal.status().as_u16());
-                tracing::warn!(error = %why, "pass-through failed");
+                // As pingora's summary: the path without the query (it may carry a token).
+                let line = req
+                    .upstream
+                    .split(|&b| b == b'\r')
+                    .next()
+                    .unwrap_or_default();
+                let target = line.split(|&b| b == b' ').nth(1).unwrap_or_default();
+                let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+                tracing::warn!(error = %why, path = %String::from_utf8_lossy(path), "pass-through failed");
                 let bytes = refusal.to_h1();
                 let _ =
                     tokio::time::timeout(self.proxy.write_timeout.0, conn.write_all(&bytes)).await;
