@@ -611,3 +611,17 @@ async fn a_drain_lets_the_request_under_way_finish_and_then_ends_keep_alive() {
         .unwrap();
     assert_eq!(drained, fanfare::Drained::Clean);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_sent_a_byte_at_a_time_is_read_whole() {
+    let app = RawApp::start().await;
+    let ff = fanfare_for(&app, "").await;
+    let mut c = Client::to(ff.edge_addr).await;
+    c.conn.set_nodelay(true).unwrap();
+    for b in get("/slowly") {
+        c.send(&[b]).await;
+        tokio::task::yield_now().await;
+    }
+    let r = c.response("GET").await;
+    assert_eq!(r.body, b"you asked for /slowly");
+}

@@ -178,22 +178,23 @@ impl Pass {
         let (mut deadline, head_timeout) = deadline;
         let mut buf = Buf::default();
         let mut first = true;
+        // How much of `buf` was parsed as an unfinished head: a head can only finish
+        // with a line, so a read without a newline is not parsed again (a head sent
+        // byte by byte is not re-parsed thousands of times).
+        let mut parsed = 0;
         // Formatted once per connection, not per request.
         let peer = peer.to_string();
         loop {
             let req = loop {
-                if !buf.is_empty() {
+                if buf.len() > parsed && buf[parsed..].contains(&b'\n') {
                     match head::request(&buf, &peer, |p| self.claimed(p)) {
                         Parsed::Ready(r) => break r,
-                        Parsed::Pingora => {
-                            if !first {
-                                seen(false);
-                            }
-                            conn.rewind(&buf);
-                            return Next::Pingora;
-                        }
-                        Parsed::Partial => {}
+                        Parsed::Pingora => return to_pingora(conn, &buf, first, seen),
+                        Parsed::Partial => parsed = buf.len(),
                     }
+                } else if buf.len() >= head::MAX_HEAD {
+                    // No line end in sight: pingora's limits answer it.
+                    return to_pingora(conn, &buf, first, seen);
                 }
                 if buf.capacity() == 0 {
                     buf = Buf::with(0);
@@ -226,6 +227,7 @@ impl Pass {
             let mut req = req;
             req.upstream.extend_from_slice(&buf[req.head_len..whole]);
             buf.drain(..whole);
+            parsed = 0;
             if buf.is_empty() {
                 // An idle keep-alive connection holds no buffer.
                 buf = Buf::default();
@@ -455,6 +457,21 @@ impl Pass {
         }
         Ok((status, !close, reusable.then_some(up)))
     }
+}
+
+/// Hands `conn` to pingora with what was read of it; pingora bounds the next head
+/// unless the first one is still awaited (its deadline then runs already).
+fn to_pingora(
+    conn: &mut L4,
+    read: &[u8],
+    first: bool,
+    seen: &(dyn Fn(bool) + Send + Sync),
+) -> Next {
+    if !first {
+        seen(false);
+    }
+    conn.rewind(read);
+    Next::Pingora
 }
 
 /// `fut` bounded by `limit`, starting the clock only if it does not finish at once
