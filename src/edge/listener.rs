@@ -69,17 +69,24 @@ impl HeadWatch {
     }
 
     /// Resolves when a head has been awaited for longer than `timeout`.
-    async fn expired(&self, timeout: Duration) {
+    /// `first`: when the connection's first head is due (its clock started at
+    /// accept, before the h2c peek and the fast path).
+    async fn expired(&self, timeout: Duration, first: tokio::time::Instant) {
         let mut rx = self.seen.subscribe();
+        let mut first = Some(first);
         loop {
             if *rx.borrow_and_update() {
+                first = None;
                 if rx.changed().await.is_err() {
                     return std::future::pending().await;
                 }
                 continue;
             }
+            let due = first
+                .take()
+                .unwrap_or_else(|| tokio::time::Instant::now() + timeout);
             tokio::select! {
-                () = tokio::time::sleep(timeout) => return,
+                () = tokio::time::sleep_until(due) => return,
                 r = rx.changed() => if r.is_err() { return std::future::pending().await },
             }
         }
@@ -199,7 +206,7 @@ pub async fn serve<A>(
                     HEAD.scope(watch.clone(), async {
                         tokio::select! {
                             () = serve => {}
-                            () = watch.expired(policy.timeout) => {
+                            () = watch.expired(policy.timeout, deadline) => {
                                 tracing::debug!(peer = %peer.ip(), "request head too slow: connection closed");
                             }
                         }
