@@ -1,6 +1,5 @@
 //! The pingora `ProxyHttp` implementation: pass-through to the app.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,7 +14,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use super::assets::Assets;
 use super::realtime::Realtime;
 use super::respond::Refusal;
-use super::upstream::{InFlight, InFlightGuard, resolve};
+use super::upstream::{App, InFlight, InFlightGuard};
 use crate::config::{ProxyConfig, Upstream};
 use crate::metrics::Metrics;
 
@@ -27,9 +26,7 @@ pub struct RequestCtx {
 
 /// The edge's proxy logic.
 pub struct Edge {
-    upstream: Upstream,
-    /// Set when the upstream host is an IP literal: no lookup per request.
-    upstream_addr: Option<SocketAddr>,
+    app: App,
     proxy: ProxyConfig,
     metrics: Metrics,
     inflight: Arc<InFlight>,
@@ -50,20 +47,14 @@ impl Edge {
         realtime: Arc<ArcSwap<Realtime>>,
         assets: Option<Assets>,
     ) -> Edge {
-        let upstream_addr = super::upstream::literal(&upstream);
         Edge {
-            upstream,
-            upstream_addr,
+            app: App::new(upstream),
             proxy,
             metrics,
             inflight,
             realtime,
             assets,
         }
-    }
-
-    async fn resolve(&self) -> Result<SocketAddr> {
-        resolve(&self.upstream, self.upstream_addr).await
     }
 }
 
@@ -115,7 +106,7 @@ impl ProxyHttp for Edge {
         _session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let addr = self.resolve().await?;
+        let addr = self.app.resolve().await?;
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(self.proxy.connect_timeout.0);
         peer.options.read_timeout = Some(self.proxy.read_timeout.0);

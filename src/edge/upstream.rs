@@ -35,26 +35,37 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// The app's address when its host is an IP literal (no lookup per connection then).
-pub(super) fn literal(upstream: &Upstream) -> Option<SocketAddr> {
-    upstream
-        .host
-        .parse::<std::net::IpAddr>()
-        .ok()
-        .map(|ip| SocketAddr::new(ip, upstream.port))
+/// Where the app is: its configured host and port, and the address itself when the
+/// host is an IP literal (then no lookup per connection).
+pub(super) struct App {
+    upstream: Upstream,
+    literal: Option<SocketAddr>,
 }
 
-/// The app's address: `addr` ([`literal`]) when there is one, else a lookup.
-pub(super) async fn resolve(upstream: &Upstream, addr: Option<SocketAddr>) -> Result<SocketAddr> {
-    if let Some(a) = addr {
-        return Ok(a);
+impl App {
+    pub(super) fn new(upstream: Upstream) -> App {
+        let literal = upstream
+            .host
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, upstream.port));
+        App { upstream, literal }
     }
-    let mut addrs = tokio::net::lookup_host((upstream.host.as_str(), upstream.port))
-        .await
-        .map_err(|e| {
-            Error::because(ErrorType::ConnectNoRoute, "resolving the upstream host", e).into_up()
-        })?;
-    addrs.next().ok_or_else(|| {
-        Error::explain(ErrorType::ConnectNoRoute, "upstream host has no address").into_up()
-    })
+
+    /// The app's address: the literal one, else a lookup.
+    pub(super) async fn resolve(&self) -> Result<SocketAddr> {
+        if let Some(a) = self.literal {
+            return Ok(a);
+        }
+        let up = &self.upstream;
+        let mut addrs = tokio::net::lookup_host((up.host.as_str(), up.port))
+            .await
+            .map_err(|e| {
+                Error::because(ErrorType::ConnectNoRoute, "resolving the upstream host", e)
+                    .into_up()
+            })?;
+        addrs.next().ok_or_else(|| {
+            Error::explain(ErrorType::ConnectNoRoute, "upstream host has no address").into_up()
+        })
+    }
 }

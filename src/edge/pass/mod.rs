@@ -22,7 +22,7 @@ pub mod head;
 mod pool;
 mod spare;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,7 @@ use tokio::sync::watch;
 
 use super::realtime::Realtime;
 use super::respond::Refusal;
-use super::upstream::InFlight;
+use super::upstream::{App, InFlight};
 use crate::config::{ProxyConfig, Upstream};
 use crate::metrics::Metrics;
 use chunked::Chunked;
@@ -48,8 +48,7 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// The fast path of one edge.
 pub struct Pass {
-    upstream: Upstream,
-    upstream_addr: Option<SocketAddr>,
+    app: App,
     proxy: ProxyConfig,
     metrics: Metrics,
     inflight: Arc<InFlight>,
@@ -74,8 +73,9 @@ pub enum Next {
 enum Failure {
     /// Nothing reached the client yet: it gets this refusal (and the log the reason).
     Refuse(Refusal, String),
-    /// The client failed, or the response broke after its head: the connection closes.
-    Broken(Option<u16>),
+    /// The client failed, or the response broke after the head of this status: the
+    /// connection closes.
+    Broken(u16),
 }
 
 /// An error reaching the app.
@@ -141,14 +141,12 @@ impl Pass {
         realtime: Arc<ArcSwap<Realtime>>,
         assets: bool,
     ) -> Pass {
-        let upstream_addr = super::upstream::literal(&upstream);
         let pool = Pool::new(proxy.keepalive_pool, proxy.idle_timeout.0);
         let counted = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"]
             .map(|c| (c, metrics.upstream_requests.with_label_values(&[c])));
         Pass {
             counted,
-            upstream,
-            upstream_addr,
+            app: App::new(upstream),
             proxy,
             metrics,
             inflight,
@@ -256,7 +254,7 @@ impl Pass {
                 idle = up;
                 (status_class(status), keep)
             }
-            Err(Failure::Broken(status)) => (status.map_or("error", status_class), false),
+            Err(Failure::Broken(status)) => (status_class(status), false),
             Err(Failure::Refuse(refusal, why)) => {
                 let class = status_class(refusal.status().as_u16());
                 // As pingora's summary: the path without the query (it may carry a token).
@@ -296,7 +294,9 @@ impl Pass {
     }
 
     async fn dial(&self) -> Result<TcpStream, Failure> {
-        let addr = super::upstream::resolve(&self.upstream, self.upstream_addr)
+        let addr = self
+            .app
+            .resolve()
             .await
             .map_err(|e| Failure::Refuse(unavailable(), e.to_string()))?;
         match tokio::time::timeout(self.proxy.connect_timeout.0, TcpStream::connect(addr)).await {
@@ -345,7 +345,7 @@ impl Pass {
     async fn to_client(&self, conn: &mut L4, bytes: &[u8], status: u16) -> Result<(), Failure> {
         match within(self.proxy.write_timeout.0, conn.write_all(bytes)).await {
             Some(Ok(())) => Ok(()),
-            _ => Err(Failure::Broken(Some(status))),
+            _ => Err(Failure::Broken(status)),
         }
     }
 
@@ -400,7 +400,7 @@ impl Pass {
             asked = true;
         };
         let status = resp.status;
-        let broken = || Failure::Broken(Some(status));
+        let broken = || Failure::Broken(status);
         let rest = &rbuf[resp.head_len..];
         let mut reusable = resp.reusable;
         match resp.framing {
@@ -449,7 +449,7 @@ impl Pass {
                     match self.read_more(&mut up, &mut rbuf).await {
                         Ok(()) => self.to_client(conn, &rbuf, status).await?,
                         Err(e) if e.kind == UpKind::Closed => break,
-                        Err(_) => return Err(Failure::Broken(Some(status))),
+                        Err(_) => return Err(broken()),
                     }
                 }
                 return Ok((status, false, None));
