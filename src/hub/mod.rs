@@ -380,4 +380,25 @@ mod tests {
         assert!(Arc::ptr_eq(&ea[0], &eb[0]), "each message is encoded once");
         assert!(ea[0].id.starts_with(hub.epoch()));
     }
+
+    /// The fan-out walks a topic's clients in the order of their ids (the order they
+    /// connected in), which is the order the kernel made their sockets in: writing one
+    /// message to 10,000 sockets in that order costs about 15% less than in a hash
+    /// map's order (docs/performance.md).
+    #[tokio::test]
+    async fn the_fan_out_visits_clients_in_the_order_they_joined() {
+        let (hub, _broker) = hub();
+        let mut held = Vec::new();
+        for client in 1..=200u64 {
+            held.push(hub.join("s.1", client, queue()).await.unwrap());
+        }
+        let topics = hub.inner.topics();
+        let order: Vec<u64> = topics[&TopicSpec::live("s.1").key()]
+            .members()
+            .clients
+            .keys()
+            .copied()
+            .collect();
+        assert_eq!(order, (1..=200).collect::<Vec<_>>());
+    }
 }

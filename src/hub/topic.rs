@@ -2,7 +2,7 @@
 //! its members, its ring, and the task that fans each message out to every member's
 //! queue.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -94,7 +94,13 @@ impl TopicSpec {
 }
 
 pub(super) struct Members {
-    pub(super) clients: HashMap<u64, Arc<ClientQueue>>,
+    /// By client id, so the fan-out walks clients in the order they connected: the
+    /// order the kernel made their sockets (descriptors and socket memory) in. A
+    /// lone message's fan-out is one `send` per client, and in a hash map's order
+    /// each of them missed the cache on the descriptor table and the socket; in this
+    /// order one message at a time costs about 15% less per delivery
+    /// (docs/performance.md).
+    pub(super) clients: BTreeMap<u64, Arc<ClientQueue>>,
     pub(super) ring: Option<Ring>,
     /// Bumped on every join, so a lingering removal knows it was overtaken.
     pub(super) generation: u64,
@@ -164,7 +170,7 @@ impl Inner {
         let topic = Arc::new(Topic {
             spec: spec.clone(),
             members: Mutex::new(Members {
-                clients: HashMap::new(),
+                clients: BTreeMap::new(),
                 ring,
                 generation: 0,
             }),
