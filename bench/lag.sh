@@ -3,6 +3,9 @@
 # 30 s, fanfare and its nats-server on core 0, fanfare-bench on core 1. Prints the
 # bench's end-to-end percentiles and fanfare's own delivery lag (arrival at fanfare to
 # the socket write) from its fanfare_delivery_lag_seconds histogram.
+# SERVER=floor runs the bench crate's `floor` instead (WebSocket only: one write per
+# socket from one loop, nothing else) and prints its arrival-to-last-write times: the
+# least own lag any server can have for this fan-out on this machine.
 # usage: bench/lag.sh [N=1000] [TRANSPORT=ws]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +18,15 @@ trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev
 NP=$(free_port); EP=$(free_port); AP=$(free_port)
 taskset -c 0 nats-server -a 127.0.0.1 -p "$NP" >/dev/null 2>&1 & pids+=($!)
 wait_port "$NP"
+if [ "${SERVER:-fanfare}" = floor ]; then
+  [ "$T" = ws ] || { echo "the floor speaks WebSocket only" >&2; exit 2; }
+  taskset -c 0 target/release/floor "127.0.0.1:$EP" "nats://127.0.0.1:$NP" feed 2>"$work/floor.log" & FF=$!; pids+=($FF)
+  wait_port "$EP"
+  taskset -c 1 target/release/fanfare-bench --scenario fanout --transport ws --url "ws://127.0.0.1:$EP/" \
+    --subject feed --publish "nats://127.0.0.1:$NP" --connections "$N" --messages 3000 --rate 100 --server-pid "$FF"
+  echo "  floor: $(tail -n 1 "$work/floor.log" | sed 's/^floor: //')"
+  exit 0
+fi
 sed -e "s/EDGE_PORT/$EP/; s/ADMIN_PORT/$AP/; s/NATS_PORT/$NP/" bench/peers/fanfare.yaml > "$work/f.yaml"
 taskset -c 0 target/release/fanfare --config "$work/f.yaml" 2>/dev/null & FF=$!; pids+=($FF)
 wait_port "$EP"

@@ -42,7 +42,11 @@ async fn main() {
         }
     });
     let (mut messages, mut written, mut missed) = (0u64, 0u64, 0u64);
+    // Each message's time from its arrival to the write to the last socket, in µs:
+    // the least "own lag" (fanfare_delivery_lag_seconds) a fan-out can have.
+    let mut lag_us: Vec<u64> = Vec::new();
     while let Some(msg) = sub.next().await {
+        let arrived = std::time::Instant::now();
         let frame = text_frame(&msg.payload);
         for s in sockets.lock().unwrap().iter() {
             match s.try_write(&frame) {
@@ -50,9 +54,19 @@ async fn main() {
                 _ => missed += 1,
             }
         }
+        lag_us.push(arrived.elapsed().as_micros() as u64);
         messages += 1;
         if messages % 100 == 0 {
-            eprintln!("floor: {messages} messages, {written} frames written, {missed} missed");
+            let mut sorted = lag_us.clone();
+            sorted.sort_unstable();
+            let q = |p: f64| sorted[((sorted.len() - 1) as f64 * p) as usize] as f64 / 1000.0;
+            eprintln!(
+                "floor: {messages} messages, {written} frames written, {missed} missed; \
+                 arrival to last write p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                q(0.5),
+                q(0.99),
+                q(1.0)
+            );
         }
     }
 }
