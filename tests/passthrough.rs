@@ -103,6 +103,14 @@ impl RawApp {
                 }
                 // Never answers (the task ends with the test's runtime).
                 "/hang" => std::future::pending::<(Vec<u8>, bool)>().await,
+                // Never answers either, but notices when fanfare gives up on it.
+                "/watch" => {
+                    seen.lock().unwrap().requests.push(("watching".into(), Vec::new()));
+                    let mut b = [0u8; 64];
+                    while matches!(conn.read(&mut b).await, Ok(n) if n > 0) {}
+                    seen.lock().unwrap().requests.push(("given up".into(), Vec::new()));
+                    return;
+                }
                 "/garbage" => (b"this is not HTTP\r\n\r\n".to_vec(), true),
                 _ => {
                     let body = format!("you asked for {path}");
@@ -622,4 +630,82 @@ async fn a_head_sent_a_byte_at_a_time_is_read_whole() {
     }
     let r = c.response("GET").await;
     assert_eq!(r.body, b"you asked for /slowly");
+}
+
+/// A client that hangs up while the app is still working has its request abandoned:
+/// the connection to the app is closed (an app can stop the work; the connection is
+/// not held until an answer nobody reads), on both paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_while_the_app_works_has_the_app_connection_closed() {
+    let app = RawApp::start().await;
+    let on = fanfare_for(&app, "").await;
+    let off = fanfare_for(&app, "proxy: { fast_path: false }\n").await;
+    let cases = [(&off, "pingora"), (&on, "fast path")];
+    for ((ff, path), half) in cases.iter().flat_map(|c| [(*c, false), (*c, true)]) {
+        let count = |what: &str| app.requests().iter().filter(|(h, _)| h == what).count();
+        let before = count("given up");
+        let watching = count("watching");
+        let mut c = Client::to(ff.edge_addr).await;
+        c.send(&get("/watch")).await;
+        wait_for("the request reaches the app", DEADLINE, || {
+            let n = count("watching");
+            async move { (n > watching).then_some(()) }
+        })
+        .await;
+        if half {
+            // Only its sending half: it could still read an answer, but an HTTP/1.1
+            // client that closes its side has given up (nginx and pingora agree).
+            c.conn.shutdown().await.unwrap();
+        } else {
+            drop(c);
+        }
+        wait_for(
+            &format!("{path}: the app's connection closed after the client hung up (half: {half})"),
+            DEADLINE,
+            || {
+                let n = count("given up");
+                async move { (n > before).then_some(()) }
+            },
+        )
+        .await;
+    }
+}
+
+/// Requests a client pipelines while the app works on an earlier one are read by the
+/// hang-up watch and must still be answered, in order, after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_pipelined_while_the_app_works_are_answered_after_it() {
+    let app = RawApp::start().await;
+    let ff = fanfare_for(&app, "").await;
+    let mut c = Client::to(ff.edge_addr).await;
+    c.send(&get("/wait")).await;
+    let seen = app.seen.clone();
+    wait_for("the request reaches the app", DEADLINE, || {
+        let waiting = seen
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .any(|(h, _)| h == "waiting");
+        async move { waiting.then_some(()) }
+    })
+    .await;
+    // Not a wait for a condition: the fast path watches the client only once the app
+    // has worked for 10 ms, and the next requests must arrive while it does.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut next = get("/after-1");
+    next.extend(get("/after-2"));
+    c.send(&next).await;
+    // The watch has them now; the app answers the first only after that.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.release.notify_waiters();
+    let r = c.response("GET").await;
+    assert_eq!(r.body, b"done");
+    for path in ["/after-1", "/after-2"] {
+        let r = c.response("GET").await;
+        assert_eq!(
+            String::from_utf8(r.body).unwrap(),
+            format!("you asked for {path}")
+        );
+    }
 }

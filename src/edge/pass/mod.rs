@@ -18,9 +18,11 @@
 //! counted for a graceful shutdown, keep-alive ended while draining.
 
 mod chunked;
+mod failure;
 pub mod head;
 mod pool;
 mod spare;
+mod wait;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -34,14 +36,15 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::realtime::Realtime;
-use super::respond::Refusal;
 use super::upstream::{App, InFlight};
 use crate::config::{ProxyConfig, Upstream};
 use crate::metrics::Metrics;
 use chunked::Chunked;
+use failure::{Failure, UpError, UpKind, unavailable};
 use head::{Framing, Parsed, Request};
 use pool::Pool;
 use spare::Buf;
+use wait::{Waited, within};
 
 /// Bytes read from the app per read of a response body.
 const READ_CHUNK: usize = 16 * 1024;
@@ -67,68 +70,6 @@ pub enum Next {
     Closed,
     /// pingora takes it over; what was read of it is back in the stream.
     Pingora,
-}
-
-/// Why a request passed on did not end well.
-enum Failure {
-    /// Nothing reached the client yet: it gets this refusal (and the log the reason).
-    Refuse(Refusal, String),
-    /// The client failed, or the response broke after the head of this status: the
-    /// connection closes.
-    Broken(u16),
-}
-
-/// An error reaching the app.
-struct UpError {
-    kind: UpKind,
-    why: String,
-}
-
-#[derive(PartialEq, Eq)]
-enum UpKind {
-    /// The app closed the connection.
-    Closed,
-    /// A socket error.
-    Io,
-    /// A timeout.
-    Timeout,
-}
-
-impl UpError {
-    fn io(what: &str, e: &std::io::Error) -> UpError {
-        UpError {
-            kind: UpKind::Io,
-            why: format!("{what}: {e}"),
-        }
-    }
-
-    fn timed_out(what: &str) -> UpError {
-        UpError {
-            kind: UpKind::Timeout,
-            why: format!("{what} timed out"),
-        }
-    }
-
-    fn failure(self) -> Failure {
-        let refusal = if self.kind == UpKind::Timeout {
-            Refusal::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream_timeout",
-                "the app did not answer in time",
-            )
-        } else {
-            unavailable()
-        };
-        Failure::Refuse(refusal, self.why)
-    }
-}
-
-fn unavailable() -> Refusal {
-    Refusal::new(
-        StatusCode::BAD_GATEWAY,
-        "upstream_unavailable",
-        "the app is not reachable",
-    )
 }
 
 impl Pass {
@@ -315,6 +256,7 @@ impl Pass {
     /// Sends the request and reads until a whole response head is in `rbuf`.
     async fn ask(
         &self,
+        conn: &mut L4,
         up: &mut TcpStream,
         req: &Request,
         rbuf: &mut Vec<u8>,
@@ -324,20 +266,37 @@ impl Pass {
             Some(Err(e)) => return Err(UpError::io("sending the request", &e)),
             None => return Err(UpError::timed_out("sending the request")),
         }
-        self.read_more(up, rbuf).await
+        self.read_more(up, rbuf, Some(conn)).await
     }
 
-    /// Reads at least one more byte from the app into `rbuf`.
-    async fn read_more(&self, up: &mut TcpStream, rbuf: &mut Vec<u8>) -> Result<(), UpError> {
+    /// Reads at least one more byte from the app into `rbuf`, watching `client` for a
+    /// hang-up if the app takes long (while no byte of the answer has gone out yet).
+    async fn read_more(
+        &self,
+        up: &mut TcpStream,
+        rbuf: &mut Vec<u8>,
+        client: Option<&mut L4>,
+    ) -> Result<(), UpError> {
         rbuf.reserve(READ_CHUNK.saturating_sub(rbuf.capacity() - rbuf.len()));
-        match within(self.proxy.read_timeout.0, up.read_buf(rbuf)).await {
-            Some(Ok(0)) => Err(UpError {
+        let (limit, read) = (self.proxy.read_timeout.0, up.read_buf(rbuf));
+        let waited = match client {
+            Some(conn) => wait::answer(conn, limit, read).await,
+            None => within(limit, read)
+                .await
+                .map_or(Waited::TimedOut, Waited::Done),
+        };
+        match waited {
+            Waited::Done(Ok(0)) => Err(UpError {
                 kind: UpKind::Closed,
                 why: "the app closed the connection".into(),
             }),
-            Some(Ok(_)) => Ok(()),
-            Some(Err(e)) => Err(UpError::io("reading the response", &e)),
-            None => Err(UpError::timed_out("reading the response")),
+            Waited::Done(Ok(_)) => Ok(()),
+            Waited::Done(Err(e)) => Err(UpError::io("reading the response", &e)),
+            Waited::TimedOut => Err(UpError::timed_out("reading the response")),
+            Waited::HungUp => Err(UpError {
+                kind: UpKind::ClientGone,
+                why: "the client hung up".into(),
+            }),
         }
     }
 
@@ -382,14 +341,15 @@ impl Pass {
                 }
             }
             let got = if asked {
-                self.read_more(&mut up, &mut rbuf).await
+                self.read_more(&mut up, &mut rbuf, Some(&mut *conn)).await
             } else {
-                self.ask(&mut up, req, &mut rbuf).await
+                self.ask(conn, &mut up, req, &mut rbuf).await
             };
             if let Err(e) = got {
                 // A pooled connection the app closed just before it was used: the
                 // whole request is still here, so a fresh connection tries once more.
-                if reused && e.kind != UpKind::Timeout && rbuf.is_empty() {
+                let app_closed = matches!(e.kind, UpKind::Closed | UpKind::Io);
+                if reused && app_closed && rbuf.is_empty() {
                     up = self.dial().await?;
                     reused = false;
                     asked = false;
@@ -416,7 +376,7 @@ impl Pass {
                 let mut left = n - have as u64;
                 while left > 0 {
                     rbuf.clear();
-                    self.read_more(&mut up, &mut rbuf)
+                    self.read_more(&mut up, &mut rbuf, None)
                         .await
                         .map_err(|_| broken())?;
                     let take = rbuf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
@@ -433,7 +393,7 @@ impl Pass {
                 self.to_client(conn, &out, status).await?;
                 while !chunks.done() {
                     rbuf.clear();
-                    self.read_more(&mut up, &mut rbuf)
+                    self.read_more(&mut up, &mut rbuf, None)
                         .await
                         .map_err(|_| broken())?;
                     let taken = chunks.feed(&rbuf).map_err(|_| broken())?;
@@ -446,7 +406,7 @@ impl Pass {
                 self.to_client(conn, &out, status).await?;
                 loop {
                     rbuf.clear();
-                    match self.read_more(&mut up, &mut rbuf).await {
+                    match self.read_more(&mut up, &mut rbuf, None).await {
                         Ok(()) => self.to_client(conn, &rbuf, status).await?,
                         Err(e) if e.kind == UpKind::Closed => break,
                         Err(_) => return Err(broken()),
@@ -472,17 +432,6 @@ fn to_pingora(
     }
     conn.rewind(read);
     Next::Pingora
-}
-
-/// `fut` bounded by `limit`, starting the clock only if it does not finish at once
-/// (most writes do; reading the clock and arming a timer for them was measurable).
-async fn within<F: std::future::Future>(limit: Duration, fut: F) -> Option<F::Output> {
-    let mut fut = std::pin::pin!(fut);
-    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await;
-    match first {
-        std::task::Poll::Ready(out) => Some(out),
-        std::task::Poll::Pending => tokio::time::timeout(limit, fut).await.ok(),
-    }
 }
 
 fn status_class(status: u16) -> &'static str {
