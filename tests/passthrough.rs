@@ -61,6 +61,21 @@ impl RawApp {
         self.seen.lock().unwrap().requests.clone()
     }
 
+    /// How many times the app noted `what` (`waiting`, `watching`, `given up`).
+    fn noted(&self, what: &str) -> usize {
+        let seen = self.seen.lock().unwrap();
+        seen.requests.iter().filter(|(h, _)| h == what).count()
+    }
+
+    /// Waits until the app has noted `what` more than `before` times.
+    async fn until_noted(&self, what: &str, before: usize, why: &str) {
+        wait_for(why, DEADLINE, || {
+            let n = self.noted(what);
+            async move { (n > before).then_some(()) }
+        })
+        .await;
+    }
+
     async fn serve(mut conn: TcpStream, seen: Arc<Mutex<Seen>>, release: Arc<tokio::sync::Notify>) {
         let mut buf = Vec::new();
         loop {
@@ -580,17 +595,8 @@ async fn a_drain_lets_the_request_under_way_finish_and_then_ends_keep_alive() {
     let ff = fanfare_for(&app, "").await;
     let mut c = Client::to(ff.edge_addr).await;
     c.send(&get("/wait")).await;
-    let seen = app.seen.clone();
-    wait_for("the request reaches the app", DEADLINE, || {
-        let waiting = seen
-            .lock()
-            .unwrap()
-            .requests
-            .iter()
-            .any(|(h, _)| h == "waiting");
-        async move { waiting.then_some(()) }
-    })
-    .await;
+    app.until_noted("waiting", 0, "the request reaches the app")
+        .await;
     let admin = ff.admin_addr;
     let shutdown = tokio::spawn(ff.shutdown());
     wait_for("the drain to begin", DEADLINE, || async move {
@@ -642,16 +648,11 @@ async fn a_client_that_hangs_up_while_the_app_works_has_the_app_connection_close
     let off = fanfare_for(&app, "proxy: { fast_path: false }\n").await;
     let cases = [(&off, "pingora"), (&on, "fast path")];
     for ((ff, path), half) in cases.iter().flat_map(|c| [(*c, false), (*c, true)]) {
-        let count = |what: &str| app.requests().iter().filter(|(h, _)| h == what).count();
-        let before = count("given up");
-        let watching = count("watching");
+        let (before, watching) = (app.noted("given up"), app.noted("watching"));
         let mut c = Client::to(ff.edge_addr).await;
         c.send(&get("/watch")).await;
-        wait_for("the request reaches the app", DEADLINE, || {
-            let n = count("watching");
-            async move { (n > watching).then_some(()) }
-        })
-        .await;
+        app.until_noted("watching", watching, "the request reaches the app")
+            .await;
         if half {
             // Only its sending half: it could still read an answer, but an HTTP/1.1
             // client that closes its side has given up (nginx and pingora agree).
@@ -659,15 +660,9 @@ async fn a_client_that_hangs_up_while_the_app_works_has_the_app_connection_close
         } else {
             drop(c);
         }
-        wait_for(
-            &format!("{path}: the app's connection closed after the client hung up (half: {half})"),
-            DEADLINE,
-            || {
-                let n = count("given up");
-                async move { (n > before).then_some(()) }
-            },
-        )
-        .await;
+        let why =
+            format!("{path}: the app's connection closed after the client hung up (half: {half})");
+        app.until_noted("given up", before, &why).await;
     }
 }
 
@@ -679,17 +674,8 @@ async fn requests_pipelined_while_the_app_works_are_answered_after_it() {
     let ff = fanfare_for(&app, "").await;
     let mut c = Client::to(ff.edge_addr).await;
     c.send(&get("/wait")).await;
-    let seen = app.seen.clone();
-    wait_for("the request reaches the app", DEADLINE, || {
-        let waiting = seen
-            .lock()
-            .unwrap()
-            .requests
-            .iter()
-            .any(|(h, _)| h == "waiting");
-        async move { waiting.then_some(()) }
-    })
-    .await;
+    app.until_noted("waiting", 0, "the request reaches the app")
+        .await;
     // Not a wait for a condition: the fast path watches the client only once the app
     // has worked for 10 ms, and the next requests must arrive while it does.
     tokio::time::sleep(Duration::from_millis(100)).await;
