@@ -2,7 +2,7 @@
 # Latency at a fixed rate: N subscribers (default 1000) over WebSocket, 100 msg/s for
 # 30 s, fanfare and its nats-server on core 0, fanfare-bench on core 1. Prints the
 # bench's end-to-end percentiles and fanfare's own delivery lag (arrival at fanfare to
-# the socket write) from its fanfare_delivery_lag_seconds histogram.
+# the socket write) from its fanfare_delivery_lag_seconds histogram, for each path.
 # SERVER=floor runs the bench crate's `floor` instead (WebSocket only: one write per
 # socket from one loop, nothing else) and prints its arrival-to-last-write times: the
 # least own lag any server can have for this fan-out on this machine.
@@ -35,11 +35,18 @@ taskset -c 1 target/release/fanfare-bench --scenario fanout --transport "$T" --u
   --subject feed --publish "nats://127.0.0.1:$NP" --connections "$N" --messages 3000 --rate 100 --server-pid "$FF"
 curl -s "http://127.0.0.1:$AP/metrics" | python3 -c '
 import sys, re
-b = [(float(m.group(1)) if m.group(1) != "+Inf" else float("inf"), float(m.group(2)))
-     for m in (re.match(r"fanfare_delivery_lag_seconds_bucket\{le=\"([^\"]+)\"\} (\S+)", l) for l in sys.stdin) if m]
-total = b[-1][1]
-def q(p):
-    for le, c in b:
-        if c >= p * total:
-            return le
-print(f"  fanfare delivery lag (arrival to socket write, {int(total)} writes): p50 <= {q(0.5)*1000:g} ms, p99 <= {q(0.99)*1000:g} ms (histogram bucket bounds)")'
+series = {}
+for l in sys.stdin:
+    m = re.match(r"fanfare_delivery_lag_seconds_bucket\{path=\"(\w+)\",le=\"([^\"]+)\"\} (\S+)", l)
+    if m:
+        le = float("inf") if m.group(2) == "+Inf" else float(m.group(2))
+        series.setdefault(m.group(1), []).append((le, float(m.group(3))))
+what = {"fanout": "the fan-out'"'"'s own writes, at each message'"'"'s last socket",
+        "queue": "clients'"'"' tasks, per batch"}
+for path, b in sorted(series.items()):
+    total = b[-1][1]
+    if total == 0:
+        continue
+    q = lambda p: next(le for le, c in b if c >= p * total)
+    print(f"  fanfare delivery lag, {what.get(path, path)} ({int(total)} observations): "
+          f"p50 <= {q(0.5)*1000:g} ms, p99 <= {q(0.99)*1000:g} ms (histogram bucket bounds)")'

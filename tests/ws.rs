@@ -656,6 +656,17 @@ async fn a_message_on_its_own_is_written_by_the_fan_out_in_order() {
         metric("fanfare_deliveries_total{transport=\"ws\"}").await,
         Some(2.0 * sent as f64)
     );
+    // The lag is observed on the path that wrote: once per message the fan-out wrote
+    // (at least 15: 30 writes to two clients), once per batch a task wrote (the first
+    // message's, at least).
+    let mut lag = [0.0; 2];
+    for (n, path) in lag.iter_mut().zip(["fanout", "queue"]) {
+        let series = format!("fanfare_delivery_lag_seconds_count{{path=\"{path}\"}}");
+        *n = support::metric(ff.admin_addr, &series).await.unwrap();
+    }
+    let [fanout, queue] = lag;
+    assert!((15.0..=sent as f64).contains(&fanout), "{fanout} of {sent}");
+    assert!(queue >= 1.0, "{queue}");
     // A client's own requests still go through its task, between the fan-out's writes.
     ws_send(
         &mut a,

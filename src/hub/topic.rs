@@ -376,7 +376,7 @@ impl Inner {
                 }
             }
             m.fanout_writes.inc_by(written[0] + written[1]);
-            m.delivery_lag
+            m.delivery_lag_fanout
                 .observe(event.received.elapsed().as_secs_f64());
         }
         Reach {

@@ -314,7 +314,9 @@ impl RouteContext {
     pub fn delivered(&self, deliveries: &prometheus::IntCounter, n: u64, oldest: Option<Instant>) {
         deliveries.inc_by(n);
         if let Some(t) = oldest {
-            self.metrics.delivery_lag.observe(t.elapsed().as_secs_f64());
+            self.metrics
+                .delivery_lag_queue
+                .observe(t.elapsed().as_secs_f64());
         }
     }
 
