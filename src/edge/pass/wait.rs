@@ -68,3 +68,69 @@ async fn hung_up(conn: &mut L4) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A client socket and fanfare's end of it.
+    async fn pair() -> (TcpStream, L4) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (conn, _) = listener.accept().await.unwrap();
+        (client, L4::from(conn))
+    }
+
+    /// The app answering after `after` (time is paused: it passes only when every
+    /// task waits, so each step below happens in this order).
+    async fn app_answers(after: Duration) -> &'static str {
+        tokio::time::sleep(after).await;
+        "answer"
+    }
+
+    const LIMIT: Duration = Duration::from_secs(60);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_hung_up_abandons_a_slow_answer() {
+        let (client, mut conn) = pair().await;
+        drop(client);
+        let waited = answer(&mut conn, LIMIT, std::future::pending::<()>()).await;
+        assert!(matches!(waited, Waited::HungUp));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quick_answer_comes_before_any_watch() {
+        let (client, mut conn) = pair().await;
+        drop(client);
+        let waited = answer(&mut conn, LIMIT, app_answers(HANG_UP_GRACE / 2)).await;
+        assert!(
+            matches!(waited, Waited::Done("answer")),
+            "the hang-up is not seen yet"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_sent_while_watched_are_read_again_afterwards() {
+        let (mut client, mut conn) = pair().await;
+        client.write_all(b"GET /next").await.unwrap();
+        let waited = answer(&mut conn, LIMIT, app_answers(HANG_UP_GRACE * 5)).await;
+        assert!(matches!(waited, Waited::Done("answer")));
+        let mut b = [0u8; 64];
+        let n = tokio::time::timeout(LIMIT, conn.read(&mut b))
+            .await
+            .expect("the bytes the watch read are back in the stream")
+            .unwrap();
+        assert_eq!(&b[..n], b"GET /next");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_app_that_never_answers_times_out_with_the_client_still_there() {
+        let (_client, mut conn) = pair().await;
+        let waited = answer(&mut conn, LIMIT, std::future::pending::<()>()).await;
+        assert!(matches!(waited, Waited::TimedOut));
+    }
+}
